@@ -1,0 +1,418 @@
+"""Bytes by key: one small interface over a local folder or any S3-compatible bucket.
+
+Keys are '/'-separated relative paths ("projects/3/images/12.npy.gz"). Every key is validated
+before it touches a backend, so a key taken from a request can never escape the storage root.
+
+Writes are atomic on both backends: a reader sees the old object or the new one, never a torn mix.
+`LocalStorage` gets this from write-to-temp + fsync + `os.replace`; on S3 a single PutObject is
+atomic by nature (the object appears only once the whole body has been received).
+"""
+from __future__ import annotations
+
+import abc
+import os
+import re
+import secrets
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
+
+__all__ = [
+    "StorageError",
+    "InvalidKey",
+    "NotFound",
+    "Storage",
+    "LocalStorage",
+    "S3Storage",
+    "validate_key",
+    "validate_prefix",
+    "storage_from_url",
+]
+
+MAX_KEY_LENGTH = 1024
+
+# Control characters (C0, DEL, C1) make keys that print misleadingly in logs and that some
+# filesystems and S3 tools mishandle.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+# Temp files of LocalStorage end with this; keys may not, so list() can hide them safely.
+_TMP_SUFFIX = ".cellloop-tmp"
+
+
+class StorageError(Exception):
+    """Any failure of the storage layer."""
+
+
+class InvalidKey(StorageError, ValueError):
+    """The key is not a safe relative '/'-separated path."""
+
+
+class NotFound(StorageError, KeyError):
+    """No object under that key."""
+
+    def __str__(self) -> str:  # KeyError's str() adds quotes around the message
+        return str(self.args[0]) if self.args else "not found"
+
+
+def _check_segments(text: str, what: str, *, allow_trailing_slash: bool) -> None:
+    if len(text) > MAX_KEY_LENGTH:
+        raise InvalidKey(f"{what} is longer than {MAX_KEY_LENGTH} characters")
+    if "\\" in text:
+        raise InvalidKey(f"{what} {text!r} contains a backslash; use '/' to separate parts")
+    if _CONTROL.search(text):
+        raise InvalidKey(f"{what} {text!r} contains a control character")
+    if text.startswith("/"):
+        raise InvalidKey(f"{what} {text!r} is absolute; keys are relative")
+    body = text[:-1] if allow_trailing_slash and text.endswith("/") else text
+    for segment in body.split("/"):
+        if segment == "":
+            raise InvalidKey(f"{what} {text!r} has an empty path segment")
+        if segment in (".", ".."):
+            raise InvalidKey(f"{what} {text!r} has a '{segment}' segment")
+
+
+def validate_key(key: str) -> str:
+    """Return `key` unchanged if it is a safe relative key, else raise InvalidKey."""
+    if not isinstance(key, str):
+        raise InvalidKey(f"key must be a str, not {type(key).__name__}")
+    if key == "":
+        raise InvalidKey("key is empty")
+    _check_segments(key, "key", allow_trailing_slash=False)
+    return key
+
+
+def validate_prefix(prefix: str) -> str:
+    """Like validate_key, but '' and a trailing '/' are allowed (a listing prefix)."""
+    if not isinstance(prefix, str):
+        raise InvalidKey(f"prefix must be a str, not {type(prefix).__name__}")
+    if prefix == "":
+        return prefix
+    _check_segments(prefix, "prefix", allow_trailing_slash=True)
+    return prefix
+
+
+class Storage(abc.ABC):
+    """Bytes by key. Implementations validate every key with `validate_key`."""
+
+    @abc.abstractmethod
+    def get(self, key: str) -> bytes:
+        """The object's bytes; NotFound if there is none."""
+
+    @abc.abstractmethod
+    def put(self, key: str, data: bytes) -> None:
+        """Store `data` under `key` atomically, replacing any previous object."""
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove the object; deleting a missing key is not an error."""
+
+    @abc.abstractmethod
+    def exists(self, key: str) -> bool:
+        """Whether an object is stored under `key`."""
+
+    @abc.abstractmethod
+    def list(self, prefix: str = "") -> list[str]:
+        """Sorted keys that start with `prefix` (a plain string prefix, as in S3)."""
+
+
+def _as_bytes(data) -> bytes:
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return bytes(data)
+    raise TypeError(f"data must be bytes-like, not {type(data).__name__}")
+
+
+class LocalStorage(Storage):
+    """Objects as files under `root`; the key is the relative path.
+
+    Empty directories left behind by delete() are kept: removing them could race with a
+    concurrent put() into the same directory, and list() never reports directories.
+    """
+
+    def __init__(self, root) -> None:
+        self.root = Path(root).expanduser().resolve()
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create storage root {self.root}: {exc}") from exc
+        if not self.root.is_dir():
+            raise StorageError(f"storage root {self.root} is not a directory")
+
+    def __repr__(self) -> str:
+        return f"LocalStorage({str(self.root)!r})"
+
+    def _path(self, key: str) -> Path:
+        validate_key(key)
+        if key.endswith(_TMP_SUFFIX):
+            raise InvalidKey(f"key {key!r} ends with {_TMP_SUFFIX!r}, reserved for temp files")
+        path = self.root / key
+        # A symlink placed inside the root could still point outside it; refuse to follow it.
+        if not path.resolve().is_relative_to(self.root):
+            raise InvalidKey(f"key {key!r} resolves outside the storage root")
+        return path
+
+    def get(self, key: str) -> bytes:
+        path = self._path(key)
+        try:
+            return path.read_bytes()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise NotFound(f"no object under key {key!r}") from None
+        except OSError as exc:
+            raise StorageError(f"cannot read {key!r}: {exc}") from exc
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        data = _as_bytes(data)
+        tmp = None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # Same directory as the target so os.replace is a rename within one filesystem.
+            tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}{_TMP_SUFFIX}"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                view = memoryview(data)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+            tmp = None
+            _fsync_dir(path.parent)
+        except OSError as exc:
+            raise StorageError(f"cannot write {key!r}: {exc}") from exc
+        finally:
+            if tmp is not None:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        try:
+            path.unlink()
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        except IsADirectoryError:
+            # A "directory" is only a prefix of other keys, not an object.
+            pass
+        except OSError as exc:
+            raise StorageError(f"cannot delete {key!r}: {exc}") from exc
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def list(self, prefix: str = "") -> list[str]:
+        validate_prefix(prefix)
+        # Walk only the deepest directory the prefix fully names.
+        directory = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        start = self.root / directory if directory else self.root
+        if not start.is_dir():
+            return []
+        keys = []
+        for dirpath, dirnames, filenames in os.walk(start):
+            rel_dir = Path(dirpath).relative_to(self.root).as_posix()
+            rel_dir = "" if rel_dir == "." else rel_dir + "/"
+            for name in filenames:
+                if name.endswith(_TMP_SUFFIX):
+                    continue
+                key = rel_dir + name
+                if key.startswith(prefix):
+                    keys.append(key)
+        keys.sort()
+        return keys
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Makes the rename itself durable; not supported on every platform/filesystem.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class S3Storage(Storage):
+    """Objects in an S3 bucket (AWS, MinIO, Ceph, moto...) under an optional key prefix.
+
+    put() is a single PutObject, which S3 applies atomically: readers see the previous object
+    until the new one is complete, so no temp-object dance is needed.
+    """
+
+    def __init__(
+        self,
+        bucket: str,
+        *,
+        prefix: str = "",
+        endpoint_url: str | None = None,
+        region_name: str | None = None,
+        create_bucket: bool = False,
+        client=None,
+        page_size: int = 1000,
+    ) -> None:
+        if not bucket or not isinstance(bucket, str):
+            raise ValueError("bucket name is required")
+        if not 1 <= int(page_size) <= 1000:
+            raise ValueError("page_size must be between 1 and 1000 (S3's maximum)")
+        prefix = prefix.strip("/")
+        if prefix:
+            validate_key(prefix)
+            prefix += "/"
+        self.bucket = bucket
+        self.prefix = prefix
+        self.page_size = int(page_size)
+        if client is None:
+            import boto3
+
+            client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region_name)
+        self.client = client
+        if create_bucket:
+            self._create_bucket(region_name)
+
+    def __repr__(self) -> str:
+        return f"S3Storage(bucket={self.bucket!r}, prefix={self.prefix!r})"
+
+    def _create_bucket(self, region_name: str | None) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        region = region_name or self.client.meta.region_name
+        kwargs = {"Bucket": self.bucket}
+        # us-east-1 is the one region that rejects an explicit LocationConstraint.
+        if region and region != "us-east-1":
+            kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region}
+        try:
+            self.client.create_bucket(**kwargs)
+        except ClientError as exc:
+            if _error_code(exc) not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                raise StorageError(f"cannot create bucket {self.bucket!r}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise StorageError(f"cannot create bucket {self.bucket!r}: {exc}") from exc
+
+    def _full(self, key: str) -> str:
+        return self.prefix + validate_key(key)
+
+    def get(self, key: str) -> bytes:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        full = self._full(key)
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=full)
+            return response["Body"].read()
+        except ClientError as exc:
+            if _error_code(exc) in ("NoSuchKey", "404", "NotFound"):
+                raise NotFound(f"no object under key {key!r}") from None
+            raise StorageError(f"cannot read {key!r} from s3://{self.bucket}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise StorageError(f"cannot read {key!r} from s3://{self.bucket}: {exc}") from exc
+
+    def put(self, key: str, data: bytes) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        full = self._full(key)
+        data = _as_bytes(data)
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=full, Body=data)
+        except (ClientError, BotoCoreError) as exc:
+            raise StorageError(f"cannot write {key!r} to s3://{self.bucket}: {exc}") from exc
+
+    def delete(self, key: str) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        full = self._full(key)
+        try:
+            # DeleteObject succeeds for a missing key, which is the contract we want.
+            self.client.delete_object(Bucket=self.bucket, Key=full)
+        except (ClientError, BotoCoreError) as exc:
+            raise StorageError(f"cannot delete {key!r} from s3://{self.bucket}: {exc}") from exc
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        full = self._full(key)
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=full)
+            return True
+        except ClientError as exc:
+            if _error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise StorageError(f"cannot check {key!r} in s3://{self.bucket}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise StorageError(f"cannot check {key!r} in s3://{self.bucket}: {exc}") from exc
+
+    def list(self, prefix: str = "") -> list[str]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        validate_prefix(prefix)
+        paginator = self.client.get_paginator("list_objects_v2")
+        keys = []
+        try:
+            pages = paginator.paginate(
+                Bucket=self.bucket,
+                Prefix=self.prefix + prefix,
+                PaginationConfig={"PageSize": self.page_size},
+            )
+            for page in pages:
+                for item in page.get("Contents", ()):
+                    keys.append(item["Key"][len(self.prefix):])
+        except (ClientError, BotoCoreError) as exc:
+            raise StorageError(f"cannot list s3://{self.bucket}/{self.prefix}{prefix}: {exc}") from exc
+        keys.sort()
+        return keys
+
+
+def _error_code(exc) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+_S3_QUERY_KEYS = {"endpoint_url", "region", "region_name", "create_bucket", "page_size"}
+
+
+def storage_from_url(url: str) -> Storage:
+    """Build a Storage from a URL-like setting.
+
+    "/abs/path", "relative/path" or "file:///abs/path" -> LocalStorage;
+    "s3://bucket/prefix?endpoint_url=http://127.0.0.1:9000&region=us-east-1" -> S3Storage
+    (also `create_bucket=1` and `page_size=N`).
+    """
+    if not isinstance(url, str) or not url.strip():
+        raise ValueError("storage URL is empty")
+    url = url.strip()
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme == "":
+        return LocalStorage(url)
+    if scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise ValueError(f"file URL {url!r} names host {parts.netloc!r}; only local paths work")
+        if parts.query:
+            raise ValueError(f"file URL {url!r} takes no query parameters")
+        return LocalStorage(unquote(parts.path))
+    if scheme == "s3":
+        bucket = parts.netloc
+        if not bucket:
+            raise ValueError(f"s3 URL {url!r} names no bucket")
+        query = parse_qs(parts.query, keep_blank_values=True, strict_parsing=False)
+        unknown = set(query) - _S3_QUERY_KEYS
+        if unknown:
+            raise ValueError(
+                f"s3 URL {url!r}: unknown parameter(s) {sorted(unknown)}; known: {sorted(_S3_QUERY_KEYS)}"
+            )
+        one = {name: values[-1] for name, values in query.items()}
+        create = one.get("create_bucket", "").lower() in ("1", "true", "yes", "on")
+        kwargs = {}
+        if "page_size" in one:
+            kwargs["page_size"] = int(one["page_size"])
+        return S3Storage(
+            bucket,
+            prefix=unquote(parts.path).strip("/"),
+            endpoint_url=one.get("endpoint_url") or None,
+            region_name=one.get("region") or one.get("region_name") or None,
+            create_bucket=create,
+            **kwargs,
+        )
+    raise ValueError(f"unsupported storage URL scheme {parts.scheme!r} in {url!r} (use a path, file:// or s3://)")
