@@ -1,0 +1,247 @@
+"""Deep watershed: from the network's distance and pixelwise maps to instance labels."""
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage as ndi
+from skimage.feature import peak_local_max
+from skimage.segmentation import watershed
+
+__all__ = [
+    "deep_watershed",
+    "postprocess_mesmer",
+    "remove_small",
+    "fill_small_holes",
+    "relabel_sequential",
+    "match_nuclei_to_cells",
+    "WHOLE_CELL_DEFAULTS",
+    "NUCLEAR_DEFAULTS",
+]
+
+# Published Mesmer defaults (deepcell 0.12): the whole-cell distance map is flatter than the
+# nuclear one, hence its lower maxima threshold.
+WHOLE_CELL_DEFAULTS = dict(
+    maxima_threshold=0.075,
+    interior_threshold=0.2,
+    radius=2,
+    maxima_smooth=0.0,
+    interior_smooth=2.0,
+    small_objects_threshold=15,
+    fill_holes_threshold=15,
+)
+NUCLEAR_DEFAULTS = dict(
+    maxima_threshold=0.1,
+    interior_threshold=0.2,
+    radius=2,
+    maxima_smooth=0.0,
+    interior_smooth=2.0,
+    small_objects_threshold=15,
+    fill_holes_threshold=15,
+)
+
+
+def relabel_sequential(labels: np.ndarray) -> np.ndarray:
+    """Ids renumbered 1..n in order of first value, background kept at 0; int32."""
+    labels = np.asarray(labels)
+    ids = np.unique(labels)
+    ids = ids[ids != 0]
+    if ids.size == 0:
+        return np.zeros(labels.shape, np.int32)
+    if ids[-1] == ids.size and ids[0] == 1:
+        return labels.astype(np.int32, copy=True)
+    lut = np.zeros(int(ids[-1]) + 1, np.int32)
+    lut[ids] = np.arange(1, ids.size + 1, dtype=np.int32)
+    return lut[labels]
+
+
+def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
+    """Zero every object with fewer than ``min_size`` pixels (copy)."""
+    labels = np.asarray(labels)
+    if min_size <= 0 or not labels.any():
+        return labels.copy()
+    sizes = np.bincount(labels.ravel())
+    small = sizes < min_size
+    small[0] = False
+    if not small.any():
+        return labels.copy()
+    return np.where(small[labels], 0, labels)
+
+
+def fill_small_holes(labels: np.ndarray, max_size: int) -> np.ndarray:
+    """Fill background holes smaller than ``max_size`` px that are enclosed by one single object.
+
+    A hole is a 4-connected background component that does not touch the image edge; a gap
+    bounded by two different cells is not a hole of either and stays background.
+    """
+    labels = np.asarray(labels)
+    out = labels.copy()
+    if max_size <= 0 or not labels.any():
+        return out
+    holes, n = ndi.label(labels == 0)
+    if n == 0:
+        return out
+    sizes = np.bincount(holes.ravel(), minlength=n + 1)
+    edge = np.unique(np.concatenate([holes[0], holes[-1], holes[:, 0], holes[:, -1]]))
+    candidate = sizes < max_size
+    candidate[0] = False
+    candidate[edge] = False
+    if not candidate.any():
+        return out
+    # Pair each candidate hole with the labels of its 4-neighbours; a hole is fillable when
+    # exactly one distinct label surrounds it.
+    pairs = []
+    for a_h, a_l in (
+        (holes[1:, :], labels[:-1, :]),
+        (holes[:-1, :], labels[1:, :]),
+        (holes[:, 1:], labels[:, :-1]),
+        (holes[:, :-1], labels[:, 1:]),
+    ):
+        sel = candidate[a_h] & (a_l > 0)
+        pairs.append(np.stack([a_h[sel], a_l[sel]], axis=1))
+    pairs = np.unique(np.concatenate(pairs), axis=0)
+    if pairs.size == 0:
+        return out
+    hole_ids, counts = np.unique(pairs[:, 0], return_counts=True)
+    single = hole_ids[counts == 1]
+    fill = np.zeros(n + 1, dtype=labels.dtype)
+    sel = np.isin(pairs[:, 0], single)
+    fill[pairs[sel, 0]] = pairs[sel, 1]
+    mask = fill[holes] > 0
+    out[mask] = fill[holes][mask]
+    return out
+
+
+def deep_watershed(
+    inner_distance,
+    pixelwise,
+    *,
+    maxima_threshold: float = 0.1,
+    interior_threshold: float = 0.2,
+    radius: int = 2,
+    maxima_smooth: float = 0.0,
+    interior_smooth: float = 2.0,
+    small_objects_threshold: int = 15,
+    fill_holes_threshold: int = 15,
+    exclude_border: bool = False,
+) -> np.ndarray:
+    """Instance labels int32 (H, W) from an inner-distance map and a pixelwise map.
+
+    ``inner_distance`` (H, W) or (H, W, 1); ``pixelwise`` (H, W, 3) [border, interior,
+    background] or (H, W) / (H, W, 1) already holding the interior probability. Markers are
+    local maxima (``peak_local_max`` with ``min_distance=radius``) of the optionally smoothed
+    distance above ``maxima_threshold`` (the reference code uses h-maxima; this is about 5x faster
+    at 2048² with similar output). The mask is the interior probability, Gaussian-smoothed with
+    ``interior_smooth``, above ``interior_threshold``. Flooding is on the negative distance, so
+    touching cells split along the valley between their distance peaks. Then objects under
+    ``small_objects_threshold`` px are dropped and single-object holes under
+    ``fill_holes_threshold`` px filled; ids are renumbered 1..n.
+    """
+    dist = np.asarray(inner_distance, dtype=np.float32)
+    if dist.ndim == 3:
+        dist = dist[..., 0]
+    pw = np.asarray(pixelwise, dtype=np.float32)
+    if pw.ndim == 3:
+        interior = pw[..., 1] if pw.shape[-1] >= 2 else pw[..., 0]
+    else:
+        interior = pw
+    if dist.shape != interior.shape:
+        raise ValueError(f"distance {dist.shape} and pixelwise {interior.shape} maps differ in size")
+    if interior_smooth and interior_smooth > 0:
+        interior = ndi.gaussian_filter(interior, interior_smooth)
+    if maxima_smooth and maxima_smooth > 0:
+        dist = ndi.gaussian_filter(dist, maxima_smooth)
+    mask = interior > interior_threshold
+    if not mask.any():
+        return np.zeros(dist.shape, np.int32)
+    coords = peak_local_max(
+        dist,
+        min_distance=max(int(radius), 1),
+        threshold_abs=maxima_threshold,
+        exclude_border=bool(exclude_border),
+    )
+    markers = np.zeros(dist.shape, np.int32)
+    if len(coords):
+        markers[coords[:, 0], coords[:, 1]] = np.arange(1, len(coords) + 1, dtype=np.int32)
+    # A marker outside the mask would seed nothing but still cost a label id.
+    markers[~mask] = 0
+    if not markers.any():
+        return np.zeros(dist.shape, np.int32)
+    labels = watershed(-dist, markers, mask=mask)
+    labels = remove_small(labels, small_objects_threshold)
+    labels = fill_small_holes(labels, fill_holes_threshold)
+    return relabel_sequential(labels)
+
+
+def match_nuclei_to_cells(whole_cell: np.ndarray, nuclear: np.ndarray) -> np.ndarray:
+    """Renumber nuclei so a nucleus carries the id of the cell it overlaps most.
+
+    Each cell gives its id to at most one nucleus (the one with the largest overlap); other
+    nuclei, and nuclei outside every cell, get fresh ids above the largest cell id. This makes
+    the two layers follow the project's convention that one id is one cell in both.
+    """
+    whole_cell = np.asarray(whole_cell)
+    nuclear = np.asarray(nuclear)
+    out = np.zeros(nuclear.shape, np.int32)
+    if not nuclear.any():
+        return out
+    nuc = relabel_sequential(nuclear)
+    n_nuc = int(nuc.max())
+    both = (nuc > 0) & (whole_cell > 0)
+    pairs, counts = np.unique(
+        np.stack([nuc[both].astype(np.int64), whole_cell[both].astype(np.int64)]), axis=1, return_counts=True
+    )
+    order = np.argsort(-counts, kind="stable")
+    lut = np.zeros(n_nuc + 1, np.int64)
+    taken: set[int] = set()
+    for k in order:
+        n_id, c_id = int(pairs[0, k]), int(pairs[1, k])
+        if lut[n_id] == 0 and c_id not in taken:
+            lut[n_id] = c_id
+            taken.add(c_id)
+    nxt = int(whole_cell.max()) + 1
+    for n_id in range(1, n_nuc + 1):
+        if lut[n_id] == 0:
+            lut[n_id] = nxt
+            nxt += 1
+    return lut[nuc].astype(np.int32)
+
+
+def _squeeze(a):
+    a = np.asarray(a, dtype=np.float32)
+    if a.ndim == 4:
+        if a.shape[0] != 1:
+            raise ValueError(f"postprocess_mesmer handles one image at a time, got batch of {a.shape[0]}")
+        a = a[0]
+    if a.ndim == 2:
+        a = a[..., None]
+    return a
+
+
+def postprocess_mesmer(
+    outputs,
+    compartment: str = "both",
+    whole_cell_kwargs: dict | None = None,
+    nuclear_kwargs: dict | None = None,
+    match_ids: bool = True,
+) -> np.ndarray:
+    """Labels from the four Mesmer outputs [wc distance, wc pixelwise, nuc distance, nuc pixelwise].
+
+    Each output is (H, W, k) or (1, H, W, k). Returns int32 (H, W, 2) [whole-cell, nuclear] for
+    ``"both"``, else (H, W, 1). With ``match_ids`` (default) a nucleus takes the id of the cell it
+    overlaps most (see ``match_nuclei_to_cells``); the published code leaves the ids unrelated.
+    """
+    if len(outputs) != 4:
+        raise ValueError(f"expected the 4 Mesmer outputs, got {len(outputs)}")
+    wc_d, wc_p, nuc_d, nuc_p = (_squeeze(o) for o in outputs)
+    wc_kw = {**WHOLE_CELL_DEFAULTS, **(whole_cell_kwargs or {})}
+    nuc_kw = {**NUCLEAR_DEFAULTS, **(nuclear_kwargs or {})}
+    if compartment == "whole-cell":
+        return deep_watershed(wc_d, wc_p, **wc_kw)[..., None]
+    if compartment == "nuclear":
+        return deep_watershed(nuc_d, nuc_p, **nuc_kw)[..., None]
+    if compartment != "both":
+        raise ValueError(f"compartment must be 'both', 'whole-cell' or 'nuclear', got {compartment!r}")
+    wc = deep_watershed(wc_d, wc_p, **wc_kw)
+    nuc = deep_watershed(nuc_d, nuc_p, **nuc_kw)
+    if match_ids:
+        nuc = match_nuclei_to_cells(wc, nuc)
+    return np.stack([wc, nuc], axis=-1).astype(np.int32)
