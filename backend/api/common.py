@@ -1,0 +1,95 @@
+"""Shared plumbing for the blueprints: per-request DB session, storage, JSON errors, binary array replies."""
+from __future__ import annotations
+
+from flask import Response, current_app, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from backend.arrays import ArrayError
+from backend.edits import EditError
+from backend.tasks import NothingToUndo, StaleRevision, TaskService
+from backend.workflow import TransitionError
+
+ARRAY_MIMETYPE = "application/x-npy+gzip"
+PATCH_MIMETYPE = "application/x-cellloop-patch"
+
+
+def db():
+    if "db" not in g:
+        g.db = current_app.extensions["cellloop.sessionmaker"]()
+    return g.db
+
+
+def storage():
+    return current_app.extensions["cellloop.storage"]
+
+
+def service() -> TaskService:
+    return TaskService(db(), storage())
+
+
+def close_db(_exc=None) -> None:
+    session = g.pop("db", None)
+    if session is not None:
+        session.close()
+
+
+def json_body() -> dict:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise BadRequest("expected a JSON object body")
+    return body
+
+
+def base_revision(body: dict) -> int:
+    value = body.get("base_revision")
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise BadRequest("'base_revision' (integer) is required: the revision your edit is based on")
+    return value
+
+
+class BadRequest(Exception):
+    pass
+
+
+def binary(data: bytes, mimetype: str, **headers) -> Response:
+    resp = Response(data, mimetype=mimetype)
+    for key, value in headers.items():
+        resp.headers["X-" + key.replace("_", "-").title()] = str(value)
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
+
+
+def error(status: int, message: str, **extra):
+    resp = jsonify({"error": message, **extra})
+    resp.status_code = status
+    return resp
+
+
+def register_error_handlers(app) -> None:
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException):
+        return error(exc.code or 500, exc.description or exc.name)
+
+    @app.errorhandler(BadRequest)
+    def _bad(exc):
+        return error(400, str(exc))
+
+    @app.errorhandler(EditError)
+    def _edit(exc):
+        return error(400, str(exc))
+
+    @app.errorhandler(ArrayError)
+    def _array(exc):
+        return error(400, str(exc))
+
+    @app.errorhandler(NothingToUndo)
+    def _nothing(exc):
+        return error(409, str(exc))
+
+    @app.errorhandler(StaleRevision)
+    def _stale(exc: StaleRevision):
+        return error(409, str(exc), revision=exc.current)
+
+    @app.errorhandler(TransitionError)
+    def _transition(exc: TransitionError):
+        return error(409, str(exc), state=exc.state.value)

@@ -1,0 +1,100 @@
+"""Routes a crowd annotator reaches with a signed task link: the token alone grants that one task."""
+from __future__ import annotations
+
+from flask import Blueprint, abort, current_app, jsonify, send_from_directory
+
+from backend.api import common
+from backend.api.common import ARRAY_MIMETYPE, PATCH_MIMETYPE, base_revision, binary, json_body, service
+from backend.auth import read_task_token
+from backend.models import Task
+from backend.tasks import Actor
+
+bp = Blueprint("crowd", __name__)
+
+
+def _task_from_token(token: str) -> tuple[Task, Actor]:
+    payload = read_task_token(token)
+    task = common.db().get(Task, payload["t"])
+    # a revoked link (nonce bumped) looks exactly like a link that never existed
+    if task is None or task.token_nonce != payload.get("n"):
+        abort(404, description="unknown task link")
+    return task, Actor(ref=payload.get("w") or f"link:{task.id}")
+
+
+def task_summary(task: Task, svc) -> dict:
+    project = task.batch.project
+    undo, redo = svc.history(task)
+    review = svc.last_review(task)
+    return {
+        "id": task.id,
+        "state": task.state.value,
+        "revision": task.revision,
+        "box": list(task.box),
+        "shape": list(task.shape),
+        "channels": list(project.channel_names),
+        "layers": ["whole-cell", "nuclear"],
+        "project": project.name,
+        "can_undo": bool(undo),
+        "can_redo": bool(redo),
+        "review": None if review is None else {"verdict": review.verdict, "comment": review.comment},
+    }
+
+
+@bp.get("/task/<token>")
+def page(token: str):
+    _task_from_token(token)
+    return send_from_directory(current_app.config["FRONTEND_DIR"], "task.html")
+
+
+@bp.get("/api/task/<token>")
+def info(token: str):
+    task, actor = _task_from_token(token)
+    svc = service()
+    svc.open(task, actor)
+    return jsonify(task_summary(task, svc))
+
+
+@bp.get("/api/task/<token>/image")
+def image(token: str):
+    task, _ = _task_from_token(token)
+    return binary(service().image_bytes(task), ARRAY_MIMETYPE)
+
+
+@bp.get("/api/task/<token>/labels")
+def labels(token: str):
+    task, _ = _task_from_token(token)
+    return binary(service().labels_bytes(task), ARRAY_MIMETYPE, revision=task.revision)
+
+
+def edit_reply(rev, patch):
+    return binary(patch.to_bytes(), PATCH_MIMETYPE, revision=rev.number)
+
+
+@bp.post("/api/task/<token>/edit")
+def edit(token: str):
+    task, actor = _task_from_token(token)
+    body = json_body()
+    tool, params = body.get("tool"), body.get("params", {})
+    if not isinstance(tool, str) or not isinstance(params, dict):
+        raise common.BadRequest("expected {'tool': name, 'params': {...}, 'base_revision': n}")
+    return edit_reply(*service().edit(task, actor, base_revision(body), tool, params))
+
+
+@bp.post("/api/task/<token>/undo")
+def undo(token: str):
+    task, actor = _task_from_token(token)
+    return edit_reply(*service().undo(task, actor, base_revision(json_body())))
+
+
+@bp.post("/api/task/<token>/redo")
+def redo(token: str):
+    task, actor = _task_from_token(token)
+    return edit_reply(*service().redo(task, actor, base_revision(json_body())))
+
+
+@bp.post("/api/task/<token>/submit")
+def submit(token: str):
+    task, actor = _task_from_token(token)
+    svc = service()
+    svc.submit(task, actor, base_revision(json_body()))
+    return jsonify(task_summary(task, svc))

@@ -1,0 +1,132 @@
+"""Expert review: list submitted tasks, look, edit, approve or reject with a comment. Login + role."""
+from __future__ import annotations
+
+from flask import Blueprint, abort, jsonify, request
+from flask_login import current_user
+from sqlalchemy import select
+
+from backend.api.common import ARRAY_MIMETYPE, BadRequest, base_revision, binary, db, json_body, service
+from backend.api.crowd import edit_reply, task_summary
+from backend.auth import make_task_token, require_role
+from backend.models import Role, Task, TaskState
+from backend.tasks import Actor
+
+bp = Blueprint("review", __name__, url_prefix="/api/review")
+reviewer_only = require_role(Role.reviewer)
+
+
+def _task(task_id: int) -> Task:
+    task = db().get(Task, task_id)
+    if task is None:
+        abort(404, description=f"no task {task_id}")
+    return task
+
+
+def _actor() -> Actor:
+    return Actor(user=current_user._get_current_object())
+
+
+@bp.get("/tasks")
+@reviewer_only
+def list_tasks():
+    states = request.args.getlist("state") or [TaskState.submitted.value, TaskState.in_review.value]
+    try:
+        wanted = [TaskState(s) for s in states]
+    except ValueError:
+        abort(400, description=f"unknown state in {states}; states: {[s.value for s in TaskState]}")
+    tasks = db().scalars(select(Task).where(Task.state.in_(wanted)).order_by(Task.submitted_at, Task.id)).all()
+    return jsonify({"tasks": [{"id": t.id, "state": t.state.value, "revision": t.revision, "box": list(t.box),
+                               "project": t.batch.project.name, "time_open_s": t.time_open_s,
+                               "submitted_at": t.submitted_at.isoformat() if t.submitted_at else None}
+                              for t in tasks]})
+
+
+@bp.get("/tasks/<int:task_id>")
+@reviewer_only
+def info(task_id: int):
+    svc = service()
+    return jsonify(task_summary(_task(task_id), svc))
+
+
+@bp.get("/tasks/<int:task_id>/image")
+@reviewer_only
+def image(task_id: int):
+    return binary(service().image_bytes(_task(task_id)), ARRAY_MIMETYPE)
+
+
+@bp.get("/tasks/<int:task_id>/labels")
+@reviewer_only
+def labels(task_id: int):
+    task = _task(task_id)
+    return binary(service().labels_bytes(task), ARRAY_MIMETYPE, revision=task.revision)
+
+
+@bp.post("/tasks/<int:task_id>/start")
+@reviewer_only
+def start(task_id: int):
+    task = _task(task_id)
+    svc = service()
+    svc.start_review(task, _actor())
+    return jsonify(task_summary(task, svc))
+
+
+@bp.post("/tasks/<int:task_id>/edit")
+@reviewer_only
+def edit(task_id: int):
+    body = json_body()
+    tool, params = body.get("tool"), body.get("params", {})
+    if not isinstance(tool, str) or not isinstance(params, dict):
+        raise BadRequest("expected {'tool': name, 'params': {...}, 'base_revision': n}")
+    return edit_reply(*service().edit(_task(task_id), _actor(), base_revision(body), tool, params))
+
+
+@bp.post("/tasks/<int:task_id>/undo")
+@reviewer_only
+def undo(task_id: int):
+    return edit_reply(*service().undo(_task(task_id), _actor(), base_revision(json_body())))
+
+
+@bp.post("/tasks/<int:task_id>/redo")
+@reviewer_only
+def redo(task_id: int):
+    return edit_reply(*service().redo(_task(task_id), _actor(), base_revision(json_body())))
+
+
+def _verdict(task_id: int, verdict: str):
+    body = json_body()
+    comment = body.get("comment", "")
+    if not isinstance(comment, str):
+        raise BadRequest("'comment' must be a string")
+    task = _task(task_id)
+    svc = service()
+    try:
+        svc.review(task, _actor(), verdict, comment)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    return jsonify(task_summary(task, svc))
+
+
+@bp.post("/tasks/<int:task_id>/approve")
+@reviewer_only
+def approve(task_id: int):
+    return _verdict(task_id, "approve")
+
+
+@bp.post("/tasks/<int:task_id>/reject")
+@reviewer_only
+def reject(task_id: int):
+    return _verdict(task_id, "reject")
+
+
+@bp.post("/tasks/<int:task_id>/link")
+@require_role(Role.admin)
+def link(task_id: int):
+    """A fresh crowd link for the task (admins). `revoke: true` invalidates every earlier link first."""
+    body = json_body()
+    task = _task(task_id)
+    if body.get("revoke"):
+        task.token_nonce += 1
+        db().commit()
+    worker = body.get("worker")
+    token = make_task_token(task, worker if isinstance(worker, str) else None)
+    return jsonify({"token": token, "path": f"/task/{token}"})

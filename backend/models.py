@@ -1,0 +1,228 @@
+"""Database rows: users, projects, batches, tasks, revisions, reviews, task events, model versions.
+
+Arrays never live in the database: rows hold storage keys. Times are timezone-aware UTC.
+"""
+from __future__ import annotations
+
+import enum
+from datetime import datetime, timezone
+
+from sqlalchemy import (
+    JSON,
+    MetaData,
+    Boolean,
+    DateTime,
+    Enum,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    # named constraints: later migrations (batch mode on SQLite) can find and alter them by name
+    metadata = MetaData(naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    })
+
+
+class Role(str, enum.Enum):
+    annotator = "annotator"
+    reviewer = "reviewer"
+    admin = "admin"
+
+
+class TaskState(str, enum.Enum):
+    new = "new"
+    prelabeled = "prelabeled"
+    assigned = "assigned"
+    submitted = "submitted"
+    in_review = "in_review"
+    approved = "approved"
+    rejected = "rejected"
+
+
+def _enum(cls, name):
+    # Stored as plain strings (no native PG enum): adding a state later is a data change, not a type migration.
+    return Enum(cls, name=name, native_enum=False, length=16, validate_strings=True)
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(80), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    role: Mapped[Role] = mapped_column(_enum(Role, "user_role"))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    # flask-login protocol
+    @property
+    def is_authenticated(self) -> bool:
+        return True
+
+    @property
+    def is_active(self) -> bool:
+        return self.active
+
+    @property
+    def is_anonymous(self) -> bool:
+        return False
+
+    def get_id(self) -> str:
+        return str(self.id)
+
+    def has_role(self, *roles: Role) -> bool:
+        # admins can do anything a reviewer can
+        return self.role in roles or self.role is Role.admin
+
+
+class Project(Base):
+    __tablename__ = "projects"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    image_key: Mapped[str] = mapped_column(String(1024))
+    labels_key: Mapped[str | None] = mapped_column(String(1024))
+    channel_names: Mapped[list] = mapped_column(JSON)
+    pixel_size_um: Mapped[float | None] = mapped_column(Float)
+    height: Mapped[int] = mapped_column(Integer)
+    width: Mapped[int] = mapped_column(Integer)
+    source_path: Mapped[str | None] = mapped_column(String(1024))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    batches: Mapped[list["Batch"]] = relationship(back_populates="project")
+
+
+class ModelVersion(Base):
+    __tablename__ = "model_versions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    path: Mapped[str] = mapped_column(String(1024))
+    config: Mapped[dict] = mapped_column(JSON, default=dict)
+    metrics: Mapped[dict] = mapped_column(JSON, default=dict)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    promoted: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    promoted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    parent: Mapped["ModelVersion | None"] = relationship(remote_side=[id])
+
+
+class Batch(Base):
+    __tablename__ = "batches"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    project: Mapped[Project] = relationship(back_populates="batches")
+    tasks: Mapped[list["Task"]] = relationship(back_populates="batch")
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+
+
+class Task(Base):
+    __tablename__ = "tasks"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    batch_id: Mapped[int] = mapped_column(ForeignKey("batches.id"), index=True)
+    # crop box in the project's source image, half-open
+    y0: Mapped[int] = mapped_column(Integer)
+    x0: Mapped[int] = mapped_column(Integer)
+    y1: Mapped[int] = mapped_column(Integer)
+    x1: Mapped[int] = mapped_column(Integer)
+    state: Mapped[TaskState] = mapped_column(_enum(TaskState, "task_state"), default=TaskState.new, index=True)
+    image_key: Mapped[str] = mapped_column(String(1024))
+    revision: Mapped[int] = mapped_column(Integer, default=0)
+    # a crowd worker has no account: the platform's worker id is kept as a reference
+    assignee_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    assignee_ref: Mapped[str | None] = mapped_column(String(200))
+    # bumping the nonce revokes every link issued for this task
+    token_nonce: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    assigned_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    opened_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    submitted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    reviewed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    time_open_s: Mapped[float] = mapped_column(Float, default=0.0)
+
+    batch: Mapped[Batch] = relationship(back_populates="tasks")
+    assignee: Mapped[User | None] = relationship()
+    revisions: Mapped[list["Revision"]] = relationship(back_populates="task", order_by="Revision.number")
+
+    @property
+    def box(self) -> tuple[int, int, int, int]:
+        return (self.y0, self.x0, self.y1, self.x1)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.y1 - self.y0, self.x1 - self.x0)
+
+
+class Revision(Base):
+    """One label change. Revision 0 is the initial (pre-)labelling; every edit, undo and redo adds one."""
+
+    __tablename__ = "revisions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    action: Mapped[str] = mapped_column(String(32))
+    params: Mapped[dict] = mapped_column(JSON, default=dict)
+    # for undo/redo: the revision whose patch this one reverts or re-applies
+    target: Mapped[int | None] = mapped_column(Integer)
+    labels_key: Mapped[str] = mapped_column(String(1024))
+    patch_key: Mapped[str | None] = mapped_column(String(1024))
+    author_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    author_ref: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    task: Mapped[Task] = relationship(back_populates="revisions")
+    __table_args__ = (UniqueConstraint("task_id", "number"),)
+
+
+class Review(Base):
+    __tablename__ = "reviews"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"), index=True)
+    reviewer_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    verdict: Mapped[str] = mapped_column(String(16))
+    comment: Mapped[str] = mapped_column(Text, default="")
+    revision: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    reviewer: Mapped[User] = relationship()
+
+
+class TaskEvent(Base):
+    """Audit trail of workflow transitions: who moved the task, from which state, when, after how long open."""
+
+    __tablename__ = "task_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"), index=True)
+    action: Mapped[str] = mapped_column(String(32))
+    from_state: Mapped[str | None] = mapped_column(String(16))
+    to_state: Mapped[str | None] = mapped_column(String(16))
+    actor_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    actor_ref: Mapped[str | None] = mapped_column(String(200))
+    time_open_s: Mapped[float | None] = mapped_column(Float)
+    detail: Mapped[dict] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

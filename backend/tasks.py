@@ -1,0 +1,288 @@
+"""What happens to a task: its arrays in storage, its revisions, and its workflow, in one place that the
+crowd routes, the review routes and the CLI all call. No Flask here.
+
+Every label change is a new revision holding its own patch and a snapshot of the labels after it, written
+under fresh keys before the database row commits, so a request that loses a race (or crashes half way)
+never overwrites what another wrote. The row is then committed only if the task is still at the base
+revision the editor saw (optimistic locking); otherwise the caller gets `StaleRevision`.
+"""
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import numpy as np
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from backend import workflow
+from backend.arrays import decode_array, encode_array, validate_labels
+from backend.edits import Patch, apply_edit
+from backend.models import Batch, Project, Review, Revision, Task, TaskEvent, TaskState, User, utcnow
+from backend.storage import Storage
+
+EDIT_ACTIONS = "edit"
+
+
+class StaleRevision(Exception):
+    """The edit was based on an older revision than the task's current one (the API answers 409)."""
+
+    def __init__(self, base: int | None, current: int):
+        super().__init__(f"revision {base} is stale: the task is at revision {current}")
+        self.base = base
+        self.current = current
+
+
+class NothingToUndo(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who acts: a logged-in user, or a crowd worker known only by the platform's reference."""
+
+    user: User | None = None
+    ref: str | None = None
+
+    @property
+    def reviewer(self) -> bool:
+        return self.user is not None and self.user.role.value in ("reviewer", "admin")
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _aware(ts: datetime | None) -> datetime | None:
+    # SQLite hands back naive datetimes even for timezone=True columns
+    if ts is not None and ts.tzinfo is None:
+        return ts.replace(tzinfo=timezone.utc)
+    return ts
+
+
+class TaskService:
+    def __init__(self, session: Session, storage: Storage):
+        self.db = session
+        self.storage = storage
+
+    # --- arrays ----------------------------------------------------------------------------------------
+    def _key(self, task: Task, kind: str, number: int | None = None, ext: str = "npy.gz") -> str:
+        base = f"projects/{task.batch.project_id}/tasks/{task.id}"
+        if number is None:
+            return f"{base}/{kind}.{ext}"
+        # a random suffix: two racing requests for the same revision number never share a key
+        return f"{base}/{kind}/{number:06d}-{secrets.token_hex(6)}.{ext}"
+
+    def image(self, task: Task) -> np.ndarray:
+        return decode_array(self.storage.get(task.image_key))
+
+    def image_bytes(self, task: Task) -> bytes:
+        return self.storage.get(task.image_key)
+
+    def current_revision(self, task: Task) -> Revision:
+        rev = self.db.scalar(select(Revision).where(Revision.task_id == task.id, Revision.number == task.revision))
+        if rev is None:
+            raise LookupError(f"task {task.id} has no revision {task.revision}")
+        return rev
+
+    def labels_bytes(self, task: Task) -> bytes:
+        return self.storage.get(self.current_revision(task).labels_key)
+
+    def labels(self, task: Task) -> np.ndarray:
+        return validate_labels(decode_array(self.labels_bytes(task)), shape=task.shape)
+
+    # --- creation --------------------------------------------------------------------------------------
+    def create_task(
+        self,
+        batch: Batch,
+        box: tuple[int, int, int, int],
+        image: np.ndarray,
+        labels: np.ndarray | None = None,
+        *,
+        actor: Actor = Actor(ref="system"),
+        action: str = "init",
+    ) -> Task:
+        y0, x0, y1, x1 = box
+        if image.shape[:2] != (y1 - y0, x1 - x0):
+            raise ValueError(f"image crop {image.shape[:2]} does not match box {box}")
+        if labels is None:
+            labels = np.zeros((y1 - y0, x1 - x0, 2), np.int32)
+        labels = validate_labels(labels, shape=image.shape[:2])
+        state = TaskState.prelabeled if labels.any() else TaskState.new
+        task = Task(batch=batch, y0=y0, x0=x0, y1=y1, x1=x1, state=state, image_key="", revision=0)
+        self.db.add(task)
+        self.db.flush()
+        task.image_key = self._key(task, "image")
+        self.storage.put(task.image_key, encode_array(image))
+        labels_key = self._key(task, "labels", 0)
+        self.storage.put(labels_key, encode_array(labels))
+        self.db.add(Revision(task=task, number=0, action=action, labels_key=labels_key,
+                             author_id=actor.user.id if actor.user else None, author_ref=actor.ref))
+        return task
+
+    # --- label changes -----------------------------------------------------------------------------------
+    def _check_base(self, task: Task, base_revision: int | None) -> None:
+        if base_revision is None or base_revision != task.revision:
+            raise StaleRevision(base_revision, task.revision)
+
+    def _check_editable(self, task: Task, actor: Actor) -> None:
+        workflow.check_editable(task.state, reviewer=actor.reviewer and task.state is TaskState.in_review)
+
+    def _commit_patch(self, task: Task, actor: Actor, labels: np.ndarray, patch: Patch, *,
+                      action: str, params: dict, target: int | None = None) -> Revision:
+        base = task.revision
+        number = base + 1
+        patch.apply(labels)
+        labels_key = self._key(task, "labels", number)
+        patch_key = self._key(task, "patches", number, ext="patch")
+        self.storage.put(patch_key, patch.to_bytes())
+        self.storage.put(labels_key, encode_array(labels))
+        # optimistic lock: only the request that still sees `base` may move the task on
+        moved = self.db.execute(
+            update(Task).where(Task.id == task.id, Task.revision == base).values(revision=number)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        if moved != 1:
+            self.db.rollback()
+            for key in (labels_key, patch_key):
+                self.storage.delete(key)
+            current = self.db.scalar(select(Task.revision).where(Task.id == task.id))
+            raise StaleRevision(base, current)
+        task.revision = number
+        if actor.user is None and task.state in (TaskState.new, TaskState.prelabeled, TaskState.rejected):
+            self._transition(task, "assign", actor)
+        rev = Revision(task_id=task.id, number=number, action=action, params=params, target=target,
+                       labels_key=labels_key, patch_key=patch_key,
+                       author_id=actor.user.id if actor.user else None, author_ref=actor.ref)
+        self.db.add(rev)
+        self.db.commit()
+        return rev
+
+    def edit(self, task: Task, actor: Actor, base_revision: int | None, tool: str, params: dict) -> tuple[Revision, Patch]:
+        self._check_base(task, base_revision)
+        self._check_editable(task, actor)
+        labels = self.labels(task)
+        image = self.image(task)
+        patch = apply_edit(labels, image, tool, params)
+        if patch.is_empty:
+            # a no-op leaves no revision behind: nothing changed, and the undo stack stays meaningful
+            return self.current_revision(task), patch
+        rev = self._commit_patch(task, actor, labels, patch, action=EDIT_ACTIONS, params={"tool": tool, **params})
+        return rev, patch
+
+    def history(self, task: Task) -> tuple[list[int], list[int]]:
+        """The undo and redo stacks (revision numbers of edits), derived from the revision log."""
+        undo: list[int] = []
+        redo: list[int] = []
+        for rev in self.db.scalars(select(Revision).where(Revision.task_id == task.id).order_by(Revision.number)):
+            if rev.action == "undo":
+                redo.append(undo.pop())
+            elif rev.action == "redo":
+                undo.append(redo.pop())
+            elif rev.action == EDIT_ACTIONS:
+                undo.append(rev.number)
+                redo.clear()
+        return undo, redo
+
+    def _stored_patch(self, task: Task, number: int) -> Patch:
+        rev = self.db.scalar(select(Revision).where(Revision.task_id == task.id, Revision.number == number))
+        return Patch.from_bytes(self.storage.get(rev.patch_key))
+
+    def undo(self, task: Task, actor: Actor, base_revision: int | None) -> tuple[Revision, Patch]:
+        return self._replay(task, actor, base_revision, "undo")
+
+    def redo(self, task: Task, actor: Actor, base_revision: int | None) -> tuple[Revision, Patch]:
+        return self._replay(task, actor, base_revision, "redo")
+
+    def _replay(self, task: Task, actor: Actor, base_revision: int | None, action: str) -> tuple[Revision, Patch]:
+        self._check_base(task, base_revision)
+        self._check_editable(task, actor)
+        undo, redo = self.history(task)
+        stack = undo if action == "undo" else redo
+        if not stack:
+            raise NothingToUndo(f"nothing to {action}")
+        target = stack[-1]
+        patch = self._stored_patch(task, target)
+        if action == "undo":
+            patch = patch.inverse()
+        labels = self.labels(task)
+        rev = self._commit_patch(task, actor, labels, patch, action=action, params={}, target=target)
+        return rev, patch
+
+    # --- workflow ----------------------------------------------------------------------------------------
+    def _transition(self, task: Task, action: str, actor: Actor, **detail) -> None:
+        before = task.state
+        task.state = workflow.next_state(action, task.state)
+        now = _now()
+        time_open = None
+        if action == "assign":
+            task.assigned_at = now
+            if actor.user is not None:
+                task.assignee_id = actor.user.id
+            elif actor.ref:
+                task.assignee_ref = actor.ref
+        if action == "submit":
+            task.submitted_at = now
+            opened = _aware(task.opened_at)
+            if opened is not None:
+                time_open = (now - opened).total_seconds()
+                task.time_open_s = (task.time_open_s or 0.0) + time_open
+                task.opened_at = None
+        if action in ("approve", "reject"):
+            task.reviewed_at = now
+        self.db.add(TaskEvent(task_id=task.id, action=action, from_state=before.value, to_state=task.state.value,
+                              actor_id=actor.user.id if actor.user else None, actor_ref=actor.ref,
+                              time_open_s=time_open, detail=detail))
+
+    def open(self, task: Task, actor: Actor) -> None:
+        """An annotator opened the task page: start its clock and, if still unassigned, assign it."""
+        if task.state in (TaskState.new, TaskState.prelabeled, TaskState.rejected):
+            self._transition(task, "assign", actor)
+        if task.state is TaskState.assigned and task.opened_at is None:
+            task.opened_at = _now()
+        self.db.commit()
+
+    def submit(self, task: Task, actor: Actor, base_revision: int | None) -> None:
+        self._check_base(task, base_revision)
+        if task.state in (TaskState.new, TaskState.prelabeled, TaskState.rejected):
+            self._transition(task, "assign", actor)
+        self._transition(task, "submit", actor, revision=task.revision)
+        self.db.commit()
+
+    def start_review(self, task: Task, reviewer: Actor) -> None:
+        if task.state is not TaskState.in_review:
+            self._transition(task, "start_review", reviewer)
+        self.db.commit()
+
+    def review(self, task: Task, reviewer: Actor, verdict: str, comment: str = "") -> Review:
+        if verdict not in ("approve", "reject"):
+            raise ValueError("verdict must be 'approve' or 'reject'")
+        if verdict == "reject" and not comment.strip():
+            raise ValueError("a rejection needs a comment for the annotator")
+        if task.state is TaskState.submitted:
+            self._transition(task, "start_review", reviewer)
+        self._transition(task, verdict, reviewer, comment=comment)
+        review = Review(task_id=task.id, reviewer_id=reviewer.user.id, verdict=task.state.value,
+                        comment=comment, revision=task.revision)
+        self.db.add(review)
+        self.db.commit()
+        return review
+
+    def last_review(self, task: Task) -> Review | None:
+        return self.db.scalar(select(Review).where(Review.task_id == task.id).order_by(Review.id.desc()).limit(1))
+
+
+def create_project(session: Session, storage: Storage, *, name: str, image: np.ndarray, channel_names: list[str],
+                   pixel_size_um: float | None = None, source_path: str | None = None) -> Project:
+    if session.scalar(select(Project).where(Project.name == name)) is not None:
+        raise ValueError(f"a project named {name!r} already exists")
+    if image.ndim != 3 or image.shape[2] != len(channel_names):
+        raise ValueError(f"image of shape {image.shape} does not match {len(channel_names)} channel names")
+    project = Project(name=name, image_key="", channel_names=list(channel_names), pixel_size_um=pixel_size_um,
+                      height=int(image.shape[0]), width=int(image.shape[1]), source_path=source_path)
+    session.add(project)
+    session.flush()
+    project.image_key = f"projects/{project.id}/image.npy.gz"
+    storage.put(project.image_key, encode_array(image))
+    return project
