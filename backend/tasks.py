@@ -183,7 +183,37 @@ class TaskService:
             elif rev.action == EDIT_ACTIONS:
                 undo.append(rev.number)
                 redo.clear()
+            elif rev.action == "replace":
+                # a wholesale replacement has no patch to step through: history before it stays
+                # readable in storage, but undo stops here
+                undo.clear()
+                redo.clear()
         return undo, redo
+
+    def replace_labels(self, task: Task, actor: Actor, base_revision: int | None, labels: np.ndarray) -> Revision:
+        """Store uploaded labels (e.g. fixed in a desktop tool) as a new revision; validated first, so a
+        bad upload changes nothing."""
+        self._check_base(task, base_revision)
+        self._check_editable(task, actor)
+        labels = validate_labels(labels, shape=task.shape)
+        base = task.revision
+        number = base + 1
+        labels_key = self._key(task, "labels", number)
+        self.storage.put(labels_key, encode_array(labels))
+        moved = self.db.execute(
+            update(Task).where(Task.id == task.id, Task.revision == base).values(revision=number)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        if moved != 1:
+            self.db.rollback()
+            self.storage.delete(labels_key)
+            raise StaleRevision(base, self.db.scalar(select(Task.revision).where(Task.id == task.id)))
+        task.revision = number
+        rev = Revision(task_id=task.id, number=number, action="replace", params={}, labels_key=labels_key,
+                       author_id=actor.user.id if actor.user else None, author_ref=actor.ref)
+        self.db.add(rev)
+        self.db.commit()
+        return rev
 
     def _stored_patch(self, task: Task, number: int) -> Patch:
         rev = self.db.scalar(select(Revision).where(Revision.task_id == task.id, Revision.number == number))

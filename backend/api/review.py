@@ -1,18 +1,21 @@
 """Expert review: list submitted tasks, look, edit, approve or reject with a comment. Login + role."""
 from __future__ import annotations
 
-from flask import Blueprint, abort, jsonify, request
+from flask import Blueprint, abort, current_app, jsonify, request
+import numpy as np
 from flask_login import current_user
 from sqlalchemy import select
 
 from backend.api.common import ARRAY_MIMETYPE, BadRequest, base_revision, binary, db, json_body, service
 from backend.api.crowd import edit_reply, task_summary
+from backend.arrays import decode_array
 from backend.auth import make_task_token, require_role
 from backend.models import Role, Task, TaskState
 from backend.tasks import Actor
 
 bp = Blueprint("review", __name__, url_prefix="/api/review")
 reviewer_only = require_role(Role.reviewer)
+LABEL_DTYPES = {np.dtype(t) for t in ("int32", "int64", "uint16", "uint32", "int16", "uint8")}
 
 
 def _task(task_id: int) -> Task:
@@ -90,6 +93,21 @@ def undo(task_id: int):
 @reviewer_only
 def redo(task_id: int):
     return edit_reply(*service().redo(_task(task_id), _actor(), base_revision(json_body())))
+
+
+@bp.put("/tasks/<int:task_id>/labels")
+@reviewer_only
+def upload_labels(task_id: int):
+    """Replace the labels with an uploaded (H, W, 2) array (gzip .npy body); `?base_revision=N` required."""
+    task = _task(task_id)
+    base = request.args.get("base_revision", type=int)
+    if base is None:
+        raise BadRequest("'base_revision' query parameter (integer) is required")
+    config = current_app.config["CELLLOOP"]
+    array = decode_array(request.get_data(cache=False), dtypes=LABEL_DTYPES, ndim=3,
+                         max_pixels=config.max_image_pixels)
+    rev = service().replace_labels(task, _actor(), base, array)
+    return jsonify({"revision": rev.number})
 
 
 def _verdict(task_id: int, verdict: str):
