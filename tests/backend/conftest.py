@@ -15,7 +15,7 @@ PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 PASSWORD = "correct horse battery"
 
 
-def _pg_available() -> bool:
+def _pg_answers() -> bool:
     try:
         import psycopg
 
@@ -23,6 +23,25 @@ def _pg_available() -> bool:
             return True
     except Exception:
         return False
+
+
+def _pg_available() -> bool:
+    """PostgreSQL runs on these machines; if it was stopped, start the local cluster once (as CI would)."""
+    if _pg_answers():
+        return True
+    import glob
+    import subprocess
+    import time
+
+    for version_dir in glob.glob("/etc/postgresql/*"):
+        version = version_dir.rsplit("/", 1)[-1]
+        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "start"],
+                       capture_output=True, timeout=60)
+    for _ in range(20):
+        if _pg_answers():
+            return True
+        time.sleep(0.5)
+    return False
 
 
 @pytest.fixture
