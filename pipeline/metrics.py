@@ -156,9 +156,7 @@ def _as_images(Y, layer):
             imgs = list(Y)
     out = []
     for a in imgs:
-        if layer is not None:
-            if a.ndim != 3:
-                raise ValueError(f"layer={layer} needs (H, W, K) labels, got shape {a.shape}")
+        if layer is not None and a.ndim == 3:
             a = a[..., layer]
         elif a.ndim == 3:
             if a.shape[-1] != 1:
@@ -174,7 +172,9 @@ def evaluate(Y_true, Y_pred, *, layer: int | None = None, cutoff1: float = 0.4, 
     """Object accuracy over a set of images.
 
     ``Y_true`` / ``Y_pred``: (N, H, W), (N, H, W, K) with ``layer`` picking K, a single (H, W)
-    image, or lists of such images. Returns ``{"per_image": [...], "pooled": {...}}`` where pooled
+    or (H, W, K) image, or lists of such images; 2-D images are taken as they are, so a plain
+    ground-truth mask can be compared with one layer of a two-layer prediction. With ``layer``
+    set, a 3-D array means one (H, W, K) image; pass a stack of 2-D images as a list. Returns ``{"per_image": [...], "pooled": {...}}`` where pooled
     precision / recall are Σcorrect / Σpred and Σcorrect / Σtrue, ``f1`` their harmonic mean
     (not the mean of per-image F1), ``jaccard`` the foreground IoU over all pixels, and error
     counts summed.
