@@ -232,7 +232,9 @@ def validate_image(arr, *, max_pixels: int | None = MAX_PIXELS_DEFAULT) -> np.nd
     elif kind not in "iuf":
         raise ArrayError(f"image dtype {arr.dtype} is not numeric")
     elif arr.dtype.newbyteorder("=") not in _KEPT_IMAGE_DTYPES:
-        arr = arr.astype(np.float32)
+        # Out-of-range float64 becomes inf here and is refused just below.
+        with np.errstate(over="ignore"):
+            arr = arr.astype(np.float32)
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         raise ArrayError("image contains NaN or infinite values")
     return np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("="))
