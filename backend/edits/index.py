@@ -105,6 +105,21 @@ class LabelIndex:
     def labels(self, layer):
         return set(self.boxes[layer])
 
+    def tight_bbox(self, layer, label, labels):
+        """Like ``bbox``, but a loose box is first tightened by scanning only that box."""
+        label = int(label)
+        box = self.boxes[layer].get(label)
+        if box is None or label not in self.loose[layer]:
+            return box
+        window = np.asarray(labels)[box[0]:box[2], box[1]:box[3], layer] == label
+        fresh = _mask_box(window, box[0], box[1])
+        self.loose[layer].discard(label)
+        if fresh is None:
+            del self.boxes[layer][label]
+        else:
+            self.boxes[layer][label] = fresh
+        return fresh
+
     def update(self, patch, labels=None):
         """Account for ``patch`` once it has been applied.
 

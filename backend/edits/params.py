@@ -146,7 +146,7 @@ class EditContext:
     def bbox(self, label):
         """Box of ``label`` in the layer, or None; via the index when there is one."""
         if self.index is not None:
-            return self.index.bbox(self.layer_index, label)
+            return self.index.tight_bbox(self.layer_index, label, self.labels)
         mask = self.layer == label
         rows = np.flatnonzero(mask.any(axis=1))
         if rows.size == 0:
