@@ -15,13 +15,26 @@ from skimage.measure import label as cc_label
 __all__ = ["make_tissue", "make_dataset"]
 
 
-def _smooth_noise(rng, shape, scale, order=3):
-    """Zero-mean, roughly unit-variance noise varying over ~``scale`` px (coarse grid, upsampled)."""
+def _upsampler(n_fine, n_coarse, scale):
+    # Gaussian-weighted interpolation matrix: the coarse-to-fine upsampling becomes two small
+    # matrix products (BLAS), ~50x faster than ndimage.zoom with splines at 2048².
+    pos = (np.arange(n_fine) + 0.5) / scale + 1.0
+    d = pos[:, None] - np.arange(n_coarse)[None, :]
+    m = np.exp(-0.5 * (d / 0.6) ** 2)
+    return (m / m.sum(1, keepdims=True)).astype(np.float32)
+
+
+def _smooth_noise(rng, shape, scale):
+    """Zero-mean, unit-variance noise varying over ~``scale`` px (coarse grid, upsampled)."""
     h, w = shape
-    gh, gw = int(np.ceil(h / scale)) + 4, int(np.ceil(w / scale)) + 4
+    if scale < 8:
+        # Fine grain: a direct small-kernel blur is cheaper than the dense upsampling matrices.
+        fine = ndi.gaussian_filter(rng.standard_normal((h, w)).astype(np.float32), 0.5 * scale)
+        std = fine.std()
+        return (fine - fine.mean()) / (std if std > 0 else 1.0)
+    gh, gw = int(np.ceil(h / scale)) + 3, int(np.ceil(w / scale)) + 3
     coarse = rng.standard_normal((gh, gw)).astype(np.float32)
-    fine = ndi.zoom(coarse, scale, order=order, prefilter=False, grid_mode=False)
-    fine = fine[:h, :w]
+    fine = _upsampler(h, gh, scale) @ coarse @ _upsampler(w, gw, scale).T
     std = fine.std()
     return (fine - fine.mean()) / (std if std > 0 else 1.0)
 
