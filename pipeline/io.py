@@ -8,9 +8,11 @@ Failures are `ImageReadError` (a ValueError) naming the file, which the CLI prin
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import secrets
+import threading
 import xml.etree.ElementTree as ET
 import zipfile
 from pathlib import Path
@@ -87,7 +89,7 @@ def _channels_first(shape, axes, prefer_channels_first: bool) -> bool:
     # Axes that name the channel axis (OME/ImageJ "CYX", RGB "YXS", Pillow "YXC") are trusted;
     # tifffile labels other stacks "QYX" even when they were written (H, W, C), so those fall
     # through to the size rule: the channel axis is the short one.
-    if axes in ("CYX",):
+    if axes in ("CYX", "SYX"):
         return True
     if axes in ("YXC", "YXS"):
         return False
@@ -96,44 +98,79 @@ def _channels_first(shape, axes, prefer_channels_first: bool) -> bool:
         return True
     if last <= MAX_CHANNEL_AXIS < first:
         return False
+    if first <= MAX_CHANNEL_AXIS and last <= MAX_CHANNEL_AXIS and first != last:
+        return first < last  # a small crop: the shorter end axis holds the channels
     return prefer_channels_first
+
+
+class _TiffWarnings(logging.Handler):
+    """Collects tifffile's log warnings raised by this thread.
+
+    tifffile recovers from some damage by logging and carrying on: a truncated file whose second
+    IFD is cut off reads as a one-page image, silently losing channels. Such warnings are errors here.
+    """
+
+    _FATAL = re.compile(r"invalid page offset|corrupt|truncat|failed to read|not enough data", re.I)
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.thread = threading.get_ident()
+        self.messages = []
+
+    def emit(self, record):
+        if record.thread == self.thread:
+            message = record.getMessage()
+            if self._FATAL.search(message):
+                self.messages.append(message)
+
+    def __enter__(self):
+        logging.getLogger("tifffile").addHandler(self)
+        return self
+
+    def __exit__(self, *exc):
+        logging.getLogger("tifffile").removeHandler(self)
+
+    def check(self, path):
+        if self.messages:
+            raise _fail(path, f"damaged or truncated TIFF ({'; '.join(self.messages)})")
 
 
 def _read_tiff(path, max_pixels, index=None, probe=False):
     import tifffile
 
-    try:
-        tif = tifffile.TiffFile(path)
-    except FileNotFoundError:
-        raise
-    except Exception as exc:
-        raise _fail(path, f"not a readable TIFF file ({exc})") from None
-    with tif:
+    with _TiffWarnings() as problems:
         try:
-            series = tif.series[0]
-            shape, axes = tuple(series.shape), series.axes
+            tif = tifffile.TiffFile(path)
         except Exception as exc:
-            raise _fail(path, f"cannot parse TIFF structure ({exc})") from None
-        keep, sq_shape, sq_axes = _squeeze(shape, axes)
-        if len(sq_shape) == 4:
-            if index is None:
-                raise _fail(path, f"contains {sq_shape[0]} images {shape} (axes {axes}); pass index= to choose one")
-            if not 0 <= index < sq_shape[0]:
-                raise _fail(path, f"index {index} out of range for {sq_shape[0]} images")
-        elif len(sq_shape) not in (2, 3):
-            raise _fail(path, f"expected a 2-D or 3-D image, found shape {shape} (axes {axes})")
-        image_shape = sq_shape[1:] if len(sq_shape) == 4 else sq_shape
-        image_axes = sq_axes[1:] if len(sq_shape) == 4 else sq_axes
-        h, w = _spatial_shape(path, image_shape, True, image_axes)
-        _check_pixels(path, h, w, max_pixels)
-        if probe:
-            return h, w
-        _check_tiff_extent(path, tif, series)
-        try:
-            data = series.asarray()
-        except Exception as exc:
-            raise _fail(path, f"cannot read TIFF pixel data, the file may be truncated or corrupt ({exc})") from None
-        names = _tiff_channel_names(tif)
+            raise _fail(path, f"not a readable TIFF file ({exc})") from None
+        with tif:
+            try:
+                series = tif.series[0]
+                shape, axes = tuple(series.shape), series.axes
+            except Exception as exc:
+                raise _fail(path, f"cannot parse TIFF structure ({exc})") from None
+            problems.check(path)
+            keep, sq_shape, sq_axes = _squeeze(shape, axes)
+            if len(sq_shape) == 4:
+                if index is None:
+                    raise _fail(path, f"contains {sq_shape[0]} images {shape} (axes {axes}); pass index= to choose one")
+                if not 0 <= index < sq_shape[0]:
+                    raise _fail(path, f"index {index} out of range for {sq_shape[0]} images")
+            elif len(sq_shape) not in (2, 3):
+                raise _fail(path, f"expected a 2-D or 3-D image, found shape {shape} (axes {axes})")
+            image_shape = sq_shape[1:] if len(sq_shape) == 4 else sq_shape
+            image_axes = sq_axes[1:] if len(sq_shape) == 4 else sq_axes
+            h, w = _spatial_shape(path, image_shape, True, image_axes)
+            _check_pixels(path, h, w, max_pixels)
+            if probe:
+                return h, w
+            _check_tiff_extent(path, tif, series)
+            try:
+                data = series.asarray()
+            except Exception as exc:
+                raise _fail(path, f"cannot read TIFF pixel data, the file may be truncated or corrupt ({exc})") from None
+            problems.check(path)
+            names = _tiff_channel_names(tif)
     data = data.reshape(sq_shape)
     if len(sq_shape) == 4:
         data = data[index]
@@ -622,6 +659,10 @@ def load_dataset(path) -> dict:
             raise ImageReadError(f"{path}: refusing to load pickled/object arrays ({exc})") from None
         except Exception as exc:
             raise ImageReadError(f"{path}: corrupt or truncated dataset ({exc})") from None
+    for name, value in (("X", X), ("y", y), ("meta", meta_raw), ("tissue_list", tissues), ("platform_list", platforms)):
+        # NpzFile hands back raw bytes for a member that is not a .npy array (a pickle, say).
+        if value is not None and not isinstance(value, np.ndarray):
+            raise ImageReadError(f"{path}: member {name!r} is not a .npy array")
     if X.ndim == 3:
         X = X[..., np.newaxis]
     if X.ndim != 4:
