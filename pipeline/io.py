@@ -158,6 +158,8 @@ def _read_tiff(path, max_pixels, index=None, probe=False):
                     raise _fail(path, f"index {index} out of range for {sq_shape[0]} images")
             elif len(sq_shape) not in (2, 3):
                 raise _fail(path, f"expected a 2-D or 3-D image, found shape {shape} (axes {axes})")
+            elif index not in (None, 0):
+                raise _fail(path, f"index {index} out of range: the file holds one image")
             image_shape = sq_shape[1:] if len(sq_shape) == 4 else sq_shape
             image_axes = sq_axes[1:] if len(sq_shape) == 4 else sq_axes
             h, w = _spatial_shape(path, image_shape, True, image_axes)
@@ -240,6 +242,8 @@ def _read_npy_stream(fh, path, max_pixels, index, probe=False):
             raise _fail(path, f"index {index} out of range for {sq_shape[0]} images")
         image_shape = sq_shape[1:]
     elif len(sq_shape) in (2, 3):
+        if index not in (None, 0):
+            raise _fail(path, f"index {index} out of range: the file holds one image")
         image_shape = sq_shape
     else:
         raise _fail(path, f"expected a 2-D or 3-D image (or a stack of them), found shape {shape}")

@@ -192,6 +192,9 @@ def test_npz_tissuenet_layout_takes_one_image_or_asks_for_index(tmp_path):
     X = np.random.default_rng(5).random((3, 32, 32, 2)).astype(np.float32)
     np.savez(tmp_path / "one.npz", X=X[:1])
     np.testing.assert_array_equal(read_image(tmp_path / "one.npz")[0], X[0])
+    np.testing.assert_array_equal(read_image(tmp_path / "one.npz", index=0)[0], X[0])
+    with pytest.raises(ImageReadError, match="holds one image"):
+        read_image(tmp_path / "one.npz", index=1)
     np.savez_compressed(tmp_path / "many.npz", X=X, y=np.zeros((3, 32, 32, 2), np.int32))
     with pytest.raises(ImageReadError, match=r"many\.npz.*3 images.*index="):
         read_image(tmp_path / "many.npz")
