@@ -84,8 +84,12 @@ def _box_param(ctx):
         raise EditError("box must be [y0, x0, y1, x1]")
     h, w = ctx.shape
     # Half-open: the far corner may sit on the image edge, so check it against size + 1.
-    a = point_value(value[:2], (h + 1, w + 1), "box corner")
-    b = point_value(value[2:], (h + 1, w + 1), "box corner")
+    try:
+        a = point_value(value[:2], (h + 1, w + 1), "box corner")
+        b = point_value(value[2:], (h + 1, w + 1), "box corner")
+    except EditError:
+        raise EditError(f"box {list(value)} must be a half-open box "
+                        f"inside the image ({h}x{w})") from None
     y0, y1 = sorted((a[0], b[0]))
     x0, x1 = sorted((a[1], b[1]))
     if y1 - y0 < 2 or x1 - x0 < 2:
