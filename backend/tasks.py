@@ -133,7 +133,8 @@ class TaskService:
                       action: str, params: dict, target: int | None = None) -> Revision:
         base = task.revision
         number = base + 1
-        patch.apply(labels)
+        # replays must find exactly the pixels their patch recorded; a mismatch means corrupt history
+        patch.apply(labels, check=action != EDIT_ACTIONS)
         labels_key = self._key(task, "labels", number)
         patch_key = self._key(task, "patches", number, ext="patch")
         self.storage.put(patch_key, patch.to_bytes())
