@@ -46,7 +46,7 @@ IMAGE = np.ones((10, 12, 2), np.float32)
     ("split", {"seeds": [[3, 3], [4, 4]], "new_labels": [5, 6]}, "exactly 1"),
     ("threshold", {"box": [0, 0, 5, 5]}, "channel"),
     ("threshold", {"box": [0, 0, 5], "channel": 0}, "box"),
-    ("threshold", {"box": [0, 0, 11, 5], "channel": 0}, "outside"),
+    ("threshold", {"box": [0, 0, 11, 5], "channel": 0}, r"inside the image \(10x12\)"),
     ("threshold", {"box": [0, 0, 1, 5], "channel": 0}, "2x2"),
     ("autofit", {"label": 1}, "channel"),
     ("autofit", {"label": 1, "channel": 0, "margin": 0}, "margin"),
