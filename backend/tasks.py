@@ -129,17 +129,17 @@ class TaskService:
     def _check_editable(self, task: Task, actor: Actor) -> None:
         workflow.check_editable(task.state, reviewer=actor.reviewer and task.state is TaskState.in_review)
 
-    def _commit_patch(self, task: Task, actor: Actor, labels: np.ndarray, patch: Patch, *,
-                      action: str, params: dict, target: int | None = None) -> Revision:
+    def _commit_revision(self, task: Task, actor: Actor, labels: np.ndarray, patch: Patch | None, *,
+                         action: str, params: dict, target: int | None = None) -> Revision:
+        """Write the new revision's arrays under fresh keys, then move the task on by one revision if, and
+        only if, it is still at the revision this request started from (optimistic lock)."""
         base = task.revision
         number = base + 1
-        # replays must find exactly the pixels their patch recorded; a mismatch means corrupt history
-        patch.apply(labels, check=action != EDIT_ACTIONS)
         labels_key = self._key(task, "labels", number)
-        patch_key = self._key(task, "patches", number, ext="patch")
-        self.storage.put(patch_key, patch.to_bytes())
+        patch_key = None if patch is None else self._key(task, "patches", number, ext="patch")
+        if patch is not None:
+            self.storage.put(patch_key, patch.to_bytes())
         self.storage.put(labels_key, encode_array(labels))
-        # optimistic lock: only the request that still sees `base` may move the task on
         moved = self.db.execute(
             update(Task).where(Task.id == task.id, Task.revision == base).values(revision=number)
             .execution_options(synchronize_session=False)
@@ -147,9 +147,9 @@ class TaskService:
         if moved != 1:
             self.db.rollback()
             for key in (labels_key, patch_key):
-                self.storage.delete(key)
-            current = self.db.scalar(select(Task.revision).where(Task.id == task.id))
-            raise StaleRevision(base, current)
+                if key is not None:
+                    self.storage.delete(key)
+            raise StaleRevision(base, self.db.scalar(select(Task.revision).where(Task.id == task.id)))
         task.revision = number
         if actor.user is None and task.state in (TaskState.new, TaskState.prelabeled, TaskState.rejected):
             self._transition(task, "assign", actor)
@@ -159,6 +159,12 @@ class TaskService:
         self.db.add(rev)
         self.db.commit()
         return rev
+
+    def _commit_patch(self, task: Task, actor: Actor, labels: np.ndarray, patch: Patch, *,
+                      action: str, params: dict, target: int | None = None) -> Revision:
+        # replays must find exactly the pixels their patch recorded; a mismatch means corrupt history
+        patch.apply(labels, check=action != EDIT_ACTIONS)
+        return self._commit_revision(task, actor, labels, patch, action=action, params=params, target=target)
 
     def edit(self, task: Task, actor: Actor, base_revision: int | None, tool: str, params: dict) -> tuple[Revision, Patch]:
         self._check_base(task, base_revision)
@@ -197,24 +203,7 @@ class TaskService:
         self._check_base(task, base_revision)
         self._check_editable(task, actor)
         labels = validate_labels(labels, shape=task.shape)
-        base = task.revision
-        number = base + 1
-        labels_key = self._key(task, "labels", number)
-        self.storage.put(labels_key, encode_array(labels))
-        moved = self.db.execute(
-            update(Task).where(Task.id == task.id, Task.revision == base).values(revision=number)
-            .execution_options(synchronize_session=False)
-        ).rowcount
-        if moved != 1:
-            self.db.rollback()
-            self.storage.delete(labels_key)
-            raise StaleRevision(base, self.db.scalar(select(Task.revision).where(Task.id == task.id)))
-        task.revision = number
-        rev = Revision(task_id=task.id, number=number, action="replace", params={}, labels_key=labels_key,
-                       author_id=actor.user.id if actor.user else None, author_ref=actor.ref)
-        self.db.add(rev)
-        self.db.commit()
-        return rev
+        return self._commit_revision(task, actor, labels, None, action="replace", params={})
 
     def _stored_patch(self, task: Task, number: int) -> Patch:
         rev = self.db.scalar(select(Revision).where(Revision.task_id == task.id, Revision.number == number))
