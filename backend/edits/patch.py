@@ -65,9 +65,13 @@ class Patch:
         return cls(layer, (0, 0, 0, 0), nothing, nothing)
 
     @classmethod
-    def from_windows(cls, layer, y0, x0, before, after):
-        """Patch for a window at (y0, x0), cut down to the pixels that actually differ."""
-        changed = before != after
+    def from_windows(cls, layer, y0, x0, before, after, changed=None):
+        """Patch for a window at (y0, x0), cut down to the pixels that actually differ.
+
+        ``changed`` (before != after, when the caller already knows it) saves a pass.
+        """
+        if changed is None:
+            changed = before != after
         rows = np.flatnonzero(changed.any(axis=1))
         if rows.size == 0:
             return cls.empty(layer)

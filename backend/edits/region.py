@@ -52,7 +52,8 @@ def flood(ctx):
         half *= 2
     after = before.copy()
     after[region] = label
-    return Patch.from_windows(ctx.layer_index, box[0], box[1], before, after)
+    # every region pixel held the point's value, which differs from label
+    return Patch.from_windows(ctx.layer_index, box[0], box[1], before, after, changed=region)
 
 
 def trim(ctx):

@@ -33,6 +33,7 @@ from .patch import Patch
 
 _FOUR = ndimage.generate_binary_structure(2, 1)
 _AUTOFIT_SIGMA = 1.0
+_AUTOFIT_KERNEL_PAD = 2 + int(4 * _AUTOFIT_SIGMA + 0.5) + 1  # ring + gaussian + sobel reach
 
 
 def split(ctx):
@@ -54,7 +55,8 @@ def split(ctx):
     if label in new_ids:
         raise EditError(f"new label ids must differ from the split label {label}")
 
-    box = ctx.require_bbox(label)
+    # One pixel of margin so the distance transform sees the cell's edge on every side.
+    box = ctx.padded(ctx.require_bbox(label), 1)
     before = ctx.window(box)
     cell = before == label
     markers = np.zeros(cell.shape, np.int32)
@@ -124,7 +126,8 @@ def autofit(ctx):
     label = label_param(ctx.params, "label", minimum=1)
     channel = ctx.channel()
     margin = int_in(ctx.params, "margin", 1, MAX_RADIUS, 3)
-    box = ctx.padded(ctx.require_bbox(label), margin + 2)
+    # Room for the smoothing and gradient kernels, so the window's edge cannot bend the fit.
+    box = ctx.padded(ctx.require_bbox(label), margin + _AUTOFIT_KERNEL_PAD)
     before = ctx.window(box)
     cell = before == label
     allowed = cell | (before == 0)
