@@ -48,6 +48,37 @@ class Location2D(layers.Layer):
         return (*input_shape[:-1], 2)
 
 
+@keras.saving.register_keras_serializable(package="cellloop")
+class BilinearUpsample2x(layers.Layer):
+    """x2 bilinear upsampling (half-pixel centres, edges clamped) that works with unknown H, W.
+
+    Keras 3.15's ``UpSampling2D(interpolation="bilinear")`` fails in TensorFlow graph mode once the
+    spatial size is traced as unknown, which happens as soon as one model sees two tile sizes.
+    """
+
+    @staticmethod
+    def _double(x, axis):
+        n = ops.shape(x)[axis]
+        first = ops.take(x, [0], axis=axis)
+        last = ops.take(x, ops.arange(n - 1, n), axis=axis)
+        prev = ops.concatenate([first, ops.take(x, ops.arange(0, n - 1), axis=axis)], axis=axis)
+        nxt = ops.concatenate([ops.take(x, ops.arange(1, n), axis=axis), last], axis=axis)
+        even = 0.75 * x + 0.25 * prev
+        odd = 0.75 * x + 0.25 * nxt
+        both = ops.stack([even, odd], axis=axis + 1)
+        shape = ops.shape(x)
+        new_shape = [shape[i] for i in range(4)]
+        new_shape[axis] = shape[axis] * 2
+        return ops.reshape(both, new_shape)
+
+    def call(self, inputs):
+        return self._double(self._double(inputs, 1), 2)
+
+    def compute_output_shape(self, input_shape):
+        n, h, w, c = input_shape
+        return (n, None if h is None else 2 * h, None if w is None else 2 * w, c)
+
+
 def _backbone(name: str, bn_momentum: float | None) -> keras.Model:
     """A headless backbone taking 3 channels and returning [C3, C4, C5]."""
     if name not in _BACKBONES:
@@ -95,7 +126,7 @@ def _semantic_head(p3, n_classes: int, name: str, bn_momentum: float):
     x = p3
     for i in range(3):
         x = layers.Conv2D(64, 3, padding="same", name=f"{name}_conv{i}")(x)
-        x = layers.UpSampling2D(2, interpolation="bilinear", name=f"{name}_up{i}")(x)
+        x = BilinearUpsample2x(name=f"{name}_up{i}")(x)
     x = layers.Conv2D(128, 1, name=f"{name}_dense")(x)
     x = layers.BatchNormalization(momentum=bn_momentum, name=f"{name}_bn")(x)
     x = layers.Activation("relu", name=f"{name}_relu")(x)

@@ -1,0 +1,259 @@
+"""`cellloop predict | train | evaluate`: the model's subcommands.
+
+Kept free of TensorFlow/Keras imports at module level so `cellloop --help` stays fast; each command
+imports what it needs when it runs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _error(message: str):
+    from pipeline.cli import CLIError
+
+    return CLIError(message)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("predict", help="segment an image with a model version (whole-cell and nuclear)")
+    p.add_argument("image", nargs="+", help="image file (TIFF/OME-TIFF/NPZ/PNG), or one file per channel")
+    p.add_argument("--model", required=True, help="model version folder or .keras file")
+    p.add_argument("--nuclear", help="nuclear channel: name or index")
+    p.add_argument("--membrane", help="membrane/cytoplasm channel: name or index")
+    p.add_argument("--channels", help="comma-separated channels in the model's order (for models not of 2 channels)")
+    p.add_argument("--image-mpp", type=float, default=None, help="µm per pixel of the image (default: the model's)")
+    p.add_argument("--compartment", choices=("both", "whole-cell", "nuclear"), default="both")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--out", required=True, help="labels file: .tif/.ome.tif (OME-TIFF) or .npz")
+    p.set_defaults(func=cmd_predict)
+
+    t = subparsers.add_parser("train", help="train a model version, or fine-tune one with --from")
+    t.add_argument("--data", required=True, help="training .npz with X (N,H,W,C) and y (N,H,W,2)")
+    t.add_argument("--val", help="validation .npz (default: split off --val-split of --data)")
+    t.add_argument("--val-split", type=float, default=0.1)
+    t.add_argument("--out", required=True, help="new model version folder")
+    t.add_argument("--backbone", default=None, help="resnet50 (default), mobilenetv2 or efficientnetv2b0")
+    t.add_argument("--from", dest="from_version", help="model version to continue training (fine-tune)")
+    t.add_argument("--epochs", type=int, default=8)
+    t.add_argument("--steps-per-epoch", type=int, default=None)
+    t.add_argument("--lr", type=float, default=1e-4)
+    t.add_argument("--batch-size", type=int, default=8)
+    t.add_argument("--crop-size", type=int, default=256)
+    t.add_argument("--nuclear-weight", type=float, default=None,
+                   help="weight of the nuclear heads (default: 1, or 0 when the data has no nuclear labels)")
+    t.add_argument("--mpp", type=float, default=None, help="µm per pixel of the training images (default 0.5)")
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=cmd_train)
+
+    e = subparsers.add_parser("evaluate", help="object-level accuracy of a model (or saved labels) on a dataset")
+    e.add_argument("--data", required=True, help="test .npz with X and ground truth y")
+    src = e.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="model version to predict with")
+    src.add_argument("--pred", help="saved predictions (.npz with y, or labels file) to score instead")
+    e.add_argument("--image-mpp", type=float, default=None)
+    e.add_argument("--batch-size", type=int, default=8)
+    e.add_argument("--json", dest="json_out", help="write the metrics as JSON here")
+    e.set_defaults(func=cmd_evaluate)
+
+
+def _progress_bar(desc: str):
+    from tqdm import tqdm
+
+    state = {"bar": None}
+
+    def update(done, total):
+        if state["bar"] is None:
+            # disable=None hides the bar when stderr is not a terminal (logs, CI).
+            state["bar"] = tqdm(total=total, desc=desc, unit="tile", disable=None if total > 1 else True)
+        bar = state["bar"]
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+
+    return update
+
+
+def _channel_request(args, n_model_channels: int, model_channels: list[str]):
+    if args.channels:
+        if args.nuclear or args.membrane:
+            raise _error("give --channels or --nuclear/--membrane, not both")
+        wanted = [c.strip() for c in args.channels.split(",") if c.strip()]
+    elif n_model_channels == 2:
+        if args.nuclear is None or args.membrane is None:
+            raise _error("name both --nuclear and --membrane channels (name or index)")
+        wanted = [args.nuclear, args.membrane]
+    else:
+        raise _error(
+            f"the model takes {n_model_channels} channels ({', '.join(model_channels)}); list them with --channels"
+        )
+    if len(wanted) != n_model_channels:
+        raise _error(f"the model takes {n_model_channels} channels, {len(wanted)} given")
+    return wanted
+
+
+def _check_labels_suffix(out: Path):
+    name = out.name.lower()
+    if not (name.endswith(".tif") or name.endswith(".tiff") or name.endswith(".npz")):
+        raise _error(f"--out must end in .tif, .tiff, .ome.tif or .npz, got {out.name}")
+
+
+def cmd_predict(args) -> int:
+    from pipeline import io
+
+    out = Path(args.out)
+    _check_labels_suffix(out)
+    if args.image_mpp is not None and not args.image_mpp > 0:
+        raise _error("--image-mpp must be positive")
+    if args.batch_size < 1:
+        raise _error("--batch-size must be at least 1")
+    # Read (and fail on) the image before paying for the model load.
+    paths = args.image[0] if len(args.image) == 1 else list(args.image)
+    image, names = io.read_image(paths)
+
+    from pipeline.model import saving
+    from pipeline.model.predict import Mesmer
+
+    version = saving.load_model_version(args.model)
+    wanted = _channel_request(args, len(version.channels), version.channels)
+    image, picked = io._select_channels(image, names, wanted, str(paths))
+    app = Mesmer(version)
+    labels = app.predict(
+        image.astype("float32"),
+        image_mpp=args.image_mpp,
+        compartment=args.compartment,
+        batch_size=args.batch_size,
+        progress=_progress_bar("predict"),
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    io.write_labels(out, labels)
+    n_cells = int(len(set(labels[..., 0].ravel().tolist()) - {0}))
+    n_nuc = int(len(set(labels[..., 1].ravel().tolist()) - {0}))
+    t = app.timings
+    print(
+        f"{out}: {n_cells} cells, {n_nuc} nuclei from channels {', '.join(picked)} "
+        f"(pre {t['preprocess_s']:.1f}s, network {t['network_s']:.1f}s, post {t['postprocess_s']:.1f}s)"
+    )
+    return 0
+
+
+def cmd_train(args) -> int:
+    from pipeline.model import panoptic
+
+    if args.epochs < 1:
+        raise _error("--epochs must be at least 1")
+    if args.batch_size < 1:
+        raise _error("--batch-size must be at least 1")
+    if not args.lr > 0:
+        raise _error("--lr must be positive")
+    if not 0 <= args.val_split < 1:
+        raise _error("--val-split must be in [0, 1)")
+    if args.backbone is not None and args.backbone not in panoptic.BACKBONES:
+        raise _error(f"unknown backbone {args.backbone!r}; choose one of {', '.join(panoptic.BACKBONES)}")
+    if args.from_version and args.backbone:
+        raise _error("--backbone comes from the --from model version; give one or the other")
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise _error(f"{out} already exists and is not empty; choose a new folder")
+    for p in (args.data, args.val, args.from_version):
+        if p is not None and not Path(p).exists():
+            raise _error(f"not found: {p}")
+
+    from pipeline.model import train
+
+    result = train.train(
+        data=args.data,
+        val=args.val,
+        val_split=args.val_split,
+        backbone=args.backbone or "resnet50",
+        from_version=args.from_version,
+        epochs=args.epochs,
+        steps_per_epoch=args.steps_per_epoch,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        crop_size=args.crop_size,
+        nuclear_weight=args.nuclear_weight,
+        mpp=args.mpp,
+        seed=args.seed,
+        out=out,
+        verbose="auto",
+    )
+    tr = result.config["training"]
+    print(f"{result.path}: best {tr['monitor']} {tr['best_loss']:.4f} at epoch {tr['best_epoch'] + 1}/{tr['epochs']}")
+    return 0
+
+
+def _load_predictions(path, n_expected, shape_hw):
+    import numpy as np
+
+    from pipeline import io
+
+    path = Path(path)
+    if not path.exists():
+        raise _error(f"not found: {path}")
+    if path.suffix.lower() == ".npz":
+        with np.load(path, allow_pickle=False) as z:
+            key = "y" if "y" in z.files else (z.files[0] if len(z.files) == 1 else None)
+            if key is None:
+                raise _error(f"{path}: expected an array named y")
+            pred = z[key]
+    else:
+        pred = io.read_labels(path)
+    if pred.ndim == 3 and n_expected == 1:
+        pred = pred[None]
+    if pred.ndim == 3 and pred.shape[-1] != 2:
+        pred = pred[..., None]
+    if pred.ndim != 4 or pred.shape[0] != n_expected or pred.shape[1:3] != tuple(shape_hw):
+        raise _error(f"{path}: predictions of shape {pred.shape} do not match {n_expected} images of {tuple(shape_hw)}")
+    return pred
+
+
+def cmd_evaluate(args) -> int:
+    import numpy as np
+
+    from pipeline import io, metrics
+
+    data = io.load_dataset(args.data)
+    X, y = data["X"], data["y"]
+    if args.pred:
+        pred = _load_predictions(args.pred, len(X), X.shape[1:3])
+        source = {"pred": str(args.pred)}
+    else:
+        from pipeline.model import saving
+        from pipeline.model.predict import Mesmer
+
+        version = saving.load_model_version(args.model)
+        if X.shape[-1] != len(version.channels):
+            raise _error(f"the data has {X.shape[-1]} channels, the model takes {len(version.channels)}")
+        app = Mesmer(version)
+        pred = np.stack([app.predict(x, image_mpp=args.image_mpp, batch_size=args.batch_size) for x in X])
+        source = {"model": str(args.model)}
+
+    report = {"data": str(args.data), **source, "n_images": int(len(X))}
+    layers = [("whole-cell", 0)]
+    if y[..., 1].any() and pred.shape[-1] > 1:
+        layers.append(("nuclear", 1))
+    for name, layer in layers:
+        result = metrics.evaluate(y, pred, layer=layer)
+        report[name] = result
+        print(f"{name}:")
+        print(metrics.format_table(result))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(report, indent=1, default=_json_default) + "\n")
+    return 0
+
+
+def _json_default(value):
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("use the `cellloop` command")

@@ -1,0 +1,386 @@
+"""Training and fine-tuning of the Mesmer PanopticNet (Keras 3, backend-agnostic).
+
+Data: an ``.npz`` with ``X`` (N, H, W, C) and ``y`` (N, H, W, 2) [whole-cell, nuclear], or arrays.
+Images are normalised once like at prediction time; crops, zoom, flips and 90° rotations are drawn
+per batch, and the four targets are computed on the fly from the augmented labels.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.model import preprocess, transforms
+
+DEFAULTS = dict(
+    lr=1e-4,
+    clipnorm=1e-3,
+    lr_decay=0.99,
+    batch_size=8,
+    crop_size=256,
+    zoom=(0.7, 1.43),
+)
+
+
+def load_npz(path) -> tuple[np.ndarray, np.ndarray]:
+    """X (N,H,W,C) float32 and y (N,H,W,2) int32 from a dataset ``.npz`` (TissueNet's included)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"dataset not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [k for k in ("X", "y") if k not in data.files]
+            if missing:
+                raise ValueError(f"{path} lacks array(s) {', '.join(missing)}")
+            X, y = data["X"], data["y"]
+    except (OSError, EOFError) as exc:
+        raise ValueError(f"cannot read {path} as .npz: {exc}") from None
+    return check_dataset(X, y, str(path))
+
+
+def check_dataset(X, y, what: str = "dataset") -> tuple[np.ndarray, np.ndarray]:
+    X = np.asarray(X)
+    y = np.asarray(y)
+    if X.ndim == 3:
+        X, y = X[None], y[None]
+    if X.ndim != 4:
+        raise ValueError(f"{what}: X must be (N, H, W, C), got shape {X.shape}")
+    if y.ndim != 4 or y.shape[-1] != 2 or y.shape[:3] != X.shape[:3]:
+        raise ValueError(f"{what}: y must be (N, H, W, 2) matching X {X.shape[:3]}, got shape {y.shape}")
+    if min(X.shape[1:3]) < 32:
+        raise ValueError(f"{what}: images must be at least 32 px on each side, got {X.shape[1:3]}")
+    return X.astype(np.float32, copy=False), y.astype(np.int32, copy=False)
+
+
+def _crop_side(h: int, w: int, crop_size: int) -> int:
+    side = min(int(crop_size), h, w)
+    return max(32, side - side % 32)
+
+
+def augment_pair(rng, x, y, crop: int, zoom=(0.7, 1.43)):
+    """One random training view of image ``x`` (H,W,C) and labels ``y`` (H,W,2), both crop × crop.
+
+    Zoom is drawn log-uniformly so shrinking and enlarging are equally likely; labels are resized by
+    index lookup so ids stay ids.
+    """
+    from scipy import ndimage as ndi
+
+    h, w = x.shape[:2]
+    z = math.exp(rng.uniform(math.log(zoom[0]), math.log(zoom[1]))) if zoom else 1.0
+    src = int(round(crop / z))
+    src = max(8, min(src, h, w))
+    r = int(rng.integers(0, h - src + 1))
+    c = int(rng.integers(0, w - src + 1))
+    xs, ys = x[r : r + src, c : c + src], y[r : r + src, c : c + src]
+    if src != crop:
+        f = crop / src
+        xs = ndi.zoom(xs, (f, f, 1), order=1, grid_mode=True, mode="nearest")[:crop, :crop]
+        ys = preprocess.resample_labels(ys, (crop, crop))
+    k = int(rng.integers(0, 4))
+    xs, ys = np.rot90(xs, k), np.rot90(ys, k)
+    if rng.random() < 0.5:
+        xs, ys = xs[:, ::-1], ys[:, ::-1]
+    return np.ascontiguousarray(xs, np.float32), np.ascontiguousarray(ys, np.int32)
+
+
+def _make_dataset_class():
+    import keras
+
+    class MesmerDataset(keras.utils.PyDataset):
+        """Batches (x, [4 targets]) from normalised images; random views when ``augment``."""
+
+        def __init__(self, X, y, batch_size, crop_size, augment, seed, steps=None, zoom=DEFAULTS["zoom"], **kw):
+            super().__init__(**kw)
+            self.X, self.y = X, y
+            self.batch_size = int(batch_size)
+            self.augment = augment
+            self.seed = int(seed)
+            self.zoom = zoom
+            self.epoch = 0
+            n = len(X)
+            if augment:
+                self.crop = _crop_side(X.shape[1], X.shape[2], crop_size)
+                self.steps = int(steps) if steps else max(1, math.ceil(n / self.batch_size))
+            else:
+                # Whole images, trimmed to the model stride; deterministic so validation losses compare.
+                self.crop = None
+                self.steps = max(1, math.ceil(n / self.batch_size))
+
+        def __len__(self):
+            return self.steps
+
+        def on_epoch_end(self):
+            self.epoch += 1
+
+        def __getitem__(self, idx):
+            if self.augment:
+                rng = np.random.default_rng([self.seed, self.epoch, int(idx)])
+                picks = rng.integers(0, len(self.X), self.batch_size)
+                pairs = [augment_pair(rng, self.X[i], self.y[i], self.crop, self.zoom) for i in picks]
+                xb = np.stack([p[0] for p in pairs])
+                yb = np.stack([p[1] for p in pairs])
+            else:
+                sl = slice(idx * self.batch_size, (idx + 1) * self.batch_size)
+                h, w = self.X.shape[1:3]
+                xb = self.X[sl, : h - h % 32, : w - w % 32]
+                yb = self.y[sl, : h - h % 32, : w - w % 32]
+            return xb, tuple(transforms.make_targets(yb))
+
+    return MesmerDataset
+
+
+def make_dataset(X, y, *, batch_size=8, crop_size=256, augment=True, seed=0, steps=None, zoom=DEFAULTS["zoom"]):
+    """A ``keras.utils.PyDataset`` over already-normalised X and labels y."""
+    return _make_dataset_class()(X, y, batch_size, crop_size, augment, seed, steps=steps, zoom=zoom)
+
+
+def _batchnorm_layers(layer) -> list:
+    import keras
+
+    found = [layer] if isinstance(layer, keras.layers.BatchNormalization) else []
+    for sub in getattr(layer, "layers", []):
+        found.extend(_batchnorm_layers(sub))
+    return found
+
+
+def recalibrate_batchnorm(model, batches) -> int:
+    """Set every BatchNormalization's moving statistics to their average over ``batches``.
+
+    Trained from scratch for a few hundred steps, moving averages still carry their initial values
+    and lag the weights, so inference-mode outputs collapse even when training-mode outputs are
+    good. Momentum i/(i+1) on batch i turns the exponential average into an exact running mean.
+    Returns the number of batches used.
+    """
+    bns = _batchnorm_layers(model)
+    saved = [bn.momentum for bn in bns]
+    n = 0
+    try:
+        for x in batches:
+            for bn in bns:
+                bn.momentum = n / (n + 1.0)
+            model(x, training=True)
+            n += 1
+    finally:
+        for bn, m in zip(bns, saved):
+            bn.momentum = m
+    return n
+
+
+def _callbacks(lr: float, lr_decay: float, monitor: str, csv_path: Path | None, calibration=None):
+    import keras
+
+    class PreciseBatchNorm(keras.callbacks.Callback):
+        """Recalibrate BN statistics after the last step of each epoch, before validation runs."""
+
+        def __init__(self, dataset, n_batches):
+            super().__init__()
+            self.dataset, self.n_batches = dataset, n_batches
+
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == len(self.dataset) - 1:
+                start = (self.dataset.epoch * 7919) % max(1, len(self.dataset))
+                idx = [(start + i) % len(self.dataset) for i in range(self.n_batches)]
+                recalibrate_batchnorm(self.model, (self.dataset[i][0] for i in idx))
+
+    class KeepBest(keras.callbacks.Callback):
+        """Remember the weights of the epoch with the lowest ``monitor`` and restore them at the end."""
+
+        def __init__(self):
+            super().__init__()
+            self.best = math.inf
+            self.best_epoch = None
+            self.best_weights = None
+
+        def on_epoch_end(self, epoch, logs=None):
+            value = (logs or {}).get(monitor)
+            if value is not None and value < self.best:
+                self.best, self.best_epoch = float(value), epoch
+                self.best_weights = self.model.get_weights()
+
+        def on_train_end(self, logs=None):
+            if self.best_weights is not None:
+                self.model.set_weights(self.best_weights)
+
+    keep = KeepBest()
+    cbs = [keras.callbacks.LearningRateScheduler(lambda epoch, _: lr * lr_decay**epoch)]
+    if calibration is not None:
+        cbs.append(PreciseBatchNorm(*calibration))
+    cbs.append(keep)
+    if csv_path is not None:
+        cbs.append(keras.callbacks.CSVLogger(str(csv_path)))
+    return cbs, keep
+
+
+@dataclass
+class TrainResult:
+    model: object
+    config: dict
+    history: list[dict]
+    path: Path | None
+
+
+def train(
+    X=None,
+    y=None,
+    *,
+    data=None,
+    val=None,
+    val_split: float = 0.1,
+    backbone: str = "resnet50",
+    from_version=None,
+    epochs: int = 8,
+    steps_per_epoch: int | None = None,
+    batch_size: int = DEFAULTS["batch_size"],
+    lr: float = DEFAULTS["lr"],
+    clipnorm: float = DEFAULTS["clipnorm"],
+    lr_decay: float = DEFAULTS["lr_decay"],
+    crop_size: int = DEFAULTS["crop_size"],
+    zoom=DEFAULTS["zoom"],
+    nuclear_weight: float | None = None,
+    channels: list[str] | None = None,
+    mpp: float | None = None,
+    seed: int = 0,
+    out=None,
+    overwrite: bool = False,
+    verbose="auto",
+    log_csv=None,
+    bn_batches: int = 8,
+) -> TrainResult:
+    """Train a new model (``backbone``) or continue one (``from_version``); save it to ``out`` if given.
+
+    ``data``/``val`` are ``.npz`` paths or (X, y) pairs; without ``val``, ``val_split`` of the images
+    (at least one) is held out, chosen by ``seed``. ``nuclear_weight=None`` trains the nuclear heads
+    only when the labels hold any nucleus (0 otherwise, e.g. whole-cell-only annotations).
+    The returned model carries the weights of the epoch with the lowest validation loss.
+    ``bn_batches`` training batches re-estimate the batch-norm statistics at the end of every epoch
+    (see ``recalibrate_batchnorm``); 0 keeps Keras' moving averages.
+    """
+    import keras
+
+    from pipeline.model import losses, panoptic, postprocess, saving
+
+    data_hashes = []
+    if data is not None:
+        if X is not None:
+            raise ValueError("give either arrays X, y or data, not both")
+        if isinstance(data, (str, Path)):
+            data_hashes.append({"path": str(data), "sha256": saving.sha256_file(data)})
+            X, y = load_npz(data)
+        else:
+            X, y = data
+    if X is None or y is None:
+        raise ValueError("no training data: pass X and y or data")
+    X, y = check_dataset(X, y, "training data")
+    if not data_hashes:
+        data_hashes.append({"path": None, "sha256": saving.sha256_arrays(X, y)})
+
+    if val is not None:
+        if isinstance(val, (str, Path)):
+            data_hashes.append({"path": str(val), "sha256": saving.sha256_file(val), "role": "validation"})
+            Xv, yv = load_npz(val)
+        else:
+            Xv, yv = check_dataset(*val, "validation data")
+    elif val_split and val_split > 0:
+        if len(X) < 2:
+            raise ValueError("need at least 2 images to split off validation data; pass val instead")
+        order = np.random.default_rng(seed).permutation(len(X))
+        n_val = min(len(X) - 1, max(1, int(round(len(X) * float(val_split)))))
+        Xv, yv = X[order[:n_val]], y[order[:n_val]]
+        X, y = X[order[n_val:]], y[order[n_val:]]
+    else:
+        Xv = yv = None
+
+    parent = None
+    if from_version is not None:
+        version = from_version if isinstance(from_version, saving.ModelVersion) else saving.load_model_version(from_version)
+        model = version.model
+        base_cfg = dict(version.config)
+        parent = str(version.path) if version.path is not None else base_cfg.get("name")
+        backbone = base_cfg.get("backbone") or backbone
+    else:
+        model = panoptic.build_panoptic(X.shape[-1], backbone)
+        base_cfg = saving.default_config(X.shape[-1], backbone=backbone)
+    n_channels = int(model.inputs[0].shape[-1])
+    if X.shape[-1] != n_channels:
+        raise ValueError(f"the model takes {n_channels} channels, the training data has {X.shape[-1]}")
+    if Xv is not None and Xv.shape[-1] != n_channels:
+        raise ValueError(f"the validation data has {Xv.shape[-1]} channels, the model takes {n_channels}")
+
+    if nuclear_weight is None:
+        nuclear_weight = 1.0 if bool(np.any(y[..., 1])) else 0.0
+    keras.utils.set_random_seed(seed)
+    loss_fns, loss_weights = losses.mesmer_losses(nuclear_weight)
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=lr, clipnorm=clipnorm),
+        loss=loss_fns,
+        loss_weights=loss_weights,
+    )
+
+    Xn = preprocess.normalize(X)
+    train_ds = make_dataset(Xn, y, batch_size=batch_size, crop_size=crop_size, augment=True, seed=seed,
+                            steps=steps_per_epoch, zoom=zoom)
+    val_ds = None
+    if Xv is not None:
+        val_ds = make_dataset(preprocess.normalize(Xv), yv, batch_size=batch_size, augment=False)
+    monitor = "val_loss" if val_ds is not None else "loss"
+    calibration = (train_ds, int(bn_batches)) if bn_batches else None
+    callbacks, keep = _callbacks(lr, lr_decay, monitor, Path(log_csv) if log_csv else None, calibration)
+
+    t0 = time.perf_counter()
+    hist = model.fit(train_ds, validation_data=val_ds, epochs=int(epochs), callbacks=callbacks, verbose=verbose)
+    seconds = time.perf_counter() - t0
+    history = [
+        {"epoch": i, **{k: float(v[i]) for k, v in hist.history.items()}} for i in range(len(hist.history.get("loss", [])))
+    ]
+
+    config = dict(base_cfg)
+    config.update(
+        backbone=backbone,
+        channels=channels or base_cfg.get("channels") or saving.default_config(n_channels)["channels"],
+        mpp=float(mpp or base_cfg.get("mpp") or saving.DEFAULT_MPP),
+        postprocess=base_cfg.get("postprocess")
+        or {"whole_cell_kwargs": dict(postprocess.WHOLE_CELL_DEFAULTS), "nuclear_kwargs": dict(postprocess.NUCLEAR_DEFAULTS)},
+        parent=parent,
+        created=None,
+        metrics={},
+        training={
+            "data": data_hashes,
+            "n_train": int(len(X)),
+            "n_val": int(0 if Xv is None else len(Xv)),
+            "epochs": int(epochs),
+            "steps_per_epoch": len(train_ds),
+            "batch_size": int(batch_size),
+            "crop_size": int(train_ds.crop),
+            "lr": float(lr),
+            "clipnorm": float(clipnorm),
+            "lr_decay": float(lr_decay),
+            "nuclear_weight": float(nuclear_weight),
+            "seed": int(seed),
+            "bn_batches": int(bn_batches),
+            "monitor": monitor,
+            "best_epoch": keep.best_epoch,
+            "best_loss": None if keep.best_epoch is None else keep.best,
+            "seconds": round(seconds, 1),
+            "history": history,
+        },
+    )
+    path = None
+    if out is not None:
+        path = saving.save_model_version(model, out, config, overwrite=overwrite)
+        _write_history(path, history)
+    return TrainResult(model=model, config=config, history=history, path=path)
+
+
+def _write_history(folder: Path, history: list[dict]) -> None:
+    (folder / "history.json").write_text(json.dumps(history, indent=1) + "\n")
+    if history:
+        keys = list(history[0])
+        with open(folder / "history.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(history)
