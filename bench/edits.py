@@ -8,6 +8,8 @@ Prints one JSON line per case, ``TOOL@2048`` (a 2048x2048 layer of ~4,000 cells)
 LabelIndex, as the API calls it; ``baseline_median_ms`` times the same edit done the naive
 way (recompute over the whole array and return the whole array) in the same run;
 ``speedup`` is their ratio; ``agree`` says whether both ways produced the same labels.
+``commit_median_ms`` is what the server adds per edit: apply the patch in place, update
+the index, encode the patch for the browser.
 ``flood`` fills a hole inside a cell (the common use); ``flood_background`` fills the
 background of the whole layer, which is a whole-image edit by nature.
 """
@@ -246,6 +248,18 @@ def run_size(size, reps, baseline_reps, rng):
         base_times, _ = timed(lambda i: naive(tool, labels, image, cases[i]), nb)
         agree = all(np.array_equal(patches[i].apply(labels.copy()), naive(tool, labels, image, cases[i]))
                     for i in range(min(nb, 3)))
+        commit_times = []
+        for patch in patches:
+            # what the API does after an edit: apply in place, keep the index in step, encode
+            saved = index.copy()
+            start = time.perf_counter()
+            patch.apply(labels)
+            index.update(patch, labels)
+            patch.to_bytes()
+            commit_times.append((time.perf_counter() - start) * 1000)
+            patch.inverse().apply(labels)
+            index = saved
+        patch_bytes = int(np.median([len(p.to_bytes()) for p in patches]))
         median, base = float(np.median(times)), float(np.median(base_times))
         print(json.dumps({
             "bench": "edits", "case": f"{tool}@{size}",
@@ -253,6 +267,8 @@ def run_size(size, reps, baseline_reps, rng):
             "n": int(n), "baseline_median_ms": round(base, 3), "baseline_n": int(nb),
             "speedup": round(base / median, 1) if median > 0 else None, "agree": bool(agree),
             "median_patch_px": int(np.median([p.before.size for p in patches])),
+            "median_patch_bytes": patch_bytes,
+            "commit_median_ms": round(float(np.median(commit_times)), 3),
             "cells": n_cells, "index_build_ms": round(build_ms, 1),
         }), flush=True)
 

@@ -65,6 +65,22 @@ def _mask_box(mask, y0, x0):
     return (y0 + int(rows[0]), x0 + int(cols[0]), y0 + int(rows[-1]) + 1, x0 + int(cols[-1]) + 1)
 
 
+def _grouped_boxes(values, ys, xs):
+    """{label: box} of the pixels (ys, xs) holding ``values``, in one vectorised pass."""
+    if values.size == 0:
+        return {}
+    ids, inverse = np.unique(values, return_inverse=True)
+    big = np.iinfo(np.int64).max
+    lo_y, lo_x = np.full(len(ids), big), np.full(len(ids), big)
+    hi_y, hi_x = np.full(len(ids), -1), np.full(len(ids), -1)
+    np.minimum.at(lo_y, inverse, ys)
+    np.minimum.at(lo_x, inverse, xs)
+    np.maximum.at(hi_y, inverse, ys)
+    np.maximum.at(hi_x, inverse, xs)
+    return {int(i): (int(a), int(b), int(c) + 1, int(d) + 1)
+            for i, a, b, c, d in zip(ids, lo_y, lo_x, hi_y, hi_x)}
+
+
 def _union(a, b):
     if a is None:
         return b
@@ -134,37 +150,39 @@ class LabelIndex:
         boxes, loose = self.boxes[layer], self.loose[layer]
         y0, x0 = patch.box[0], patch.box[1]
         changed = patch.before != patch.after
-        gained = np.unique(patch.after[changed])
-        lost = np.unique(patch.before[changed])
-        for label in gained:
-            label = int(label)
+        ys, xs = np.nonzero(changed)
+        # A label's unchanged pixels are already inside its box, so only changed pixels
+        # can extend it.
+        for label, grown in _grouped_boxes(patch.after[ys, xs], ys + y0, xs + x0).items():
             if label:
-                grown = _mask_box(patch.after == label, y0, x0)
                 boxes[label] = _union(boxes.get(label), grown)
-        gained_set = set(int(v) for v in gained)
-        for label in lost:
-            label = int(label)
+        exact, rescan = [], []
+        for label in np.unique(patch.before[ys, xs]).tolist():
             if label == 0 or label not in boxes:
                 continue
-            old = boxes[label]
-            # The label's pixels outside the patch box are unchanged; if it had none,
-            # the patch's after state says everything.
-            if _inside(old, patch.box) and label not in loose:
-                fresh = _mask_box(patch.after == label, y0, x0)
+            # With no pixels outside the patch box, the patch's after state says everything.
+            if _inside(boxes[label], patch.box) and label not in loose:
+                exact.append(label)
             elif labels is not None:
-                ys, xs = slice(old[0], old[2]), slice(old[1], old[3])
-                fresh = _mask_box(np.asarray(labels)[ys, xs, layer] == label, old[0], old[1])
-                if label in gained_set:
-                    fresh = _union(fresh, _mask_box(patch.after == label, y0, x0))
-                loose.discard(label)
+                rescan.append(label)
             else:
                 loose.add(label)
-                continue
-            if fresh is None:
-                del boxes[label]
-                loose.discard(label)
-            else:
-                boxes[label] = fresh
+        if exact:
+            ys, xs = np.nonzero(np.isin(patch.after, exact))
+            found = _grouped_boxes(patch.after[ys, xs], ys + y0, xs + x0)
+            for label in exact:
+                self._set(layer, label, found.get(label))
+        for label in rescan:
+            old = boxes[label]
+            window = np.asarray(labels)[old[0]:old[2], old[1]:old[3], layer] == label
+            self._set(layer, label, _mask_box(window, old[0], old[1]))
+
+    def _set(self, layer, label, box):
+        self.loose[layer].discard(label)
+        if box is None:
+            self.boxes[layer].pop(label, None)
+        else:
+            self.boxes[layer][label] = box
 
     def next_id(self, labels=None):
         """Like ``next_label_id`` but from the index.

@@ -290,7 +290,7 @@ def test_tools_are_deterministic_and_index_only_speeds_up(case, rng, tool):
     assert run(labels, image, *request, index=LabelIndex.build(labels)) == first
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(label_images(), rngs, st.booleans())
 def test_index_follows_a_session_of_edits(case, rng, pass_labels):
     labels, image = case
