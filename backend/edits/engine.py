@@ -52,4 +52,6 @@ def apply_edit(labels, image, tool, params, index=None):
     if not isinstance(params, dict):
         raise EditError("params must be an object")
     image = _check_arrays(labels, image)
+    if index is not None and tuple(index.shape) != labels.shape:
+        raise EditError(f"index was built for labels of shape {index.shape}, not {labels.shape}")
     return _TOOL_FUNCTIONS[tool](EditContext(labels, image, params, index))

@@ -2,7 +2,8 @@
 
 Parameters arrive as JSON, so numbers may be floats and flags may be missing; every
 reader here either returns a clean Python value or raises EditError naming the field.
-Unknown keys are ignored so the API may pass its own bookkeeping through.
+Unknown keys are ignored so the API may pass its own bookkeeping through. Every tool
+takes "layer" (0 / "whole-cell", the default, or 1 / "nuclear").
 """
 
 from __future__ import annotations

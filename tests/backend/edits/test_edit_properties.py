@@ -398,3 +398,25 @@ def test_windowed_tools_match_their_whole_image_version(case, rng, tool):
     patch = run(labels, image, tool, params)
     assert np.array_equal(edited(labels, patch)[..., params["layer"]],
                           whole_image_reference(tool, labels, image, params))
+
+
+@settings(max_examples=40, deadline=None)
+@given(label_images(), rngs)
+def test_undo_and_redo_replay_a_session_through_bytes(case, rng):
+    labels, image = case
+    states, stored = [labels.copy()], []
+    current = labels.copy()
+    for _ in range(6):
+        request = random_request(rng, current)
+        if request is None:
+            continue
+        patch = apply_edit(current, image, *request)
+        stored.append(patch.to_bytes())  # history keeps only what the browser was sent
+        patch.apply(current, check=True)
+        states.append(current.copy())
+    for blob, state in zip(reversed(stored), reversed(states[:-1])):
+        Patch.from_bytes(blob).inverse().apply(current, check=True)
+        assert np.array_equal(current, state)
+    for blob, state in zip(stored, states[1:]):
+        Patch.from_bytes(blob).apply(current, check=True)
+        assert np.array_equal(current, state)

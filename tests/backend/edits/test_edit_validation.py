@@ -87,3 +87,10 @@ def test_fractional_canvas_coordinates_round_to_the_nearest_pixel():
     patch = apply_edit(LABELS, None, "paint", {"points": [[0.4, 10.6]], "radius": 1, "label": 3,
                                                "layer": "nuclear"})
     assert patch.box == (0, 10, 2, 12) and patch.after[0, 1] == 3
+
+
+def test_an_index_for_other_labels_is_refused():
+    from backend.edits import LabelIndex
+
+    with pytest.raises(EditError, match="index"):
+        apply_edit(LABELS, None, "delete", {"label": 1}, LabelIndex.build(LABELS[:5]))
