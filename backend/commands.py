@@ -195,8 +195,12 @@ def cmd_links(args) -> int:
     tasks = project_tasks(session, args.project)
     if not tasks:
         raise _error("no tasks" + (f" in project {args.project!r}" if args.project else ""))
-    with (open(args.out, "w") if args.out else sys.stdout) as out:
-        print_links(config, tasks, out)
+    if args.out:
+        with open(args.out, "w") as out:
+            print_links(config, tasks, out)
+        print(f"{len(tasks)} task links written to {args.out}")
+    else:
+        print_links(config, tasks)
     return 0
 
 

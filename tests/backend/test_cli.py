@@ -49,7 +49,7 @@ def test_users_create_and_errors(instance, capsys):
 def test_ingest_with_crops_and_links(instance, tmp_path, capsys):
     image = (np.random.default_rng(1).random((3, 300, 500)) * 1000).astype(np.uint16)
     path = tmp_path / "slide.tif"
-    tifffile.imwrite(path, image)
+    tifffile.imwrite(path, image, photometric="minisblack")
     assert main(["ingest", str(path), "--channels", "2,0", "--name", "slide", "--crop", "270"]) == 0
     out = capsys.readouterr().out
     assert "project 'slide'" in out and "300x500" in out and "4 tasks" in out
