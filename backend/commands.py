@@ -132,8 +132,9 @@ def publish_crops(session, storage, project, image, *, crop_size=270, overlap=30
     for i, (y0, x0, y1, x1) in enumerate(boxes, 1):
         crop_labels = None if labels is None else _relabel(labels[y0:y1, x0:x1])
         tasks.append(svc.create_task(batch, (y0, x0, y1, x1), image[y0:y1, x0:x1], crop_labels))
-        print(f"\rcropping: {i}/{len(boxes)} tasks", end="", file=sys.stderr, flush=True)
-    print(file=sys.stderr)
+        if sys.stderr.isatty():
+            print(f"\rcropping: {i}/{len(boxes)} tasks", end="", file=sys.stderr, flush=True)
+    print(("\r" if sys.stderr.isatty() else "") + f"cropped {len(boxes)} tasks", file=sys.stderr)
     return tasks
 
 
