@@ -107,8 +107,10 @@ def requests(tool, labels, cells):
             out.append({"layer": 0, "point": [y, x]})
     elif tool == "threshold":
         for label, (y, x) in cells["missing"]:
-            if inside(y, x, 20):
-                out.append({"layer": 0, "box": [y - 16, x - 16, y + 17, x + 17], "channel": 0})
+            for dy, dx, r in ((0, 0, 16), (-2, 1, 15), (1, -2, 18)):  # a few drags per cell
+                if inside(y, x, 20):
+                    out.append({"layer": 0, "box": [y + dy - r, x + dx - r, y + dy + r + 1, x + dx + r + 1],
+                                "channel": 0})
     else:
         for label, (y, x) in cells["plain"]:
             if not inside(y, x, 20):

@@ -65,10 +65,30 @@ def _mask_box(mask, y0, x0):
     return (y0 + int(rows[0]), x0 + int(cols[0]), y0 + int(rows[-1]) + 1, x0 + int(cols[-1]) + 1)
 
 
+def _distinct(values):
+    """Sorted distinct ints of a 1-D array; counting beats sorting when ids are dense."""
+    if values.size == 0:
+        return []
+    lo, hi = int(values.min()), int(values.max())
+    if hi - lo <= 4 * values.size + 1024:
+        return (np.flatnonzero(np.bincount(values - lo)) + lo).tolist()
+    return np.unique(values).tolist()
+
+
 def _grouped_boxes(values, ys, xs):
     """{label: box} of the pixels (ys, xs) holding ``values``, in one vectorised pass."""
     if values.size == 0:
         return {}
+    lo, hi = int(values.min()), int(values.max())
+    if hi - lo < 64:
+        # few ids, e.g. a large fill: a pass per id beats sorting millions of pixels
+        out = {}
+        for label in range(lo, hi + 1):
+            where = values == label
+            if where.any():
+                py, px = ys[where], xs[where]
+                out[label] = (int(py.min()), int(px.min()), int(py.max()) + 1, int(px.max()) + 1)
+        return out
     ids, inverse = np.unique(values, return_inverse=True)
     big = np.iinfo(np.int64).max
     lo_y, lo_x = np.full(len(ids), big), np.full(len(ids), big)
@@ -157,7 +177,7 @@ class LabelIndex:
             if label:
                 boxes[label] = _union(boxes.get(label), grown)
         exact, rescan = [], []
-        for label in np.unique(patch.before[ys, xs]).tolist():
+        for label in _distinct(patch.before[ys, xs]):
             if label == 0 or label not in boxes:
                 continue
             # With no pixels outside the patch box, the patch's after state says everything.

@@ -9,7 +9,7 @@ trim  {"layer", "point": [y, x], "label": optional, "connectivity": 8 (default) 
     first in row-major order). 8-connectivity by default so that diagonal touches, which
     are part of a drawn outline, are not trimmed away.
 
-flood works in a window around the point that doubles until the region no longer
+flood works in a window around the point that grows (x4 per side) until the region no longer
 reaches an inner window edge, so filling a hole costs what the hole costs; filling the
 background of a whole image is inherently a whole-image edit.
 """
@@ -49,7 +49,8 @@ def flood(ctx):
                    or (box[1] > 0 and region[:, 0].any()) or (box[3] < w and region[:, -1].any()))
         if not escapes:
             break
-        half *= 2
+        # grow fast: the rounds before the last then cost a small fraction of it
+        half *= 4
     after = before.copy()
     after[region] = label
     # every region pixel held the point's value, which differs from label
