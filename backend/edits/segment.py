@@ -2,9 +2,9 @@
 
 split     {"layer", "seeds": [[y, x], [y, x], ...] (>= 2, all in one cell), "label": optional
            (checked against the seeds), "channel": optional, "invert": false,
-           "new_labels": optional list of len(seeds) - 1 ids ("new_label" for two seeds)}
+           "new_labels": optional list of len(seeds) - 1 unused ids ("new_label" for two seeds)}
     Seeded watershed inside the cell. With a channel, bright pixels are basins (seeds sit
-    on nuclei, as in DeepCell Label); ``invert`` makes bright pixels ridges instead (seeds
+    on nuclei of a nuclear channel); ``invert`` makes bright pixels ridges instead (seeds
     in cells divided by a bright membrane). Without a channel, the cell's distance
     transform, so the cut follows its narrowest waist. The first seed keeps the label, the
     others get new ids. Every pixel of the cell ends up in one of the parts; when the cell
@@ -12,8 +12,8 @@ split     {"layer", "seeds": [[y, x], [y, x], ...] (>= 2, all in one cell), "lab
 threshold {"layer", "box": [y0, x0, y1, x1] (half-open, corners in any order), "channel",
            "label": optional (default: next unused id), "largest": true}
     Otsu threshold of the channel inside the box; bright background pixels take the label
-    (cells are never overwritten). ``largest`` keeps only the largest 4-connected piece so
-    the new cell is one object.
+    (cells are never overwritten; a given existing ``label`` extends that cell). ``largest``
+    keeps only the largest 4-connected piece so the new cell is one object.
 autofit   {"layer", "label", "channel", "margin": 1..100 (default 3)}
     Snap the cell to nearby edges: a marker watershed on the gradient of the smoothed
     channel, between the cell's core (the cell eroded by ``margin``) and the ring beyond
@@ -54,6 +54,9 @@ def split(ctx):
     new_ids = ctx.new_labels(len(seeds) - 1)
     if label in new_ids:
         raise EditError(f"new label ids must differ from the split label {label}")
+    taken = [i for i in new_ids if ctx.bbox(i) is not None]
+    if taken:
+        raise EditError(f"new label ids {taken} are already used in layer {ctx.layer_index}")
 
     # One pixel of margin so the distance transform sees the cell's edge on every side.
     box = ctx.padded(ctx.require_bbox(label), 1)

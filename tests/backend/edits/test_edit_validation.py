@@ -44,6 +44,7 @@ IMAGE = np.ones((10, 12, 2), np.float32)
     ("split", {"seeds": [[3, 3], [4, 4]], "channel": 5}, "channel"),
     ("split", {"seeds": [[3, 3], [4, 4]], "new_labels": [1]}, "differ"),
     ("split", {"seeds": [[3, 3], [4, 4]], "new_labels": [5, 6]}, "exactly 1"),
+    ("split", {"seeds": [[3, 3], [4, 4]], "new_label": 2}, "already used"),
     ("threshold", {"box": [0, 0, 5, 5]}, "channel"),
     ("threshold", {"box": [0, 0, 5], "channel": 0}, "box"),
     ("threshold", {"box": [0, 0, 11, 5], "channel": 0}, r"inside the image \(10x12\)"),
