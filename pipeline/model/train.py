@@ -29,18 +29,10 @@ DEFAULTS = dict(
 
 def load_npz(path) -> tuple[np.ndarray, np.ndarray]:
     """X (N,H,W,C) float32 and y (N,H,W,2) int32 from a dataset ``.npz`` (TissueNet's included)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"dataset not found: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            missing = [k for k in ("X", "y") if k not in data.files]
-            if missing:
-                raise ValueError(f"{path} lacks array(s) {', '.join(missing)}")
-            X, y = data["X"], data["y"]
-    except (OSError, EOFError) as exc:
-        raise ValueError(f"cannot read {path} as .npz: {exc}") from None
-    return check_dataset(X, y, str(path))
+    from pipeline import io
+
+    data = io.load_dataset(path)
+    return check_dataset(data["X"], data["y"], str(path))
 
 
 def check_dataset(X, y, what: str = "dataset") -> tuple[np.ndarray, np.ndarray]:
