@@ -5,11 +5,12 @@
 
 Prints one JSON line per case, ``TOOL@2048`` (a 2048x2048 layer of ~4,000 cells) and
 ``TOOL@270`` (a crop-sized layer). ``median_ms``/``p95_ms`` time ``apply_edit`` with a
-LabelIndex, as the API calls it; ``baseline_median_ms`` times the same edit done the naive
-way (recompute over the whole array and return the whole array) in the same run;
-``speedup`` is their ratio; ``agree`` says whether both ways produced the same labels.
-``commit_median_ms`` is what the server adds per edit: apply the patch in place, update
-the index, encode the patch for the browser.
+LabelIndex, as a long-lived caller would use it; ``no_index_median_ms`` times the same calls
+without one (label boxes found by scanning the layer). ``baseline_median_ms`` times the same
+edit done the naive way (recompute over the whole array and return the whole array) in the
+same run; ``speedup`` is baseline over median; ``agree`` says whether both ways produced the
+same labels. ``commit_median_ms`` is what the server adds per edit: apply the patch in place,
+update the index, encode the patch for the browser.
 ``flood`` fills a hole inside a cell (the common use); ``flood_background`` fills the
 background of the whole layer, which is a whole-image edit by nature.
 """
@@ -245,6 +246,8 @@ def run_size(size, reps, baseline_reps, rng):
         n = min(reps, len(cases)) if tool != "flood_background" else min(3, len(cases))
         apply_edit(labels, image, tool_name, cases[0], index)  # warm caches and imports
         times, _ = timed(lambda i: apply_edit(labels, image, tool_name, cases[i], index), n)
+        # the same edits from a caller that keeps no index (label boxes found by a scan)
+        bare_times, _ = timed(lambda i: apply_edit(labels, image, tool_name, cases[i]), n)
         patches = [apply_edit(labels, image, tool_name, c, index) for c in cases[:n]]
         nb = min(n, SLOW_BASELINE.get(tool, baseline_reps) if size > 512 else baseline_reps)
         base_times, _ = timed(lambda i: naive(tool, labels, image, cases[i]), nb)
@@ -266,7 +269,8 @@ def run_size(size, reps, baseline_reps, rng):
         print(json.dumps({
             "bench": "edits", "case": f"{tool}@{size}",
             "median_ms": round(median, 3), "p95_ms": round(float(np.percentile(times, 95)), 3),
-            "n": int(n), "baseline_median_ms": round(base, 3), "baseline_n": int(nb),
+            "n": int(n), "no_index_median_ms": round(float(np.median(bare_times)), 3),
+            "baseline_median_ms": round(base, 3), "baseline_n": int(nb),
             "speedup": round(base / median, 1) if median > 0 else None, "agree": bool(agree),
             "median_patch_px": int(np.median([p.before.size for p in patches])),
             "median_patch_bytes": patch_bytes,
