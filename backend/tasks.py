@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from backend import workflow
 from backend.arrays import decode_array, encode_array, validate_labels
-from backend.edits import Patch, apply_edit
+from backend.edits import EditError, Patch, apply_edit
 from backend.models import Batch, Project, Review, Revision, Task, TaskEvent, TaskState, User, utcnow
 from backend.storage import Storage
 
@@ -36,6 +36,11 @@ class StaleRevision(Exception):
 
 class NothingToUndo(Exception):
     pass
+
+
+class CorruptHistory(Exception):
+    """A stored patch no longer matches the labels it should replay onto: a server-side fault, never the
+    client's, so the API answers 500 and changes nothing."""
 
 
 @dataclass(frozen=True)
@@ -227,7 +232,10 @@ class TaskService:
         if action == "undo":
             patch = patch.inverse()
         labels = self.labels(task)
-        rev = self._commit_patch(task, actor, labels, patch, action=action, params={}, target=target)
+        try:
+            rev = self._commit_patch(task, actor, labels, patch, action=action, params={}, target=target)
+        except EditError as exc:
+            raise CorruptHistory(f"task {task.id}: cannot {action} revision {target}: {exc}") from exc
         return rev, patch
 
     # --- workflow ----------------------------------------------------------------------------------------

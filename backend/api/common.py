@@ -6,7 +6,7 @@ from werkzeug.exceptions import HTTPException
 
 from backend.arrays import ArrayError
 from backend.edits import EditError
-from backend.tasks import NothingToUndo, StaleRevision, TaskService
+from backend.tasks import CorruptHistory, NothingToUndo, StaleRevision, TaskService
 from backend.workflow import TransitionError
 
 ARRAY_MIMETYPE = "application/x-npy+gzip"
@@ -85,6 +85,11 @@ def register_error_handlers(app) -> None:
     @app.errorhandler(NothingToUndo)
     def _nothing(exc):
         return error(409, str(exc))
+
+    @app.errorhandler(CorruptHistory)
+    def _corrupt(exc):
+        current_app.logger.error("%s", exc)
+        return error(500, "this task's stored history is inconsistent; an admin has been notified in the log")
 
     @app.errorhandler(StaleRevision)
     def _stale(exc: StaleRevision):

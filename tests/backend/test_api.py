@@ -269,3 +269,20 @@ def test_unknown_review_task_is_404(world):
     rc = world.app.test_client()
     login(rc, "rev")
     assert rc.get("/api/review/tasks/99999").status_code == 404
+
+
+def test_undo_of_tampered_history_is_500_and_changes_nothing(world):
+    token = world.tokens[world.task_ids[0]]
+    world.client.post(f"/api/task/{token}/edit", json={"base_revision": 0, "tool": "paint",
+                      "params": {"layer": 0, "points": [[50, 80]], "radius": 2, "label": 8}})
+    # someone rewrote the stored labels behind the server's back
+    storage = world.storage()
+    key = next(k for k in storage.list("") if "/labels/000001-" in k)
+    labels = decode_array(storage.get(key))
+    labels[48:53, 78:83, 0] = 3
+    storage.put(key, encode_array(labels))
+    keys = _stored_keys(world)
+    resp = world.client.post(f"/api/task/{token}/undo", json={"base_revision": 1})
+    assert resp.status_code == 500 and "history" in resp.get_json()["error"]
+    assert _stored_keys(world) == keys
+    assert _labels(world, token)[1] == 1
