@@ -109,16 +109,17 @@ def cmd_predict(args) -> int:
         raise _error("--image-mpp must be positive")
     if args.batch_size < 1:
         raise _error("--batch-size must be at least 1")
-    # Read (and fail on) the image before paying for the model load.
     paths = args.image[0] if len(args.image) == 1 else list(args.image)
-    image, names = io.read_image(paths)
+    for p in args.image:
+        if not Path(p).exists():
+            raise _error(f"image not found: {p}")
 
     from pipeline.model import saving
     from pipeline.model.predict import Mesmer
 
     version = saving.load_model_version(args.model)
     wanted = _channel_request(args, len(version.channels), version.channels)
-    image, picked = io._select_channels(image, names, wanted, str(paths))
+    image, picked = io.read_image(paths, channels=wanted)
     app = Mesmer(version)
     labels = app.predict(
         image.astype("float32"),

@@ -1,0 +1,210 @@
+"""Speed of the Mesmer model on this machine, and its accuracy against the classic baseline.
+
+    python bench/model.py                   # all speed cases (CPU heavy: several minutes)
+    python bench/model.py --quick           # small images, fewer repetitions
+    python bench/model.py --case accuracy   # train light models on Vectra and synthetic data, report F1
+    python bench/model.py --case predict@2048:light --case postprocess@1024
+
+One JSON line per case. ``predict@SIZE:BACKBONE`` runs the whole Mesmer application on a
+SIZE x SIZE 2-channel synthetic tissue and reports megapixels per second with the pre-processing,
+network and post-processing seconds separately (untrained weights: network time does not depend
+on them; post-processing is timed separately on realistic maps by ``postprocess@1024``).
+``train_step@256x8:BACKBONE`` is the median time of one optimiser step on a batch of 8 256² crops.
+``accuracy:*`` cases train a light model from scratch and compare whole-cell F1 on held-out images
+with ``pipeline.baseline.nuclear_expansion``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / ".." / "shared" / "data"
+
+
+def _device() -> str:
+    import keras
+
+    backend = keras.backend.backend()
+    cpu = platform.processor() or platform.machine()
+    return f"cpu ({os.cpu_count()} cores, {cpu}), keras backend {backend}; no GPU lent to this task"
+
+
+def _emit(record: dict) -> None:
+    print(json.dumps({"bench": "model", **record, "device": DEVICE}), flush=True)
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def bench_predict(size: int, backbone: str, label: str, reps: int) -> None:
+    from pipeline import synthetic
+    from pipeline.model import panoptic
+    from pipeline.model.predict import Mesmer
+
+    X, _ = synthetic.make_tissue((size, size), seed=0)
+    app = Mesmer(panoptic.build_panoptic(2, backbone))
+    app.predict(X[:256, :256])  # trace the network once; not part of the timing
+    totals, stages = [], []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        labels = app.predict(X)
+        totals.append(time.perf_counter() - t0)
+        stages.append(dict(app.timings))
+    i = int(np.argsort(totals)[len(totals) // 2])
+    total = totals[i]
+    _emit({
+        "case": f"predict@{size}:{label}", "backbone": backbone, "n": reps,
+        "median_ms": round(total * 1000, 1), "mp_per_s": round(size * size / 1e6 / total, 3),
+        "preprocess_s": round(stages[i]["preprocess_s"], 2), "network_s": round(stages[i]["network_s"], 2),
+        "postprocess_s": round(stages[i]["postprocess_s"], 2), "weights": "untrained",
+        "cells": int(labels[..., 0].max()),
+    })
+
+
+def bench_postprocess(size: int, reps: int) -> None:
+    from pipeline import synthetic
+    from pipeline.model import postprocess, transforms
+
+    _, y = synthetic.make_tissue((size, size), seed=1)
+    # Perfect network maps, lightly noised so the watershed sees realistic, non-flat inputs.
+    rng = np.random.default_rng(0)
+    outputs = [t + rng.normal(0, 0.02, t.shape).astype(np.float32) for t in transforms.make_targets(y)]
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        labels = postprocess.postprocess_mesmer(outputs)
+        times.append(time.perf_counter() - t0)
+    _emit({
+        "case": f"postprocess@{size}", "n": reps, "median_ms": round(float(np.median(times)) * 1000, 1),
+        "p95_ms": round(float(np.percentile(times, 95)) * 1000, 1), "cells": int(labels[..., 0].max()),
+        "true_cells": int(y[..., 0].max()),
+    })
+
+
+def bench_train_step(backbone: str, label: str, reps: int, size: int = 256, batch: int = 8) -> None:
+    import keras
+
+    from pipeline import synthetic
+    from pipeline.model import losses, panoptic, transforms
+
+    X, y = synthetic.make_dataset(batch, (size, size), seed=2)
+    targets = transforms.make_targets(y)
+    model = panoptic.build_panoptic(2, backbone)
+    fns, weights = losses.mesmer_losses()
+    model.compile(optimizer=keras.optimizers.Adam(1e-4, clipnorm=1e-3), loss=fns, loss_weights=weights)
+    model.train_on_batch(X, targets)  # compile the step
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        model.train_on_batch(X, targets)
+        times.append(time.perf_counter() - t0)
+    _emit({
+        "case": f"train_step@{size}x{batch}:{label}", "backbone": backbone, "n": reps,
+        "median_ms": round(float(np.median(times)) * 1000, 1),
+        "p95_ms": round(float(np.percentile(times, 95)) * 1000, 1),
+    })
+
+
+def load_vectra():
+    """Vectra image0 as X (400, 400, 2) [nuclear, membrane] and whole-cell labels (400, 400), or None."""
+    import tifffile
+
+    folder = DATA / "vectra"
+    if not (folder / "image0.tif").exists():
+        return None
+    raw = tifffile.imread(folder / "image0.tif")
+    # The file stores membrane first; Mesmer wants nuclear first.
+    X = np.moveaxis(raw[::-1], 0, -1).astype(np.float32)
+    y = tifffile.imread(folder / "image0_wholecell.tif").astype(np.int32)
+    return X, y
+
+
+def _score(model, X, truth):
+    from pipeline import baseline, metrics
+    from pipeline.model.predict import Mesmer
+
+    pred = Mesmer(model).predict(X)
+    base = baseline.nuclear_expansion(X)
+    return (metrics.evaluate(truth, pred, layer=0)["pooled"]["f1"],
+            metrics.evaluate(truth, base, layer=0)["pooled"]["f1"])
+
+
+def bench_accuracy(quick: bool) -> None:
+    from pipeline import synthetic
+    from pipeline.model import train
+
+    epochs, steps = (4, 20) if quick else (12, 40)
+    common = dict(backbone="mobilenetv2", batch_size=4, crop_size=128, lr=2e-3, verbose=0, bn_batches=8)
+
+    vectra = load_vectra()
+    if vectra is None:
+        _log("shared/data/vectra not found: skipping accuracy:vectra")
+    else:
+        X, y = vectra
+        # Train on the top half, score on the bottom half; no nuclear labels exist, so the nuclear
+        # heads train with weight 0 (train() sees an empty nuclear layer and switches them off).
+        Y = np.stack([y, np.zeros_like(y)], axis=-1)
+        t0 = time.perf_counter()
+        result = train.train(X[None, :200], Y[None, :200], val_split=0, epochs=epochs, steps_per_epoch=steps, **common)
+        seconds = time.perf_counter() - t0
+        f1, base = _score(result.model, X[200:], y[200:])
+        _emit({"case": "accuracy:vectra", "f1": round(f1, 4), "baseline_f1": round(base, 4),
+               "train_s": round(seconds, 1), "steps": epochs * steps, "batch_size": 4, "crop": 128,
+               "held_out": "bottom half of image0 (200x400)"})
+
+    Xs, ys = synthetic.make_dataset(16, (256, 256), seed=1)
+    Xt, yt = synthetic.make_dataset(4, (256, 256), seed=99)
+    t0 = time.perf_counter()
+    result = train.train(Xs, ys, val=(Xt[:1], yt[:1]), epochs=epochs, steps_per_epoch=steps, **common)
+    seconds = time.perf_counter() - t0
+    f1, base = _score(result.model, Xt[1:], yt[1:])
+    _emit({"case": "accuracy:synthetic", "f1": round(f1, 4), "baseline_f1": round(base, 4),
+           "train_s": round(seconds, 1), "steps": epochs * steps, "batch_size": 4, "crop": 128,
+           "held_out": "3 synthetic 256x256 tissues (seed 99), never seen in training or validation"})
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small images and few repetitions")
+    parser.add_argument("--case", action="append", default=None,
+                        help="run only cases whose name starts with this (repeatable); 'accuracy' is opt-in")
+    args = parser.parse_args(argv)
+
+    size = 512 if args.quick else 2048
+    reps = 1 if args.quick else 2
+    cases = {
+        f"predict@{size}:resnet50": lambda: bench_predict(size, "resnet50", "resnet50", reps),
+        f"predict@{size}:light": lambda: bench_predict(size, "mobilenetv2", "light", reps),
+        f"postprocess@{256 if args.quick else 1024}": lambda: bench_postprocess(256 if args.quick else 1024,
+                                                                               3 if args.quick else 7),
+        "train_step@256x8:resnet50": lambda: bench_train_step("resnet50", "resnet50", 2 if args.quick else 5),
+        "train_step@256x8:light": lambda: bench_train_step("mobilenetv2", "light", 2 if args.quick else 5),
+        "accuracy": lambda: bench_accuracy(args.quick),
+    }
+    wanted = args.case or [name for name in cases if name != "accuracy"]
+    ran = 0
+    for name, fn in cases.items():
+        if any(name.startswith(w) or w.startswith(name) for w in wanted):
+            _log(f"running {name}")
+            fn()
+            ran += 1
+    if not ran:
+        parser.error(f"no case matches {wanted}; cases: {', '.join(cases)}")
+    return 0
+
+
+DEVICE = _device()
+
+if __name__ == "__main__":
+    sys.exit(main())
