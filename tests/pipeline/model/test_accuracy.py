@@ -1,0 +1,41 @@
+"""A light PanopticNet trained on CPU for a few minutes must beat the classic baseline.
+
+Baseline: ``pipeline.baseline.nuclear_expansion`` (Otsu nuclei grown by 3 px), scored with the same
+object-level whole-cell F1 (IoU > 0.6 matches) on images the model never saw in training.
+Longer trainings and their figures: ``python bench/model.py --case accuracy``.
+"""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from pipeline import baseline, metrics, synthetic  # noqa: E402
+from pipeline.model import train  # noqa: E402
+from pipeline.model.predict import Mesmer  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[3] / ".." / "shared" / "data"
+
+# 200 small steps (batch 4 of 128 px crops; ~4 min on 2 busy cores) with a learning rate 10x
+# Mesmer's, which the issue allows for CPU training from scratch. Measured with this budget: F1 0.62
+# vs 0.53. Whole-cell F1 was still 0.52 after 160 steps, so the budget has little slack; 3e-3 killed
+# the ReLU distance head (no cells at all).
+BUDGET = dict(backbone="mobilenetv2", batch_size=4, crop_size=128, lr=1e-3, verbose=0, bn_batches=8)
+EPOCHS, STEPS = 10, 20
+
+
+def _whole_cell_f1(truth, labels):
+    return metrics.evaluate(truth, labels, layer=0)["pooled"]["f1"]
+
+
+@pytest.mark.slow
+def test_beats_nuclear_expansion_on_held_out_synthetic_tissue():
+    X, y = synthetic.make_dataset(16, (256, 256), seed=1)
+    Xt, yt = synthetic.make_dataset(4, (256, 256), seed=99)
+    result = train.train(X, y, val=(Xt[:1], yt[:1]), epochs=EPOCHS, steps_per_epoch=STEPS, **BUDGET)
+    # Scored on the 3 images used neither for training nor for choosing the epoch.
+    model_f1 = _whole_cell_f1(yt[1:], Mesmer(result.model).predict(Xt[1:]))
+    base_f1 = _whole_cell_f1(yt[1:], baseline.nuclear_expansion(Xt[1:]))
+    print(f"synthetic whole-cell F1: model {model_f1:.3f}, baseline {base_f1:.3f}")
+    assert model_f1 > base_f1
