@@ -146,7 +146,7 @@ def bench_accuracy(quick: bool) -> None:
 
     # Vectra gets the longer run: one 200x400 training half of real tissue is harder than synthetic.
     vectra_epochs, vectra_steps = (4, 20) if quick else (12, 40)
-    epochs, steps = (4, 20) if quick else (10, 20)  # the synthetic budget of tests/.../test_accuracy.py
+    epochs, steps = (4, 20) if quick else (15, 20)  # the synthetic budget of tests/.../test_accuracy.py
     common = dict(backbone="mobilenetv2", batch_size=4, crop_size=128, lr=1e-3, verbose=0, bn_batches=8)
 
     vectra = load_vectra()

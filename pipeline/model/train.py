@@ -287,6 +287,8 @@ def train(
     else:
         Xv = yv = None
 
+    # Seeded before the model is built so its initial weights, not only the batches, repeat.
+    keras.utils.set_random_seed(seed)
     parent = None
     if from_version is not None:
         version = from_version if isinstance(from_version, saving.ModelVersion) else saving.load_model_version(from_version)
@@ -305,7 +307,6 @@ def train(
 
     if nuclear_weight is None:
         nuclear_weight = 1.0 if bool(np.any(y[..., 1])) else 0.0
-    keras.utils.set_random_seed(seed)
     loss_fns, loss_weights = losses.mesmer_losses(nuclear_weight)
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=lr, clipnorm=clipnorm),
