@@ -17,12 +17,12 @@ from pipeline.model.predict import Mesmer  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[3] / ".." / "shared" / "data"
 
-# 200 small steps (batch 4 of 128 px crops; ~4 min on 2 busy cores) with a learning rate 10x
-# Mesmer's, which the issue allows for CPU training from scratch. Measured with this budget: F1 0.62
-# vs 0.53. Whole-cell F1 was still 0.52 after 160 steps, so the budget has little slack; 3e-3 killed
-# the ReLU distance head (no cells at all).
-BUDGET = dict(backbone="mobilenetv2", batch_size=4, crop_size=128, lr=1e-3, verbose=0, bn_batches=8)
-EPOCHS, STEPS = 10, 20
+# 300 small steps (batch 4 of 128 px crops; ~5 min on 2 busy cores) with a learning rate 10x
+# Mesmer's, which the issue allows for CPU training from scratch; 3e-3 killed the ReLU distance head
+# (no cells at all). At 200 steps two random initialisations gave F1 0.62 and 0.49 against the
+# baseline's 0.53, too close to call, hence the longer run and a fixed seed.
+BUDGET = dict(backbone="mobilenetv2", batch_size=4, crop_size=128, lr=1e-3, verbose=0, bn_batches=8, seed=0)
+EPOCHS, STEPS = 15, 20
 
 
 def _whole_cell_f1(truth, labels):
