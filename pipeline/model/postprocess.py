@@ -15,6 +15,8 @@ __all__ = [
     "match_nuclei_to_cells",
     "WHOLE_CELL_DEFAULTS",
     "NUCLEAR_DEFAULTS",
+    "CALIBRATION_GRID",
+    "calibrate",
 ]
 
 # Published Mesmer defaults (deepcell 0.12): the whole-cell distance map is flatter than the
@@ -36,6 +38,15 @@ NUCLEAR_DEFAULTS = dict(
     interior_smooth=2.0,
     small_objects_threshold=15,
     fill_holes_threshold=15,
+)
+
+
+# What ``calibrate`` tries: the thresholds and marker spacing a trained model is most sensitive to.
+CALIBRATION_GRID = dict(
+    maxima_threshold=(0.075, 0.1, 0.2, 0.3),
+    interior_threshold=(0.1, 0.2, 0.3),
+    radius=(2, 4),
+    maxima_smooth=(0.0, 1.0),
 )
 
 
@@ -245,3 +256,37 @@ def postprocess_mesmer(
     if match_ids:
         nuc = match_nuclei_to_cells(wc, nuc)
     return np.stack([wc, nuc], axis=-1).astype(np.int32)
+
+
+def calibrate(distances, pixelwise, truths, defaults: dict, grid: dict | None = None) -> dict:
+    """The deep-watershed parameters with the best pooled F1 against ``truths``, searched over ``grid``.
+
+    ``distances``/``pixelwise``/``truths`` are per-image lists (one layer's network maps and true
+    labels). Meant for images the model was fitted to choose its epoch on (validation), or trained on
+    when there are none: never for the images it is scored on. Returns ``{"kwargs": best params
+    (``defaults`` updated), "f1": best F1, "default_f1": F1 with ``defaults``, "tried": n}``; on a tie
+    the defaults win, then the earlier grid point.
+    """
+    import itertools
+
+    from pipeline import metrics
+
+    grid = CALIBRATION_GRID if grid is None else grid
+    names = list(grid)
+
+    def score(kwargs):
+        preds = [deep_watershed(d, p, **kwargs) for d, p in zip(distances, pixelwise)]
+        return metrics.evaluate(list(truths), preds)["pooled"]["f1"]
+
+    best_kwargs, best = dict(defaults), score(defaults)
+    default_f1 = best
+    tried = 1
+    for values in itertools.product(*(grid[n] for n in names)):
+        kwargs = {**defaults, **dict(zip(names, values))}
+        if kwargs == defaults:
+            continue
+        f1 = score(kwargs)
+        tried += 1
+        if f1 > best:
+            best, best_kwargs = f1, kwargs
+    return {"kwargs": best_kwargs, "f1": float(best), "default_f1": float(default_f1), "tried": tried}

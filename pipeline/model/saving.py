@@ -54,6 +54,7 @@ def default_config(n_channels: int = 2, **overrides) -> dict:
         "format_version": 1,
         "channels": channels,
         "backbone": None,
+        "heads": None,
         "mpp": DEFAULT_MPP,
         "postprocess": {},
         "training": {},

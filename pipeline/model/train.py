@@ -215,6 +215,13 @@ class TrainResult:
     history: list[dict]
     path: Path | None
 
+    @property
+    def version(self):
+        """The trained model with its config (post-processing included), ready for ``Mesmer``."""
+        from pipeline.model import saving
+
+        return saving.ModelVersion(model=self.model, config=self.config, path=self.path)
+
 
 def train(
     X=None,
@@ -224,6 +231,7 @@ def train(
     val=None,
     val_split: float = 0.1,
     backbone: str = "resnet50",
+    heads: str | None = None,
     from_version=None,
     epochs: int = 8,
     steps_per_epoch: int | None = None,
@@ -242,15 +250,18 @@ def train(
     verbose="auto",
     log_csv=None,
     bn_batches: int = 8,
+    calibrate: bool = True,
 ) -> TrainResult:
-    """Train a new model (``backbone``) or continue one (``from_version``); save it to ``out`` if given.
+    """Train a new model (``backbone``, ``heads`` as in ``panoptic.build_panoptic``) or continue one (``from_version``); save it to ``out`` if given.
 
     ``data``/``val`` are ``.npz`` paths or (X, y) pairs; without ``val``, ``val_split`` of the images
     (at least one) is held out, chosen by ``seed``. ``nuclear_weight=None`` trains the nuclear heads
     only when the labels hold any nucleus (0 otherwise, e.g. whole-cell-only annotations).
     The returned model carries the weights of the epoch with the lowest validation loss.
     ``bn_batches`` training batches re-estimate the batch-norm statistics at the end of every epoch
-    (see ``recalibrate_batchnorm``); 0 keeps Keras' moving averages.
+    (see ``recalibrate_batchnorm``); 0 keeps Keras' moving averages. With ``calibrate`` the
+    deep-watershed parameters saved with the model are chosen on the validation images (the training
+    images when there are none) by ``calibrate_postprocess``.
     """
     import keras
 
@@ -297,8 +308,9 @@ def train(
         parent = str(version.path) if version.path is not None else base_cfg.get("name")
         backbone = base_cfg.get("backbone") or backbone
     else:
-        model = panoptic.build_panoptic(X.shape[-1], backbone)
-        base_cfg = saving.default_config(X.shape[-1], backbone=backbone)
+        heads = heads or panoptic.default_heads(backbone)
+        model = panoptic.build_panoptic(X.shape[-1], backbone, heads=heads)
+        base_cfg = saving.default_config(X.shape[-1], backbone=backbone, heads=heads)
     n_channels = int(model.inputs[0].shape[-1])
     if X.shape[-1] != n_channels:
         raise ValueError(f"the model takes {n_channels} channels, the training data has {X.shape[-1]}")
@@ -331,13 +343,20 @@ def train(
         {"epoch": i, **{k: float(v[i]) for k, v in hist.history.items()}} for i in range(len(hist.history.get("loss", [])))
     ]
 
+    pp_config = base_cfg.get("postprocess") or {
+        "whole_cell_kwargs": dict(postprocess.WHOLE_CELL_DEFAULTS), "nuclear_kwargs": dict(postprocess.NUCLEAR_DEFAULTS)}
+    pp_report = None
+    if calibrate:
+        on, (Xc, yc) = ("validation", (Xv, yv)) if Xv is not None else ("training", (X, y))
+        pp_config, pp_report = calibrate_postprocess(model, Xc, yc, pp_config, nuclear=nuclear_weight > 0)
+        pp_report["on"] = on
+
     config = dict(base_cfg)
     config.update(
         backbone=backbone,
         channels=channels or base_cfg.get("channels") or saving.default_config(n_channels)["channels"],
         mpp=float(mpp or base_cfg.get("mpp") or saving.DEFAULT_MPP),
-        postprocess=base_cfg.get("postprocess")
-        or {"whole_cell_kwargs": dict(postprocess.WHOLE_CELL_DEFAULTS), "nuclear_kwargs": dict(postprocess.NUCLEAR_DEFAULTS)},
+        postprocess=pp_config,
         parent=parent,
         created=None,
         metrics={},
@@ -360,6 +379,7 @@ def train(
             "best_loss": None if keep.best_epoch is None else keep.best,
             "seconds": round(seconds, 1),
             "history": history,
+            "postprocess_calibration": pp_report,
         },
     )
     path = None
@@ -367,6 +387,33 @@ def train(
         path = saving.save_model_version(model, out, config, overwrite=overwrite)
         _write_history(path, history)
     return TrainResult(model=model, config=config, history=history, path=path)
+
+
+def calibrate_postprocess(model, X, y, pp_config: dict, *, nuclear: bool, max_images: int = 16):
+    """Fit the deep-watershed parameters of ``pp_config`` to labelled images; returns (config, report).
+
+    The network runs once per image (at most ``max_images``); each layer's parameters are then
+    searched over ``postprocess.CALIBRATION_GRID`` (see ``postprocess.calibrate``). The nuclear layer is
+    calibrated only when it was trained (``nuclear``).
+    """
+    from pipeline.model import postprocess
+    from pipeline.model.predict import Mesmer
+
+    app = Mesmer(model)
+    outs = [app.predict_outputs(x) for x in X[:max_images]]
+    truths = y[:max_images]
+    new = {k: dict(v) for k, v in pp_config.items()}
+    report = {"n_images": len(outs)}
+    layers = [("whole_cell_kwargs", 0, postprocess.WHOLE_CELL_DEFAULTS)]
+    if nuclear:
+        layers.append(("nuclear_kwargs", 1, postprocess.NUCLEAR_DEFAULTS))
+    for key, k, defaults in layers:
+        start = {**defaults, **new.get(key, {})}
+        found = postprocess.calibrate([o[2 * k] for o in outs], [o[2 * k + 1] for o in outs],
+                                      [t[..., k] for t in truths], start)
+        new[key] = found["kwargs"]
+        report[key] = {"f1": round(found["f1"], 4), "default_f1": round(found["default_f1"], 4), "tried": found["tried"]}
+    return new, report
 
 
 def _write_history(folder: Path, history: list[dict]) -> None:

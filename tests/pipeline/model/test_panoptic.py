@@ -43,6 +43,22 @@ def test_any_channel_count():
     assert outs[1].shape == (1, 64, 64, 3)
 
 
+def test_head_styles_differ_only_in_where_the_logits_reach_full_size():
+    fast = panoptic.build_panoptic(2, panoptic.LIGHT_BACKBONE, heads="fast")
+    mesmer = panoptic.build_panoptic(2, panoptic.LIGHT_BACKBONE, heads="mesmer")
+    # The fast heads drop one 3x3 conv 64->64 per head (4 x 36,928 weights); nothing else changes.
+    assert mesmer.count_params() - fast.count_params() == 4 * (3 * 3 * 64 * 64 + 64)
+    x = np.random.default_rng(1).random((1, 64, 64, 2), dtype=np.float32)
+    for model in (fast, mesmer):
+        assert [o.shape for o in model.predict_on_batch(x)] == [(1, 64, 64, 1), (1, 64, 64, 3)] * 2
+    # The fast heads' dense stack works at stride 2: its last layer before upsampling is half size.
+    half = keras.Model(fast.inputs, fast.get_layer("whole_cell_pixelwise_logits").output)
+    assert half.predict_on_batch(x).shape == (1, 32, 32, 3)
+    assert panoptic.default_heads("resnet50") == "mesmer" and panoptic.default_heads("mobilenetv2") == "fast"
+    with pytest.raises(ValueError, match="unknown head style"):
+        panoptic.build_panoptic(2, panoptic.LIGHT_BACKBONE, heads="huge")
+
+
 def test_unknown_backbone_is_a_value_error():
     with pytest.raises(ValueError, match="unknown backbone"):
         panoptic.build_panoptic(2, "vgg1")
