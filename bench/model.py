@@ -10,6 +10,7 @@ SIZE x SIZE 2-channel synthetic tissue and reports megapixels per second with th
 network and post-processing seconds separately (untrained weights: network time does not depend
 on them; post-processing is timed separately on realistic maps by ``postprocess@1024``).
 ``train_step@256x8:BACKBONE`` is the median time of one optimiser step on a batch of 8 256² crops.
+``synthetic@SIZE`` times the synthetic tissue generator (the test data of the model).
 ``accuracy:*`` cases train a light model from scratch and compare whole-cell F1 on held-out images
 with ``pipeline.baseline.nuclear_expansion``.
 """
@@ -90,6 +91,19 @@ def bench_postprocess(size: int, reps: int) -> None:
         "p95_ms": round(float(np.percentile(times, 95)) * 1000, 1), "cells": int(labels[..., 0].max()),
         "true_cells": int(y[..., 0].max()),
     })
+
+
+def bench_synthetic(size: int, reps: int) -> None:
+    from pipeline import synthetic
+
+    synthetic.make_tissue((256, 256), seed=0)
+    times = []
+    for i in range(reps):
+        t0 = time.perf_counter()
+        _, y = synthetic.make_tissue((size, size), seed=i)
+        times.append(time.perf_counter() - t0)
+    _emit({"case": f"synthetic@{size}", "n": reps, "median_ms": round(float(np.median(times)) * 1000, 1),
+           "p95_ms": round(float(np.percentile(times, 95)) * 1000, 1), "cells": int(y[..., 0].max())})
 
 
 def bench_train_step(backbone: str, label: str, reps: int, size: int = 256, batch: int = 8) -> None:
@@ -191,6 +205,7 @@ def main(argv=None) -> int:
         f"predict@{size}:light": lambda: bench_predict(size, "mobilenetv2", "light", reps),
         f"postprocess@{256 if args.quick else 1024}": lambda: bench_postprocess(256 if args.quick else 1024,
                                                                                3 if args.quick else 7),
+        f"synthetic@{size}": lambda: bench_synthetic(size, 3),
         "train_step@256x8:resnet50": lambda: bench_train_step("resnet50", "resnet50", 2 if args.quick else 3),
         "train_step@256x8:light": lambda: bench_train_step("mobilenetv2", "light", 2 if args.quick else 3),
         "accuracy": lambda: bench_accuracy(args.quick),

@@ -1,5 +1,3 @@
-import time
-
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
@@ -101,17 +99,8 @@ def test_odd_shapes():
     assert X.shape == (37, 300, 2) and y.shape == (37, 300, 2)
 
 
-def test_fast_at_256():
-    make_tissue((256, 256), seed=9)
-    start = time.perf_counter()
-    make_tissue((256, 256), seed=10)
-    assert time.perf_counter() - start < 0.5
-
-
 @pytest.mark.slow
-def test_large_tissue_in_a_few_seconds():
-    start = time.perf_counter()
+def test_large_tissue():
+    # How long it takes: `python bench/model.py --case synthetic@2048`.
     X, y = make_tissue((2048, 2048), seed=0)
-    elapsed = time.perf_counter() - start
-    assert y[..., 0].max() > 3000
-    assert elapsed < 15, elapsed
+    assert X.shape == (2048, 2048, 2) and y[..., 0].max() > 3000
