@@ -36,6 +36,10 @@ def register(subparsers) -> None:
     t.add_argument("--val-split", type=float, default=0.1)
     t.add_argument("--out", required=True, help="new model version folder")
     t.add_argument("--backbone", default=None, help="resnet50 (default), mobilenetv2 or efficientnetv2b0")
+    t.add_argument("--heads", choices=("mesmer", "fast"), default=None,
+                   help="semantic heads: mesmer (full resolution; default with resnet50) or fast (default otherwise)")
+    t.add_argument("--no-calibrate", dest="calibrate", action="store_false",
+                   help="keep the default deep-watershed parameters instead of fitting them on the validation data")
     t.add_argument("--from", dest="from_version", help="model version to continue training (fine-tune)")
     t.add_argument("--epochs", type=int, default=8)
     t.add_argument("--steps-per-epoch", type=int, default=None)
@@ -153,8 +157,8 @@ def cmd_train(args) -> int:
         raise _error("--val-split must be in [0, 1)")
     if args.backbone is not None and args.backbone not in panoptic.BACKBONES:
         raise _error(f"unknown backbone {args.backbone!r}; choose one of {', '.join(panoptic.BACKBONES)}")
-    if args.from_version and args.backbone:
-        raise _error("--backbone comes from the --from model version; give one or the other")
+    if args.from_version and (args.backbone or args.heads):
+        raise _error("--backbone and --heads come from the --from model version; give one or the other")
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         raise _error(f"{out} already exists and is not empty; choose a new folder")
@@ -169,6 +173,8 @@ def cmd_train(args) -> int:
         val=args.val,
         val_split=args.val_split,
         backbone=args.backbone or "resnet50",
+        heads=args.heads,
+        calibrate=args.calibrate,
         from_version=args.from_version,
         epochs=args.epochs,
         steps_per_epoch=args.steps_per_epoch,
@@ -183,6 +189,10 @@ def cmd_train(args) -> int:
     )
     tr = result.config["training"]
     print(f"{result.path}: best {tr['monitor']} {tr['best_loss']:.4f} at epoch {tr['best_epoch'] + 1}/{tr['epochs']}")
+    for layer, found in (tr.get("postprocess_calibration") or {}).items():
+        if isinstance(found, dict):
+            print(f"  {layer}: F1 {found['f1']:.3f} with fitted post-processing, {found['default_f1']:.3f} with defaults "
+                  f"({tr['postprocess_calibration']['on']} data)")
     return 0
 
 

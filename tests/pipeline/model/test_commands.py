@@ -111,6 +111,10 @@ def test_train_bad_arguments(tmp_path, capsys):
     assert rc == 2 and "unknown backbone" in capsys.readouterr().err
     rc = cli.main(["train", "--data", str(tmp_path / "missing.npz"), "--out", str(tmp_path / "v")])
     assert rc == 2 and "not found" in capsys.readouterr().err
+    rc = cli.main(["train", "--data", str(tmp_path / "train.npz"), "--out", str(tmp_path / "v"),
+                   "--from", str(tmp_path), "--heads", "fast"])
+    assert rc == 2 and "come from the --from model version" in capsys.readouterr().err
+    assert not (tmp_path / "v").exists()
 
 
 @pytest.mark.slow
@@ -119,9 +123,11 @@ def test_train_then_fine_tune_from_the_command_line(tmp_path, capsys):
     io.save_dataset(tmp_path / "train.npz", X, y)
     base = ["train", "--data", str(tmp_path / "train.npz"), "--epochs", "1", "--steps-per-epoch", "1",
             "--batch-size", "2", "--crop-size", "64", "--lr", "1e-3"]
-    assert cli.main([*base, "--out", str(tmp_path / "v1"), "--backbone", "mobilenetv2"]) == 0
-    assert cli.main([*base, "--out", str(tmp_path / "v2"), "--from", str(tmp_path / "v1")]) == 0
+    assert cli.main([*base, "--out", str(tmp_path / "v1"), "--backbone", "mobilenetv2", "--heads", "mesmer"]) == 0
+    assert "with fitted post-processing" in capsys.readouterr().out
+    assert cli.main([*base, "--out", str(tmp_path / "v2"), "--from", str(tmp_path / "v1"), "--no-calibrate"]) == 0
     cfg = json.loads((tmp_path / "v2" / "config.json").read_text())
-    assert cfg["parent"] == str(tmp_path / "v1") and cfg["backbone"] == "mobilenetv2"
+    assert cfg["parent"] == str(tmp_path / "v1") and cfg["backbone"] == "mobilenetv2" and cfg["heads"] == "mesmer"
+    assert cfg["training"]["postprocess_calibration"] is None
     assert cli.main([*base, "--out", str(tmp_path / "v2")]) == 2
     assert "not empty" in capsys.readouterr().err
