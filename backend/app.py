@@ -1,5 +1,6 @@
 """The Flask application factory. Stateless: everything lives in the database and the storage, so any
-number of gunicorn workers (on any number of hosts) can serve the same project."""
+number of gunicorn workers (on any number of hosts) can serve the same project (each worker's array cache
+only holds copies of immutable stored objects)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,6 +8,7 @@ from pathlib import Path
 from flask import Flask, jsonify, send_from_directory
 
 from backend.auth import init_login
+from backend.cache import ArrayCache
 from backend.config import Config
 from backend.db import make_engine, make_sessionmaker
 from backend.storage import storage_from_url
@@ -33,6 +35,7 @@ def create_app(config: Config | None = None, **overrides) -> Flask:
     app.extensions["cellloop.engine"] = engine
     app.extensions["cellloop.sessionmaker"] = make_sessionmaker(engine)
     app.extensions["cellloop.storage"] = storage_from_url(config.storage_url)
+    app.extensions["cellloop.cache"] = ArrayCache(config.array_cache_mb * 1024 * 1024)
 
     from backend.api import common, crowd, review, session_routes
 

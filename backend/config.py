@@ -48,6 +48,7 @@ class Config:
     max_upload_bytes: int = 512 * 1024 * 1024
     secure_cookies: bool = False
     base_url: str = "http://127.0.0.1:8000"
+    array_cache_mb: int = 512
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -62,6 +63,7 @@ class Config:
             max_upload_bytes=int(_env("MAX_UPLOAD_BYTES", str(512 * 1024 * 1024))),
             secure_cookies=_env_bool("SECURE_COOKIES", False),
             base_url=_env("BASE_URL", "http://127.0.0.1:8000"),
+            array_cache_mb=int(_env("ARRAY_CACHE_MB", "512")),
         )
         values.update(overrides)
         if "secret_key" not in values:

@@ -187,7 +187,9 @@ class Revision(Base):
     params: Mapped[dict] = mapped_column(JSON, default=dict)
     # for undo/redo: the revision whose patch this one reverts or re-applies
     target: Mapped[int | None] = mapped_column(Integer)
-    labels_key: Mapped[str] = mapped_column(String(1024))
+    # a full snapshot of the labels after this revision; None when only the patch was stored
+    # (large tasks: see TaskService, SNAPSHOT_EVERY)
+    labels_key: Mapped[str | None] = mapped_column(String(1024))
     patch_key: Mapped[str | None] = mapped_column(String(1024))
     author_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     author_ref: Mapped[str | None] = mapped_column(String(200))

@@ -275,7 +275,8 @@ class S3Storage(Storage):
             self._create_bucket(region_name)
 
     def __repr__(self) -> str:
-        return f"S3Storage(bucket={self.bucket!r}, prefix={self.prefix!r})"
+        endpoint = getattr(getattr(self.client, "meta", None), "endpoint_url", None)
+        return f"S3Storage(bucket={self.bucket!r}, prefix={self.prefix!r}, endpoint={endpoint!r})"
 
     def _create_bucket(self, region_name: str | None) -> None:
         from botocore.exceptions import BotoCoreError, ClientError

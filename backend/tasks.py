@@ -1,10 +1,16 @@
 """What happens to a task: its arrays in storage, its revisions, and its workflow, in one place that the
 crowd routes, the review routes and the CLI all call. No Flask here.
 
-Every label change is a new revision holding its own patch and a snapshot of the labels after it, written
-under fresh keys before the database row commits, so a request that loses a race (or crashes half way)
-never overwrites what another wrote. The row is then committed only if the task is still at the base
-revision the editor saw (optimistic locking); otherwise the caller gets `StaleRevision`.
+Every label change is a new revision holding its own patch, written under fresh keys before the database
+row commits, so a request that loses a race (or crashes half way) never overwrites what another wrote. The
+row is then committed only if the task is still at the base revision the editor saw (optimistic locking);
+otherwise the caller gets `StaleRevision`.
+
+Small tasks (crops of up to SNAPSHOT_ALWAYS_PIXELS) also store a full labels snapshot with every revision:
+one read rebuilds any revision. Larger ones store a snapshot every SNAPSHOT_EVERY revisions (and on
+creation and replacement); a revision between them is its last snapshot plus the patches after it. With the
+per-process `ArrayCache`, an edit then costs what the touched area costs: the current labels come from memory,
+only the patch is written.
 """
 from __future__ import annotations
 
@@ -13,16 +19,19 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import numpy as np
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from backend import workflow
 from backend.arrays import decode_array, encode_array, validate_labels
-from backend.edits import EditError, Patch, apply_edit
+from backend.cache import ArrayCache
+from backend.edits import EditError, LabelIndex, Patch, apply_edit
 from backend.models import Batch, Project, Review, Revision, Task, TaskEvent, TaskState, User, utcnow
-from backend.storage import Storage
+from backend.storage import NotFound, Storage
 
 EDIT_ACTIONS = "edit"
+SNAPSHOT_ALWAYS_PIXELS = 1024 * 1024
+SNAPSHOT_EVERY = 16
 
 
 class StaleRevision(Exception):
@@ -67,9 +76,10 @@ def _aware(ts: datetime | None) -> datetime | None:
 
 
 class TaskService:
-    def __init__(self, session: Session, storage: Storage):
+    def __init__(self, session: Session, storage: Storage, cache: ArrayCache | None = None):
         self.db = session
         self.storage = storage
+        self.cache = cache
 
     # --- arrays ----------------------------------------------------------------------------------------
     def _key(self, task: Task, kind: str, number: int | None = None, ext: str = "npy.gz") -> str:
@@ -79,23 +89,99 @@ class TaskService:
         # a random suffix: two racing requests for the same revision number never share a key
         return f"{base}/{kind}/{number:06d}-{secrets.token_hex(6)}.{ext}"
 
+    def _cache_key(self, key: str) -> tuple:
+        return (repr(self.storage), key)
+
     def image(self, task: Task) -> np.ndarray:
-        return decode_array(self.storage.get(task.image_key))
+        """The task's crop; read-only when it comes from (and goes into) the cache."""
+        if self.cache is None:
+            return decode_array(self.storage.get(task.image_key))
+        ck = self._cache_key(task.image_key)
+        image = self.cache.get(ck)
+        if image is None:
+            image = decode_array(self.storage.get(task.image_key))
+            image.flags.writeable = False
+            self.cache.put(ck, image)
+        return image
 
     def image_bytes(self, task: Task) -> bytes:
         return self.storage.get(task.image_key)
 
     def current_revision(self, task: Task) -> Revision:
-        rev = self.db.scalar(select(Revision).where(Revision.task_id == task.id, Revision.number == task.revision))
+        return self._revision(task, task.revision)
+
+    def _revision(self, task: Task, number: int) -> Revision:
+        rev = self.db.scalar(select(Revision).where(Revision.task_id == task.id, Revision.number == number))
         if rev is None:
-            raise LookupError(f"task {task.id} has no revision {task.revision}")
+            raise LookupError(f"task {task.id} has no revision {number}")
         return rev
 
-    def labels_bytes(self, task: Task) -> bytes:
-        return self.storage.get(self.current_revision(task).labels_key)
+    @staticmethod
+    def _identity(rev: Revision) -> str:
+        # both keys carry a random suffix: unique to this revision, and never rewritten
+        return rev.labels_key or rev.patch_key
+
+    def _rebuild(self, task: Task, rev: Revision) -> np.ndarray:
+        """The labels of ``rev``: its snapshot, or the last snapshot before it plus the patches after that."""
+        try:
+            return self._replay_from_snapshot(task, rev)
+        except NotFound as exc:
+            raise CorruptHistory(f"task {task.id}: a stored object of revision {rev.number}'s history is gone: {exc}") from exc
+
+    def _replay_from_snapshot(self, task: Task, rev: Revision) -> np.ndarray:
+        if rev.labels_key is not None:
+            return validate_labels(decode_array(self.storage.get(rev.labels_key)), shape=task.shape)
+        snap = self.db.scalar(
+            select(Revision).where(Revision.task_id == task.id, Revision.number < rev.number,
+                                   Revision.labels_key.is_not(None)).order_by(Revision.number.desc()).limit(1))
+        if snap is None:
+            raise CorruptHistory(f"task {task.id}: no labels snapshot before revision {rev.number}")
+        labels = validate_labels(decode_array(self.storage.get(snap.labels_key)), shape=task.shape)
+        later = self.db.scalars(
+            select(Revision).where(Revision.task_id == task.id, Revision.number > snap.number,
+                                   Revision.number <= rev.number).order_by(Revision.number)).all()
+        if [r.number for r in later] != list(range(snap.number + 1, rev.number + 1)):
+            raise CorruptHistory(f"task {task.id}: revisions missing between {snap.number} and {rev.number}")
+        for r in later:
+            if r.patch_key is None:
+                raise CorruptHistory(f"task {task.id}: revision {r.number} has neither snapshot nor patch")
+            try:
+                Patch.from_bytes(self.storage.get(r.patch_key)).apply(labels, check=True)
+            except EditError as exc:
+                raise CorruptHistory(f"task {task.id}: revision {r.number} does not replay: {exc}") from exc
+        return labels
 
     def labels(self, task: Task) -> np.ndarray:
-        return validate_labels(decode_array(self.labels_bytes(task)), shape=task.shape)
+        """A fresh copy of the current labels (the caller may change it)."""
+        rev = self.current_revision(task)
+        if self.cache is not None:
+            entry = self.cache.get(self._cache_key(self._identity(rev)))
+            if entry is not None:
+                return entry[0].copy()
+        return self._rebuild(task, rev)
+
+    def labels_bytes(self, task: Task) -> bytes:
+        rev = self.current_revision(task)
+        if rev.labels_key is not None:
+            return self.storage.get(rev.labels_key)
+        return encode_array(self.labels(task))
+
+    def _keep(self, task: Task, labels: np.ndarray, index: LabelIndex | None) -> None:
+        """Give unchanged working labels back to the cache as the current revision's."""
+        if self.cache is not None:
+            self.cache.put(self._cache_key(self._identity(self.current_revision(task))), (labels, index))
+
+    def _working_labels(self, task: Task) -> tuple[np.ndarray, LabelIndex | None]:
+        """The current labels and their index, owned by this request (taken out of the cache: an edit
+        changes them in place, and only a committed revision puts them back)."""
+        rev = self.current_revision(task)
+        if self.cache is not None:
+            entry = self.cache.take(self._cache_key(self._identity(rev)))
+            if entry is not None:
+                labels, index = entry
+                # the second edit on this worker pays for the index; later ones work in their boxes
+                return labels, index if index is not None else LabelIndex.build(labels)
+        return self._rebuild(task, rev), None
 
     # --- creation --------------------------------------------------------------------------------------
     def create_task(
@@ -118,7 +204,7 @@ class TaskService:
         task = Task(batch=batch, y0=y0, x0=x0, y1=y1, x1=x1, state=state, image_key="", revision=0)
         self.db.add(task)
         self.db.flush()
-        task.image_key = self._key(task, "image")
+        task.image_key = self._key(task, "image", 0)
         self.storage.put(task.image_key, encode_array(image))
         labels_key = self._key(task, "labels", 0)
         self.storage.put(labels_key, encode_array(labels))
@@ -134,17 +220,27 @@ class TaskService:
     def _check_editable(self, task: Task, actor: Actor) -> None:
         workflow.check_editable(task.state, reviewer=actor.reviewer and task.state is TaskState.in_review)
 
+    def _wants_snapshot(self, task: Task, labels: np.ndarray, patch: Patch | None, number: int) -> bool:
+        if patch is None or labels.shape[0] * labels.shape[1] <= SNAPSHOT_ALWAYS_PIXELS:
+            return True
+        last = self.db.scalar(select(func.max(Revision.number)).where(
+            Revision.task_id == task.id, Revision.labels_key.is_not(None)))
+        return last is None or number - last >= SNAPSHOT_EVERY
+
     def _commit_revision(self, task: Task, actor: Actor, labels: np.ndarray, patch: Patch | None, *,
-                         action: str, params: dict, target: int | None = None) -> Revision:
+                         action: str, params: dict, target: int | None = None,
+                         index: LabelIndex | None = None) -> Revision:
         """Write the new revision's arrays under fresh keys, then move the task on by one revision if, and
-        only if, it is still at the revision this request started from (optimistic lock)."""
+        only if, it is still at the revision this request started from (optimistic lock). ``labels`` are
+        the labels after the change; once committed they go to the cache as the task's current labels."""
         base = task.revision
         number = base + 1
-        labels_key = self._key(task, "labels", number)
         patch_key = None if patch is None else self._key(task, "patches", number, ext="patch")
+        labels_key = self._key(task, "labels", number) if self._wants_snapshot(task, labels, patch, number) else None
         if patch is not None:
             self.storage.put(patch_key, patch.to_bytes())
-        self.storage.put(labels_key, encode_array(labels))
+        if labels_key is not None:
+            self.storage.put(labels_key, encode_array(labels))
         moved = self.db.execute(
             update(Task).where(Task.id == task.id, Task.revision == base).values(revision=number)
             .execution_options(synchronize_session=False)
@@ -163,24 +259,35 @@ class TaskService:
                        author_id=actor.user.id if actor.user else None, author_ref=actor.ref)
         self.db.add(rev)
         self.db.commit()
+        if self.cache is not None:
+            if index is not None and patch is not None:
+                index.update(patch, labels)
+            self.cache.put(self._cache_key(self._identity(rev)), (labels, index if patch is not None else None))
         return rev
 
     def _commit_patch(self, task: Task, actor: Actor, labels: np.ndarray, patch: Patch, *,
-                      action: str, params: dict, target: int | None = None) -> Revision:
+                      action: str, params: dict, target: int | None = None,
+                      index: LabelIndex | None = None) -> Revision:
         # replays must find exactly the pixels their patch recorded; a mismatch means corrupt history
         patch.apply(labels, check=action != EDIT_ACTIONS)
-        return self._commit_revision(task, actor, labels, patch, action=action, params=params, target=target)
+        return self._commit_revision(task, actor, labels, patch, action=action, params=params, target=target,
+                                     index=index)
 
     def edit(self, task: Task, actor: Actor, base_revision: int | None, tool: str, params: dict) -> tuple[Revision, Patch]:
         self._check_base(task, base_revision)
         self._check_editable(task, actor)
-        labels = self.labels(task)
-        image = self.image(task)
-        patch = apply_edit(labels, image, tool, params)
+        labels, index = self._working_labels(task)
+        try:
+            patch = apply_edit(labels, self.image(task), tool, params, index=index)
+        except Exception:
+            self._keep(task, labels, index)  # apply_edit leaves the labels untouched
+            raise
         if patch.is_empty:
             # a no-op leaves no revision behind: nothing changed, and the undo stack stays meaningful
+            self._keep(task, labels, index)
             return self.current_revision(task), patch
-        rev = self._commit_patch(task, actor, labels, patch, action=EDIT_ACTIONS, params={"tool": tool, **params})
+        rev = self._commit_patch(task, actor, labels, patch, action=EDIT_ACTIONS, params={"tool": tool, **params},
+                                 index=index)
         return rev, patch
 
     def history(self, task: Task) -> tuple[list[int], list[int]]:
@@ -211,8 +318,7 @@ class TaskService:
         return self._commit_revision(task, actor, labels, None, action="replace", params={})
 
     def _stored_patch(self, task: Task, number: int) -> Patch:
-        rev = self.db.scalar(select(Revision).where(Revision.task_id == task.id, Revision.number == number))
-        return Patch.from_bytes(self.storage.get(rev.patch_key))
+        return Patch.from_bytes(self.storage.get(self._revision(task, number).patch_key))
 
     def undo(self, task: Task, actor: Actor, base_revision: int | None) -> tuple[Revision, Patch]:
         return self._replay(task, actor, base_revision, "undo")
@@ -231,9 +337,9 @@ class TaskService:
         patch = self._stored_patch(task, target)
         if action == "undo":
             patch = patch.inverse()
-        labels = self.labels(task)
+        labels, index = self._working_labels(task)
         try:
-            rev = self._commit_patch(task, actor, labels, patch, action=action, params={}, target=target)
+            rev = self._commit_patch(task, actor, labels, patch, action=action, params={}, target=target, index=index)
         except EditError as exc:
             raise CorruptHistory(f"task {task.id}: cannot {action} revision {target}: {exc}") from exc
         return rev, patch

@@ -24,7 +24,7 @@ def storage():
 
 
 def service() -> TaskService:
-    return TaskService(db(), storage())
+    return TaskService(db(), storage(), cache=current_app.extensions["cellloop.cache"])
 
 
 def close_db(_exc=None) -> None:

@@ -252,7 +252,8 @@ def train(
     bn_batches: int = 8,
     calibrate: bool = True,
 ) -> TrainResult:
-    """Train a new model (``backbone``, ``heads`` as in ``panoptic.build_panoptic``) or continue one (``from_version``); save it to ``out`` if given.
+    """Train a new model (``backbone`` and ``heads`` as in ``panoptic.build_panoptic``) or continue one
+    (``from_version``); save it to ``out`` if given.
 
     ``data``/``val`` are ``.npz`` paths or (X, y) pairs; without ``val``, ``val_split`` of the images
     (at least one) is held out, chosen by ``seed``. ``nuclear_weight=None`` trains the nuclear heads

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from backend.arrays import decode_array, encode_array
+from backend.cache import ArrayCache
 from backend.edits import Patch
 
 from .conftest import login
@@ -282,6 +283,8 @@ def test_undo_of_tampered_history_is_500_and_changes_nothing(world):
     labels[48:53, 78:83, 0] = 3
     storage.put(key, encode_array(labels))
     keys = _stored_keys(world)
+    # a worker that has the labels in memory never rereads them; a fresh one (empty cache) does
+    world.app.extensions["cellloop.cache"] = ArrayCache(64 << 20)
     resp = world.client.post(f"/api/task/{token}/undo", json={"base_revision": 1})
     assert resp.status_code == 500 and "history" in resp.get_json()["error"]
     assert _stored_keys(world) == keys
