@@ -49,8 +49,11 @@ def flood(ctx):
                    or (box[1] > 0 and region[:, 0].any()) or (box[3] < w and region[:, -1].any()))
         if not escapes:
             break
-        # grow fast: the rounds before the last then cost a small fraction of it
+        # grow fast: the rounds before the last then cost a small fraction of it; once a window
+        # would hold an eighth of the layer, take the whole layer rather than pay for both
         half *= 4
+        if (2 * half + 1) ** 2 * 8 > h * w:
+            half = max(h, w)
     after = before.copy()
     after[region] = label
     # every region pixel held the point's value, which differs from label
