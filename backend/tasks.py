@@ -126,7 +126,8 @@ class TaskService:
         try:
             return self._replay_from_snapshot(task, rev)
         except NotFound as exc:
-            raise CorruptHistory(f"task {task.id}: a stored object of revision {rev.number}'s history is gone: {exc}") from exc
+            raise CorruptHistory(
+                f"task {task.id}: a stored object of revision {rev.number}'s history is gone: {exc}") from exc
 
     def _replay_from_snapshot(self, task: Task, rev: Revision) -> np.ndarray:
         if rev.labels_key is not None:
