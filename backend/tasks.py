@@ -167,22 +167,22 @@ class TaskService:
             return self.storage.get(rev.labels_key)
         return encode_array(self.labels(task))
 
-    def _keep(self, task: Task, labels: np.ndarray, index: LabelIndex | None) -> None:
-        """Give unchanged working labels back to the cache as the current revision's."""
+    def _keep(self, rev: Revision, labels: np.ndarray, index: LabelIndex | None) -> None:
+        """Give unchanged working labels back to the cache as ``rev``'s."""
         if self.cache is not None:
-            self.cache.put(self._cache_key(self._identity(self.current_revision(task))), (labels, index))
+            self.cache.put(self._cache_key(self._identity(rev)), (labels, index))
 
-    def _working_labels(self, task: Task) -> tuple[np.ndarray, LabelIndex | None]:
-        """The current labels and their index, owned by this request (taken out of the cache: an edit
-        changes them in place, and only a committed revision puts them back)."""
+    def _working_labels(self, task: Task) -> tuple[Revision, np.ndarray, LabelIndex | None]:
+        """The current revision, and its labels and index owned by this request (taken out of the cache: an
+        edit changes them in place, and only a committed revision puts them back)."""
         rev = self.current_revision(task)
         if self.cache is not None:
             entry = self.cache.take(self._cache_key(self._identity(rev)))
             if entry is not None:
                 labels, index = entry
                 # the second edit on this worker pays for the index; later ones work in their boxes
-                return labels, index if index is not None else LabelIndex.build(labels)
-        return self._rebuild(task, rev), None
+                return rev, labels, index if index is not None else LabelIndex.build(labels)
+        return rev, self._rebuild(task, rev), None
 
     # --- creation --------------------------------------------------------------------------------------
     def create_task(
@@ -261,9 +261,9 @@ class TaskService:
         self.db.add(rev)
         self.db.commit()
         if self.cache is not None:
-            if index is not None and patch is not None:
+            if index is not None:  # only edits and replays (which have a patch) bring an index
                 index.update(patch, labels)
-            self.cache.put(self._cache_key(self._identity(rev)), (labels, index if patch is not None else None))
+            self.cache.put(self._cache_key(self._identity(rev)), (labels, index))
         return rev
 
     def _commit_patch(self, task: Task, actor: Actor, labels: np.ndarray, patch: Patch, *,
@@ -277,16 +277,16 @@ class TaskService:
     def edit(self, task: Task, actor: Actor, base_revision: int | None, tool: str, params: dict) -> tuple[Revision, Patch]:
         self._check_base(task, base_revision)
         self._check_editable(task, actor)
-        labels, index = self._working_labels(task)
+        current, labels, index = self._working_labels(task)
         try:
             patch = apply_edit(labels, self.image(task), tool, params, index=index)
         except Exception:
-            self._keep(task, labels, index)  # apply_edit leaves the labels untouched
+            self._keep(current, labels, index)  # apply_edit leaves the labels untouched
             raise
         if patch.is_empty:
             # a no-op leaves no revision behind: nothing changed, and the undo stack stays meaningful
-            self._keep(task, labels, index)
-            return self.current_revision(task), patch
+            self._keep(current, labels, index)
+            return current, patch
         rev = self._commit_patch(task, actor, labels, patch, action=EDIT_ACTIONS, params={"tool": tool, **params},
                                  index=index)
         return rev, patch
@@ -338,7 +338,7 @@ class TaskService:
         patch = self._stored_patch(task, target)
         if action == "undo":
             patch = patch.inverse()
-        labels, index = self._working_labels(task)
+        _, labels, index = self._working_labels(task)
         try:
             rev = self._commit_patch(task, actor, labels, patch, action=action, params={}, target=target, index=index)
         except EditError as exc:
