@@ -132,16 +132,15 @@ def bench_train_step(backbone: str, label: str, reps: int, size: int = 256, batc
 
 def load_vectra():
     """Vectra image0 as X (400, 400, 2) [nuclear, membrane] and whole-cell labels (400, 400), or None."""
-    import tifffile
+    from pipeline import io
 
     folder = DATA / "vectra"
     if not (folder / "image0.tif").exists():
         return None
-    raw = tifffile.imread(folder / "image0.tif")
-    # The file stores membrane first; Mesmer wants nuclear first.
-    X = np.moveaxis(raw[::-1], 0, -1).astype(np.float32)
-    y = tifffile.imread(folder / "image0_wholecell.tif").astype(np.int32)
-    return X, y
+    # The file stores membrane first; Mesmer wants nuclear first (read as in tests/.../test_accuracy.py).
+    X, _ = io.read_image(folder / "image0.tif", channels=[1, 0])
+    y = io.read_labels(folder / "image0_wholecell.tif")[..., 0]
+    return X.astype(np.float32, copy=False), y
 
 
 def _score(model, X, truth):
