@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 import numpy as np
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from backend import workflow
 from backend.arrays import decode_array, encode_array, validate_labels
@@ -242,19 +243,24 @@ class TaskService:
             self.storage.put(patch_key, patch.to_bytes())
         if labels_key is not None:
             self.storage.put(labels_key, encode_array(labels))
+        # one conditional update decides the race: the task must still be at the base revision and in a state
+        # this actor may edit, so an edit that loses to a submit or another edit changes nothing
+        editable = workflow.editable_states(reviewer=actor.reviewer)
         moved = self.db.execute(
-            update(Task).where(Task.id == task.id, Task.revision == base).values(revision=number)
-            .execution_options(synchronize_session=False)
+            update(Task).where(Task.id == task.id, Task.revision == base, Task.state.in_(editable))
+            .values(revision=number).execution_options(synchronize_session=False)
         ).rowcount
         if moved != 1:
             self.db.rollback()
             for key in (labels_key, patch_key):
                 if key is not None:
                     self.storage.delete(key)
-            raise StaleRevision(base, self.db.scalar(select(Task.revision).where(Task.id == task.id)))
-        task.revision = number
-        if actor.user is None and task.state in (TaskState.new, TaskState.prelabeled, TaskState.rejected):
+            self._raise_lost_race(task, "edit", base)
+        set_committed_value(task, "revision", number)
+        if actor.user is None and task.state in workflow.UNASSIGNED:
             self._transition(task, "assign", actor)
+        if actor.user is None and task.opened_at is None:
+            self._set(task, opened_at=_now())  # the first edit starts the clock when the page never said "open"
         rev = Revision(task_id=task.id, number=number, action=action, params=params, target=target,
                        labels_key=labels_key, patch_key=patch_key,
                        author_id=actor.user.id if actor.user else None, author_ref=actor.ref)
@@ -346,43 +352,79 @@ class TaskService:
         return rev, patch
 
     # --- workflow ----------------------------------------------------------------------------------------
-    def _transition(self, task: Task, action: str, actor: Actor, **detail) -> None:
+    def _set(self, task: Task, **values) -> None:
+        """Write columns of a task whose row this transaction already holds (no condition needed), and
+        mirror them on the loaded object without marking it dirty."""
+        self.db.execute(update(Task).where(Task.id == task.id).values(**values)
+                        .execution_options(synchronize_session=False))
+        for name, value in values.items():
+            set_committed_value(task, name, value)
+
+    def _raise_lost_race(self, task: Task, action: str, base_revision: int | None) -> None:
+        """After a conditional update matched no row: say what the task looks like now (409 either way)."""
+        state, revision = self.db.execute(select(Task.state, Task.revision).where(Task.id == task.id)).one()
+        set_committed_value(task, "state", state)
+        set_committed_value(task, "revision", revision)
+        if base_revision is not None and revision != base_revision:
+            raise StaleRevision(base_revision, revision)
+        raise workflow.TransitionError(action, state)
+
+    def _transition(self, task: Task, action: str, actor: Actor, *, base_revision: int | None = None,
+                    **detail) -> None:
+        """Move the task by one workflow step with a conditional update: it happens only if the row is still
+        in the state this request saw (and at ``base_revision`` when given), so of two racing transitions
+        exactly one wins and the other gets TransitionError / StaleRevision (409). Not committed here."""
         before = task.state
-        task.state = workflow.next_state(action, task.state)
+        target = workflow.next_state(action, before)
         now = _now()
+        values: dict = {"state": target}
         time_open = None
         if action == "assign":
-            task.assigned_at = now
+            values["assigned_at"] = now
             if actor.user is not None:
-                task.assignee_id = actor.user.id
+                values["assignee_id"] = actor.user.id
             elif actor.ref:
-                task.assignee_ref = actor.ref
+                values["assignee_ref"] = actor.ref
         if action == "submit":
-            task.submitted_at = now
+            values["submitted_at"] = now
             opened = _aware(task.opened_at)
             if opened is not None:
                 time_open = (now - opened).total_seconds()
-                task.time_open_s = (task.time_open_s or 0.0) + time_open
-                task.opened_at = None
+                values["time_open_s"] = (task.time_open_s or 0.0) + time_open
+                values["opened_at"] = None
         if action in ("approve", "reject"):
-            task.reviewed_at = now
-        self.db.add(TaskEvent(task_id=task.id, action=action, from_state=before.value, to_state=task.state.value,
+            values["reviewed_at"] = now
+        condition = [Task.id == task.id, Task.state == before]
+        if base_revision is not None:
+            condition.append(Task.revision == base_revision)
+        moved = self.db.execute(update(Task).where(*condition).values(**values)
+                                .execution_options(synchronize_session=False)).rowcount
+        if moved != 1:
+            self.db.rollback()
+            self._raise_lost_race(task, action, base_revision)
+        for name, value in values.items():
+            set_committed_value(task, name, value)
+        self.db.add(TaskEvent(task_id=task.id, action=action, from_state=before.value, to_state=target.value,
                               actor_id=actor.user.id if actor.user else None, actor_ref=actor.ref,
                               time_open_s=time_open, detail=detail))
 
     def open(self, task: Task, actor: Actor) -> None:
-        """An annotator opened the task page: start its clock and, if still unassigned, assign it."""
-        if task.state in (TaskState.new, TaskState.prelabeled, TaskState.rejected):
+        """An annotator opened the task page (POST, never GET): assign it if still unassigned and start its
+        clock. Idempotent: opening again, or an already running clock, changes nothing."""
+        if task.state in workflow.UNASSIGNED:
             self._transition(task, "assign", actor)
         if task.state is TaskState.assigned and task.opened_at is None:
-            task.opened_at = _now()
+            # conditional: of two racing opens, the first one's time stands
+            self.db.execute(update(Task).where(Task.id == task.id, Task.opened_at.is_(None)).values(opened_at=_now())
+                            .execution_options(synchronize_session=False))
         self.db.commit()
+        self.db.refresh(task)
 
     def submit(self, task: Task, actor: Actor, base_revision: int | None) -> None:
         self._check_base(task, base_revision)
-        if task.state in (TaskState.new, TaskState.prelabeled, TaskState.rejected):
-            self._transition(task, "assign", actor)
-        self._transition(task, "submit", actor, revision=task.revision)
+        if task.state in workflow.UNASSIGNED:
+            self._transition(task, "assign", actor, base_revision=base_revision)
+        self._transition(task, "submit", actor, base_revision=base_revision, revision=base_revision)
         self.db.commit()
 
     def start_review(self, task: Task, reviewer: Actor) -> None:

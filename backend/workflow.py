@@ -26,6 +26,9 @@ TRANSITIONS: dict[str, tuple[frozenset[S], S]] = {
     "reject": (frozenset({S.in_review}), S.rejected),
 }
 
+# states an annotator's first open, edit or submit assigns the task from
+UNASSIGNED = frozenset({S.new, S.prelabeled, S.rejected})
+
 # who may change labels in which state
 ANNOTATOR_EDITABLE = frozenset({S.new, S.prelabeled, S.assigned, S.rejected})
 REVIEWER_EDITABLE = frozenset({S.in_review})
@@ -39,6 +42,11 @@ def next_state(action: str, state: S) -> S:
     if state not in sources:
         raise TransitionError(action, state)
     return target
+
+
+def editable_states(*, reviewer: bool) -> frozenset[S]:
+    """Every state in which this kind of actor may change labels (the condition of an edit's update)."""
+    return ANNOTATOR_EDITABLE | REVIEWER_EDITABLE if reviewer else ANNOTATOR_EDITABLE
 
 
 def check_editable(state: S, *, reviewer: bool) -> None:

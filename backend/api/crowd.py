@@ -48,6 +48,14 @@ def page(token: str):
 
 @bp.get("/api/task/<token>")
 def info(token: str):
+    # read-only: a link prefetcher or a reviewer's preview must not assign the task or start its clock
+    task, _ = _task_from_token(token)
+    return jsonify(task_summary(task, service()))
+
+
+@bp.post("/api/task/<token>/open")
+def open_task(token: str):
+    """The editor has loaded: assign the task to this link's worker and start its clock (idempotent)."""
     task, actor = _task_from_token(token)
     svc = service()
     svc.open(task, actor)

@@ -29,7 +29,9 @@ def test_task_link_serves_page_image_and_labels(world):
     info = world.client.get(f"/api/task/{token}").get_json()
     assert info["id"] == tid
     assert info["shape"] == [64, 96] and info["channels"] == ["dna", "mem", "cd45"]
-    assert info["state"] == "assigned"  # opening the link assigns a prelabeled task
+    assert info["state"] == "prelabeled"  # reading never assigns: a link prefetcher must not start the clock
+    opened = world.client.post(f"/api/task/{token}/open")
+    assert opened.status_code == 200 and opened.get_json()["state"] == "assigned"
     image = decode_array(world.client.get(f"/api/task/{token}/image").data)
     np.testing.assert_array_equal(image, world.image)
     labels, revision = _labels(world, token)
@@ -189,7 +191,7 @@ def test_review_workflow_and_audit(world):
     # approving a task nobody submitted is a bad transition
     bad = rev_client.post(f"/api/review/tasks/{tid}/approve", json={}, headers=h)
     assert bad.status_code == 409 and bad.get_json()["state"] in ("prelabeled", "assigned")
-    c.get(f"/api/task/{token}")
+    c.post(f"/api/task/{token}/open")
     c.post(f"/api/task/{token}/edit", json={"base_revision": 0, "tool": "paint",
            "params": {"layer": 0, "points": [[50, 50]], "radius": 2, "label": 5}})
     stale_submit = c.post(f"/api/task/{token}/submit", json={"base_revision": 0})
@@ -211,7 +213,8 @@ def test_review_workflow_and_audit(world):
     assert no_comment.status_code == 400
     rej = rev_client.post(f"/api/review/tasks/{tid}/reject", json={"comment": "cell 2 is two cells"}, headers=h)
     assert rej.status_code == 200 and rej.get_json()["state"] == "rejected"
-    back = c.get(f"/api/task/{token}").get_json()
+    assert c.get(f"/api/task/{token}").get_json()["state"] == "rejected"
+    back = c.post(f"/api/task/{token}/open").get_json()
     assert back["state"] == "assigned"
     assert back["review"] == {"verdict": "rejected", "comment": "cell 2 is two cells"}
     assert c.post(f"/api/task/{token}/submit", json={"base_revision": 2}).status_code == 200

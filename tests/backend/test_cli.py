@@ -131,7 +131,7 @@ def test_demo_serves_a_task_over_http(tmp_path):
 
             info = json.loads(r.read())
         assert info["shape"] == [270, 270] and info["channels"] == ["nuclear", "membrane"]
-        assert info["state"] == "assigned"
+        assert info["state"] == "prelabeled"  # reading a task never assigns it
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/task/{token}/labels", timeout=10) as r:
             from backend.arrays import decode_array
 
