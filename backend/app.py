@@ -3,14 +3,21 @@ number of gunicorn workers (on any number of hosts) can serve the same project (
 only holds copies of immutable stored objects)."""
 from __future__ import annotations
 
+import logging
+from datetime import timedelta
 from pathlib import Path
 
 from flask import Flask, jsonify, send_from_directory
+from werkzeug.middleware.proxy_fix import ProxyFix
 
+from backend.api.limits import cap_request_body
 from backend.auth import init_login
 from backend.cache import ArrayCache
 from backend.config import Config
 from backend.db import make_engine, make_sessionmaker
+from backend.logmask import install_token_masking
+from backend.ratelimit import init_rate_limits
+from backend.security import init_security_headers
 from backend.storage import storage_from_url
 
 FRONTEND_DIR = Path(__file__).resolve().parent.parent / "frontend"
@@ -29,8 +36,14 @@ def create_app(config: Config | None = None, **overrides) -> Flask:
         SESSION_COOKIE_SECURE=config.secure_cookies,
         REMEMBER_COOKIE_HTTPONLY=True,
         REMEMBER_COOKIE_SECURE=config.secure_cookies,
+        PERMANENT_SESSION_LIFETIME=timedelta(seconds=config.session_lifetime_s),
         JSON_SORT_KEYS=False,
     )
+    if config.proxy_hops:
+        # behind a load balancer: the client address and scheme come from the trusted X-Forwarded-* headers
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=config.proxy_hops, x_proto=config.proxy_hops,
+                                x_host=config.proxy_hops)
+    install_token_masking(app.logger, logging.getLogger("werkzeug"))
     engine = make_engine(config.database_url)
     app.extensions["cellloop.engine"] = engine
     app.extensions["cellloop.sessionmaker"] = make_sessionmaker(engine)
@@ -40,6 +53,7 @@ def create_app(config: Config | None = None, **overrides) -> Flask:
     from backend.api import common, crowd, review, session_routes
 
     app.teardown_appcontext(common.close_db)
+    app.before_request(cap_request_body)
     common.register_error_handlers(app)
     init_login(app)
     app.register_blueprint(session_routes.bp)
@@ -58,12 +72,6 @@ def create_app(config: Config | None = None, **overrides) -> Flask:
     def static_files(path: str):
         return send_from_directory(FRONTEND_DIR, path)
 
-    @app.after_request
-    def _headers(resp):
-        resp.headers.setdefault("X-Content-Type-Options", "nosniff")
-        # task pages are meant to be framed by crowd platforms; the API is not a page
-        if resp.mimetype == "text/html":
-            resp.headers.setdefault("Content-Security-Policy", "default-src 'self'; img-src 'self' blob: data:")
-        return resp
-
+    init_rate_limits(app, config)
+    init_security_headers(app)
     return app

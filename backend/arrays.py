@@ -112,12 +112,14 @@ def decode_array(
     *,
     dtypes=None,
     ndim=None,
+    shape: tuple[int, ...] | None = None,
     max_pixels: int | None = MAX_PIXELS_DEFAULT,
     max_bytes: int | None = MAX_BYTES_DEFAULT,
 ) -> np.ndarray:
     """Decode gzip-compressed or raw .npy bytes into a writable, native-byte-order array.
 
-    dtypes: allowed dtypes (None: any bool/int/float); ndim: an int or a collection of ints;
+    dtypes: allowed dtypes (None: any bool/int/float); ndim: an int or a collection of ints; shape: the exact
+    shape expected (checked from the header, before inflating);
     max_pixels bounds shape[0] * shape[1]; max_bytes bounds the decoded array. None disables a limit.
     """
     if isinstance(data, (bytearray, memoryview)):
@@ -141,8 +143,11 @@ def decode_array(
     else:
         raise ArrayError("data is neither gzip nor .npy")
 
+    expected = shape
     shape, dtype, fortran, header_len = _parse_header(head)
     _check_dtype(dtype, dtypes)
+    if expected is not None and shape != tuple(expected):
+        raise ArrayError(f"array of shape {shape} does not match the expected shape {tuple(expected)}")
     count = _check_shape(shape, ndim, max_pixels, dtype.itemsize, max_bytes)
     nbytes = count * dtype.itemsize
 

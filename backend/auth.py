@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import hmac
 import secrets
+import time
 from functools import wraps
 
 from flask import abort, current_app, g, request, session
-from flask_login import LoginManager, current_user
+from flask_login import LoginManager, current_user, login_user
+from sqlalchemy import update
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 from werkzeug.security import check_password_hash, generate_password_hash
 
@@ -40,6 +42,40 @@ def verify_password(user: User | None, password: str) -> bool:
 _DUMMY_HASH = generate_password_hash(secrets.token_hex(8))
 
 
+# --- sessions ----------------------------------------------------------------------------------------------
+# A signed cookie cannot be taken back, so each one names its user's session version and login time: a
+# cookie from before the last logout-everywhere or password change, or older than the session lifetime, no
+# longer loads its user, whatever its signature says.
+
+def start_session(user: User) -> None:
+    session.clear()  # no fixation of a pre-login session or CSRF token
+    session.permanent = True
+    session["sv"] = user.session_version
+    session["login_at"] = int(time.time())
+    login_user(user)
+
+
+def session_is_current(user: User) -> bool:
+    lifetime = current_app.config["CELLLOOP"].session_lifetime_s
+    login_at = session.get("login_at")
+    return (session.get("sv") == user.session_version and isinstance(login_at, int)
+            and 0 <= time.time() - login_at <= lifetime)
+
+
+def end_all_sessions(db_session, user: User) -> None:
+    """Invalidate every session of ``user``, everywhere (commits)."""
+    db_session.execute(update(User).where(User.id == user.id)
+                       .values(session_version=User.session_version + 1))
+    db_session.commit()
+    db_session.refresh(user)
+
+
+def set_password(db_session, user: User, password: str) -> None:
+    """A new password ends every session signed under the old one (commits)."""
+    user.password_hash = hash_password(password)
+    end_all_sessions(db_session, user)
+
+
 def init_login(app) -> None:
     login_manager.init_app(app)
 
@@ -49,9 +85,11 @@ def init_login(app) -> None:
 
         try:
             user = db().get(User, int(user_id))
-        except ValueError:
+        except (ValueError, OverflowError):
             return None
-        return user if user is not None and user.active else None
+        if user is None or not user.active or not session_is_current(user):
+            return None
+        return user
 
     @login_manager.unauthorized_handler
     def _unauthorized():
@@ -97,7 +135,9 @@ def csrf_token() -> str:
 def check_csrf() -> None:
     expected = session.get("csrf")
     sent = request.headers.get(CSRF_HEADER, "")
-    if not expected or not hmac.compare_digest(expected, sent):
+    # bytes: compare_digest refuses non-ASCII str, and a header may hold anything
+    if not isinstance(expected, str) or not expected or not hmac.compare_digest(
+            expected.encode("utf-8", "surrogateescape"), sent.encode("utf-8", "surrogateescape")):
         abort(403, description="missing or invalid CSRF token")
 
 

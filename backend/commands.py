@@ -213,7 +213,8 @@ def serve(config, *, host: str, port: int, workers: int) -> int:
     os.environ["CELLLOOP_STORAGE_URL"] = config.storage_url
     os.environ.setdefault("CELLLOOP_BASE_URL", f"http://{host}:{port}")
     argv = [sys.executable, "-m", "gunicorn", "--workers", str(workers), "--bind", f"{host}:{port}",
-            "--access-logfile", "-", "backend.app:create_app()"]
+            "--access-logfile", "-", "--logger-class", "backend.logmask.TokenMaskingGunicornLogger",
+            "backend.app:create_app()"]
     print(f"CellLoop serving on http://{host}:{port}/  (Ctrl+C to stop)", flush=True)
     os.execv(sys.executable, argv)
     return 0  # pragma: no cover

@@ -68,6 +68,8 @@ class User(Base):
     role: Mapped[Role] = mapped_column(_enum(Role, "user_role"))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # a session cookie names the version it was signed under; bumping it ends every older session
+    session_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     # flask-login protocol
     @property

@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import secrets
 import sys
 import tempfile
 import time
@@ -44,7 +45,7 @@ def bench(size: int, reps: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         config = Config.from_env(instance_dir=tmp, database_url=f"sqlite:///{tmp / 'db.sqlite'}",
-                                 storage_url=str(tmp / "storage"), secret_key="bench")
+                                 storage_url=str(tmp / "storage"), secret_key=secrets.token_urlsafe(32))
         dbmod.upgrade(config.database_url)
         app = create_app(config)
         session = app.extensions["cellloop.sessionmaker"]()

@@ -4,6 +4,7 @@ from __future__ import annotations
 from flask import Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from backend.api import limits
 from backend.arrays import ArrayError
 from backend.edits import EditError
 from backend.tasks import CorruptHistory, NothingToUndo, StaleRevision, TaskService
@@ -40,6 +41,17 @@ def json_body() -> dict:
     return body
 
 
+def edit_request(body: dict, task) -> tuple[str, dict]:
+    """(tool, params) of an edit request, within the caps of one edit and with only the tool's own params."""
+    tool, params = body.get("tool"), body.get("params", {})
+    if not isinstance(tool, str) or not isinstance(params, dict):
+        raise BadRequest("expected {'tool': name, 'params': {...}, 'base_revision': n}")
+    try:
+        return tool, limits.check_edit(tool, params, task.shape)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+
+
 def base_revision(body: dict) -> int:
     value = body.get("base_revision")
     if not isinstance(value, int) or isinstance(value, bool):
@@ -69,6 +81,10 @@ def register_error_handlers(app) -> None:
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException):
         return error(exc.code or 500, exc.description or exc.name)
+
+    @app.errorhandler(limits.TooLarge)
+    def _too_large(exc):
+        return error(413, str(exc))
 
     @app.errorhandler(BadRequest)
     def _bad(exc):

@@ -4,7 +4,8 @@ from __future__ import annotations
 from flask import Blueprint, abort, current_app, jsonify, send_from_directory
 
 from backend.api import common
-from backend.api.common import ARRAY_MIMETYPE, PATCH_MIMETYPE, base_revision, binary, json_body, service
+from backend.api.common import (ARRAY_MIMETYPE, PATCH_MIMETYPE, base_revision, binary, edit_request, json_body,
+                                service)
 from backend.auth import read_task_token
 from backend.models import Task
 from backend.tasks import Actor
@@ -82,9 +83,7 @@ def edit_reply(rev, patch):
 def edit(token: str):
     task, actor = _task_from_token(token)
     body = json_body()
-    tool, params = body.get("tool"), body.get("params", {})
-    if not isinstance(tool, str) or not isinstance(params, dict):
-        raise common.BadRequest("expected {'tool': name, 'params': {...}, 'base_revision': n}")
+    tool, params = edit_request(body, task)
     return edit_reply(*service().edit(task, actor, base_revision(body), tool, params))
 
 

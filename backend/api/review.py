@@ -6,7 +6,9 @@ import numpy as np
 from flask_login import current_user
 from sqlalchemy import select
 
-from backend.api.common import ARRAY_MIMETYPE, BadRequest, base_revision, binary, db, json_body, service
+from backend.api.common import (ARRAY_MIMETYPE, BadRequest, base_revision, binary, db, edit_request, json_body,
+                                service)
+from backend.api.limits import enforce_body_limit, label_upload_limit
 from backend.api.crowd import edit_reply, task_summary
 from backend.arrays import decode_array
 from backend.auth import make_task_token, require_role
@@ -15,11 +17,13 @@ from backend.tasks import Actor
 
 bp = Blueprint("review", __name__, url_prefix="/api/review")
 reviewer_only = require_role(Role.reviewer)
+MAX_ID = 2**31 - 1
 LABEL_DTYPES = {np.dtype(t) for t in ("int32", "int64", "uint16", "uint32", "int16", "uint8")}
 
 
 def _task(task_id: int) -> Task:
-    task = db().get(Task, task_id)
+    # an id no database column can hold is simply not a task (PostgreSQL would refuse the query)
+    task = db().get(Task, task_id) if task_id <= MAX_ID else None
     if task is None:
         abort(404, description=f"no task {task_id}")
     return task
@@ -77,10 +81,9 @@ def start(task_id: int):
 @reviewer_only
 def edit(task_id: int):
     body = json_body()
-    tool, params = body.get("tool"), body.get("params", {})
-    if not isinstance(tool, str) or not isinstance(params, dict):
-        raise BadRequest("expected {'tool': name, 'params': {...}, 'base_revision': n}")
-    return edit_reply(*service().edit(_task(task_id), _actor(), base_revision(body), tool, params))
+    task = _task(task_id)
+    tool, params = edit_request(body, task)
+    return edit_reply(*service().edit(task, _actor(), base_revision(body), tool, params))
 
 
 @bp.post("/tasks/<int:task_id>/undo")
@@ -103,8 +106,10 @@ def upload_labels(task_id: int):
     base = request.args.get("base_revision", type=int)
     if base is None:
         raise BadRequest("'base_revision' query parameter (integer) is required")
+    enforce_body_limit(label_upload_limit(task.shape))
     config = current_app.config["CELLLOOP"]
-    array = decode_array(request.get_data(cache=False), dtypes=LABEL_DTYPES, ndim=3,
+    # the header's shape and dtype are checked against the task before a byte is inflated
+    array = decode_array(request.get_data(cache=False), dtypes=LABEL_DTYPES, shape=(*task.shape, 2),
                          max_pixels=config.max_image_pixels)
     rev = service().replace_labels(task, _actor(), base, array)
     return jsonify({"revision": rev.number})

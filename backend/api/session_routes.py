@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 from flask import Blueprint, abort, jsonify, session
-from flask_login import current_user, login_user, logout_user
+from flask_login import current_user, logout_user
 from sqlalchemy import select
 
 from backend.api.common import db, json_body
-from backend.auth import check_csrf, csrf_token, verify_password
+from backend.auth import (check_csrf, csrf_token, end_all_sessions, hash_password, set_password, start_session,
+                          verify_password)
 from backend.models import User
 
 bp = Blueprint("session", __name__, url_prefix="/api/auth")
@@ -32,9 +33,7 @@ def login():
     user = db().scalar(select(User).where(User.username == username))
     if not verify_password(user, password):
         abort(401, description="wrong username or password")
-    # a fresh session on login: no fixation of a pre-login session id or CSRF token
-    session.clear()
-    login_user(user)
+    start_session(user)
     return jsonify({"user": {"id": user.id, "username": user.username, "role": user.role.value},
                     "csrf_token": csrf_token()})
 
@@ -46,3 +45,39 @@ def logout():
     logout_user()
     session.clear()
     return jsonify({"user": None})
+
+
+def _logged_in_user() -> User:
+    if not current_user.is_authenticated:
+        abort(401, description="login required")
+    check_csrf()
+    return db().get(User, current_user.id)
+
+
+@bp.post("/logout-everywhere")
+def logout_everywhere():
+    """End every session of this user on every device (a lost laptop, a shared computer)."""
+    end_all_sessions(db(), _logged_in_user())
+    logout_user()
+    session.clear()
+    return jsonify({"user": None})
+
+
+@bp.post("/password")
+def change_password():
+    """A new password ends every other session; this one continues under the new version."""
+    user = _logged_in_user()
+    body = json_body()
+    current, new = body.get("current_password"), body.get("new_password")
+    if not isinstance(current, str) or not isinstance(new, str):
+        abort(400, description="expected {'current_password': ..., 'new_password': ...}")
+    if not verify_password(user, current):
+        abort(401, description="wrong current password")
+    try:
+        hash_password(new)
+    except ValueError as exc:
+        abort(400, description=str(exc))
+    set_password(db(), user, new)
+    start_session(user)
+    return jsonify({"user": {"id": user.id, "username": user.username, "role": user.role.value},
+                    "csrf_token": csrf_token()})

@@ -1,0 +1,70 @@
+"""Rate limits: per crowd link on label changes, per client address and per username on login.
+
+Limits live in memory by default (one process); with several workers or hosts they must share one store,
+set by `CELLLOOP_RATELIMIT_STORAGE_URL` (e.g. `redis://host:6379/0`), or each worker would grant the full
+limit on its own. Login limits are checked before the password is hashed and count failed attempts only,
+in tiers (a minute, an hour, a day): an attacker slows down progressively, a user who typed a password
+wrong twice does not notice.
+"""
+from __future__ import annotations
+
+import hashlib
+
+from flask import Flask, request
+from flask_limiter import Limiter
+
+LINK_WRITE_ENDPOINTS = ("crowd.edit", "crowd.undo", "crowd.redo", "crowd.submit", "crowd.open_task")
+REVIEW_WRITE_ENDPOINTS = ("review.edit", "review.undo", "review.redo", "review.upload_labels")
+
+
+def client_address() -> str:
+    # request.remote_addr is the proxy's own address unless CELLLOOP_PROXY_HOPS trusts X-Forwarded-For
+    return request.remote_addr or "unknown"
+
+
+def link_key() -> str:
+    # a digest: the store never holds a usable link
+    token = (request.view_args or {}).get("token", "")
+    return "link:" + hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+
+
+def login_username_key() -> str:
+    body = request.get_json(silent=True, cache=True)
+    name = body.get("username") if isinstance(body, dict) else None
+    name = name.strip().lower() if isinstance(name, str) else ""
+    return "user:" + hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+
+
+def reviewer_key() -> str:
+    from flask_login import current_user
+
+    return f"reviewer:{current_user.get_id()}" if current_user.is_authenticated else "ip:" + client_address()
+
+
+def _failed(resp) -> bool:
+    return resp.status_code in (400, 401)
+
+
+def init_rate_limits(app: Flask, config) -> Limiter:
+    """A limiter of this app's own (tests build many apps in one process), wrapped around the write routes."""
+    limiter = Limiter(
+        key_func=client_address,
+        app=app,
+        storage_uri=config.ratelimit_storage_url,
+        strategy="moving-window",
+        headers_enabled=True,
+        enabled=config.ratelimit_enabled,
+        key_prefix="cellloop",
+    )
+    rules = {endpoint: [(config.ratelimit_link_writes, link_key, None)] for endpoint in LINK_WRITE_ENDPOINTS}
+    rules.update({endpoint: [(config.ratelimit_link_writes, reviewer_key, None)]
+                  for endpoint in REVIEW_WRITE_ENDPOINTS})
+    rules["session.login"] = [(config.ratelimit_login_ip, client_address, _failed),
+                              (config.ratelimit_login_user, login_username_key, _failed)]
+    for endpoint, limits in rules.items():
+        view = app.view_functions[endpoint]
+        for limit, key, deduct in limits:
+            view = limiter.limit(limit, key_func=key, deduct_when=deduct,
+                                 scope=f"{endpoint}:{key.__name__}")(view)
+        app.view_functions[endpoint] = view
+    return limiter
