@@ -21,7 +21,8 @@ EDIT_BODY_BYTES = 1024 * 1024
 EDIT_ENDPOINTS = frozenset({"crowd.edit", "review.edit"})
 
 MAX_STROKE_POINTS = 5000
-# total stroke length in pixels, per pixel of the task's height + width (a long scribble crosses it 32 times)
+# total stroke length in pixels: 20 px per point at the point cap, more on tasks large enough to need it
+MIN_STROKE_LENGTH_CAP = 100_000
 STROKE_LENGTH_PER_SIDE = 32
 # pixels the brush visits (sum of each segment's box): ~13 ns each, so the cap bounds one stroke to ~1.5 s
 MAX_STROKE_WORK = 100_000_000
@@ -129,7 +130,7 @@ def check_edit(tool: str, params: dict, shape: tuple[int, int]) -> dict:
         radius = _number(radius, "radius") if radius is not None else 1.0
         # the engine refuses radii outside 1..MAX_RADIUS itself; clamp so its message, not ours, is seen
         length, work = _stroke_cost(points, min(max(radius, 0.0), MAX_RADIUS))
-        max_length = STROKE_LENGTH_PER_SIDE * (shape[0] + shape[1])
+        max_length = max(MIN_STROKE_LENGTH_CAP, STROKE_LENGTH_PER_SIDE * (shape[0] + shape[1]))
         if length > max_length:
             raise TooLarge(f"stroke is {length:.0f} px long; at most {max_length} px on this task "
                            f"(send it as several edits)")
