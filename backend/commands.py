@@ -207,14 +207,19 @@ def cmd_links(args) -> int:
 
 # --- serve / demo -------------------------------------------------------------------------------------------
 
+def gunicorn_argv(*, host: str, port: int, workers: int, extra: tuple[str, ...] = ()) -> list[str]:
+    """The server as `cellloop serve` runs it; the access log masks task tokens."""
+    return [sys.executable, "-m", "gunicorn", "--workers", str(workers), "--bind", f"{host}:{port}",
+            "--access-logfile", "-", "--logger-class", "backend.logmask.TokenMaskingGunicornLogger",
+            *extra, "backend.app:create_app()"]
+
+
 def serve(config, *, host: str, port: int, workers: int) -> int:
     os.environ["CELLLOOP_INSTANCE_DIR"] = str(config.instance_dir)
     os.environ["CELLLOOP_DATABASE_URL"] = config.database_url
     os.environ["CELLLOOP_STORAGE_URL"] = config.storage_url
     os.environ.setdefault("CELLLOOP_BASE_URL", f"http://{host}:{port}")
-    argv = [sys.executable, "-m", "gunicorn", "--workers", str(workers), "--bind", f"{host}:{port}",
-            "--access-logfile", "-", "--logger-class", "backend.logmask.TokenMaskingGunicornLogger",
-            "backend.app:create_app()"]
+    argv = gunicorn_argv(host=host, port=port, workers=workers)
     print(f"CellLoop serving on http://{host}:{port}/  (Ctrl+C to stop)", flush=True)
     os.execv(sys.executable, argv)
     return 0  # pragma: no cover

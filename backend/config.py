@@ -115,6 +115,7 @@ class Config:
     proxy_hops: int = 0
     ratelimit_enabled: bool = True
     ratelimit_storage_url: str = "memory://"
+    ratelimit_key_prefix: str = "cellloop"
     ratelimit_link_writes: str = "20 per second; 1200 per minute"
     ratelimit_login_ip: str = "20 per minute; 100 per hour; 500 per day"
     ratelimit_login_user: str = "5 per minute; 20 per hour; 50 per day"
@@ -143,6 +144,7 @@ class Config:
             proxy_hops=_env_int("PROXY_HOPS", 0),
             ratelimit_enabled=_env_bool("RATELIMIT_ENABLED", True),
             ratelimit_storage_url=_env("RATELIMIT_STORAGE_URL") or "memory://",
+            ratelimit_key_prefix=_env("RATELIMIT_KEY_PREFIX") or "cellloop",
         )
         for name in ("link_writes", "login_ip", "login_user"):
             value = _env(f"RATELIMIT_{name.upper()}")

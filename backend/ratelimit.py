@@ -54,7 +54,7 @@ def init_rate_limits(app: Flask, config) -> Limiter:
         strategy="moving-window",
         headers_enabled=True,
         enabled=config.ratelimit_enabled,
-        key_prefix="cellloop",
+        key_prefix=config.ratelimit_key_prefix,
     )
     rules = {endpoint: [(config.ratelimit_link_writes, link_key, None)] for endpoint in LINK_WRITE_ENDPOINTS}
     rules.update({endpoint: [(config.ratelimit_link_writes, reviewer_key, None)]
