@@ -10,6 +10,7 @@ from pathlib import Path
 from flask import Flask, jsonify, send_from_directory
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from backend.api import common
 from backend.api.limits import cap_request_body
 from backend.auth import init_login
 from backend.cache import ArrayCache
@@ -26,6 +27,7 @@ FRONTEND_DIR = Path(__file__).resolve().parent.parent / "frontend"
 def create_app(config: Config | None = None, **overrides) -> Flask:
     config = config or Config.from_env(**overrides)
     app = Flask(__name__, static_folder=None)
+    app.json = common.BoundedJSONProvider(app)
     app.config.update(
         SECRET_KEY=config.secret_key,
         CELLLOOP=config,
@@ -50,7 +52,7 @@ def create_app(config: Config | None = None, **overrides) -> Flask:
     app.extensions["cellloop.storage"] = storage_from_url(config.storage_url)
     app.extensions["cellloop.cache"] = ArrayCache(config.array_cache_mb * 1024 * 1024)
 
-    from backend.api import common, crowd, review, session_routes
+    from backend.api import crowd, review, session_routes
 
     app.teardown_appcontext(common.close_db)
     app.before_request(cap_request_body)

@@ -67,4 +67,6 @@ def init_rate_limits(app: Flask, config) -> Limiter:
             view = limiter.limit(limit, key_func=key, deduct_when=deduct,
                                  scope=f"{endpoint}:{key.__name__}")(view)
         app.view_functions[endpoint] = view
+    # the wrapped views only hold a weak reference to their limiter: the app keeps it alive
+    app.extensions["cellloop.limiter"] = limiter
     return limiter

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from flask import Response, current_app, g, jsonify, request
+from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 
 from backend.api import limits
@@ -12,6 +13,16 @@ from backend.workflow import TransitionError
 
 ARRAY_MIMETYPE = "application/x-npy+gzip"
 PATCH_MIMETYPE = "application/x-cellloop-patch"
+
+
+class BoundedJSONProvider(DefaultJSONProvider):
+    """Flask's JSON, except that a body nested too deeply for the parser is bad JSON (a 400), not a crash."""
+
+    def loads(self, s, **kwargs):
+        try:
+            return super().loads(s, **kwargs)
+        except RecursionError:
+            raise ValueError("JSON nested too deeply") from None
 
 
 def db():
