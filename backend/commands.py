@@ -25,13 +25,38 @@ def _config(args):
 def _session(config):
     from backend.db import make_engine, make_sessionmaker
 
+    _check_migrated(config.database_url)
     return make_sessionmaker(make_engine(config.database_url))()
 
 
-def _storage(config):
-    from backend.storage import storage_from_url
+def _check_migrated(url: str) -> None:
+    """Commands that read or write rows need the schema this code was written for."""
+    from alembic.script import ScriptDirectory
+    from sqlalchemy.exc import SQLAlchemyError
 
-    return storage_from_url(config.storage_url)
+    from backend import db
+
+    try:
+        current = db.current_revision(url)
+    except SQLAlchemyError as exc:
+        raise _error(f"cannot reach the database: {str(exc.orig or exc).splitlines()[0]}") from None
+    head = ScriptDirectory.from_config(db.alembic_config(url)).get_current_head()
+    if current is None:
+        raise _error("the database has no schema yet: run `cellloop db upgrade` first")
+    if current != head:
+        raise _error(f"the database is at schema {current}, this version needs {head}: run `cellloop db upgrade`")
+
+
+def _storage(config):
+    from backend.storage import StorageError, storage_from_url
+
+    storage = storage_from_url(config.storage_url)
+    try:
+        storage.exists("cellloop-reachability-check")
+    except StorageError as exc:
+        raise _error(f"storage at {config.storage_url.split('?')[0]} is unreachable: "
+                     f"{str(exc).splitlines()[0]}") from None
+    return storage
 
 
 def _error(message: str):
@@ -96,15 +121,24 @@ def ingest(session, storage, *, path, channels, name, pixel_size, crop_size, ove
 
     from backend.tasks import create_project
 
+    from backend.storage import WriteLog
+
     paths = path if isinstance(path, list) else [path]
     image, names = read_image(paths if len(paths) > 1 else paths[0], channels, max_pixels=max_pixels)
-    project = create_project(session, storage, name=name, image=image, channel_names=names,
-                             pixel_size_um=pixel_size, source_path=str(paths[0]))
-    tasks = []
-    if crop_size:
-        tasks = publish_crops(session, storage, project, image, crop_size=crop_size, overlap=overlap,
-                              prelabel=prelabel)
-    session.commit()
+    # all or nothing: a failure before the rows commit takes back every object this ingest stored
+    writes = WriteLog(storage)
+    try:
+        project = create_project(session, writes, name=name, image=image, channel_names=names,
+                                 pixel_size_um=pixel_size, source_path=str(paths[0]))
+        tasks = []
+        if crop_size:
+            tasks = publish_crops(session, writes, project, image, crop_size=crop_size, overlap=overlap,
+                                  prelabel=prelabel)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        writes.take_back()
+        raise
     return project, tasks
 
 

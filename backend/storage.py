@@ -268,8 +268,12 @@ class S3Storage(Storage):
         self.page_size = int(page_size)
         if client is None:
             import boto3
+            from botocore.config import Config as BotoConfig
 
-            client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region_name)
+            # an unreachable endpoint fails within seconds instead of retrying for minutes
+            client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region_name,
+                                  config=BotoConfig(connect_timeout=5, read_timeout=60,
+                                                    retries={"max_attempts": 3, "mode": "standard"}))
         self.client = client
         if create_bucket:
             self._create_bucket(region_name)
@@ -364,6 +368,39 @@ class S3Storage(Storage):
             raise StorageError(f"cannot list s3://{self.bucket}/{self.prefix}{prefix}: {exc}") from exc
         keys.sort()
         return keys
+
+
+class WriteLog(Storage):
+    """A storage that remembers the keys it wrote, so an operation that writes many objects and then fails
+    (an ingest whose database rows never commit) can take every one of them back."""
+
+    def __init__(self, inner: Storage) -> None:
+        self.inner = inner
+        self.written: list[str] = []
+
+    def __repr__(self) -> str:
+        return repr(self.inner)
+
+    def get(self, key: str) -> bytes:
+        return self.inner.get(key)
+
+    def put(self, key: str, data: bytes) -> None:
+        self.written.append(key)  # before the write: a put that fails half way is still taken back
+        self.inner.put(key, data)
+
+    def delete(self, key: str) -> None:
+        self.inner.delete(key)
+
+    def exists(self, key: str) -> bool:
+        return self.inner.exists(key)
+
+    def list(self, prefix: str = "") -> list[str]:
+        return self.inner.list(prefix)
+
+    def take_back(self) -> None:
+        for key in reversed(self.written):
+            self.inner.delete(key)
+        self.written.clear()
 
 
 def _error_code(exc) -> str:
