@@ -27,9 +27,13 @@ _FAKE_AWS_ENV = {
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """The read-only sample data folder; skips the test when this checkout lacks it."""
+    """The read-only sample data folder. A developer checkout without it skips the test; under CI=true a
+    missing folder fails it, so a broken checkout can never pass by skipping."""
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"sample data not found at {SHARED_DATA} (shared/ is checked out next to the repo)")
+        message = f"sample data not found at {SHARED_DATA} (shared/ is checked out next to the repo)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
     return SHARED_DATA
 
 

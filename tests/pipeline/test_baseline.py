@@ -1,14 +1,9 @@
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from pipeline.baseline import nuclear_expansion
 from pipeline.metrics import evaluate
 from pipeline.synthetic import make_dataset
-
-VECTRA = Path("/work/shared/data/vectra")
-
 
 def test_runs_on_synthetic_with_consistent_layers():
     X, y = make_dataset(2, (192, 192), seed=3)
@@ -39,9 +34,10 @@ def test_blank_image_gives_no_cells():
     assert not nuclear_expansion(np.zeros((64, 64, 2), np.float32)).any()
 
 
-@pytest.mark.skipif(not (VECTRA / "image0.tif").exists(), reason="vectra sample not present")
-def test_vectra_sample_sane_f1():
-    tifffile = pytest.importorskip("tifffile")
+def test_vectra_sample_sane_f1(shared_data):
+    import tifffile
+
+    VECTRA = shared_data / "vectra"
     img = tifffile.imread(VECTRA / "image0.tif")  # (2, H, W): membrane, nuclear
     gt = tifffile.imread(VECTRA / "image0_wholecell.tif").astype(np.int32)
     X = np.moveaxis(img, 0, -1)

@@ -23,7 +23,6 @@ def test_importing_commands_loads_no_deep_learning_library():
 
 @pytest.fixture(scope="module")
 def version(tmp_path_factory):
-    pytest.importorskip("keras")
     from pipeline.model import panoptic, saving
 
     folder = tmp_path_factory.mktemp("models") / "v0"

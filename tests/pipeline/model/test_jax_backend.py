@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-keras = pytest.importorskip("keras")
-pytest.importorskip("jax")
+import keras  # a hard dependency: a broken install fails the suite, never skips it
+import jax  # noqa: E402,F401  (the JAX backend is a test dependency)
 
 from pipeline.model import panoptic, saving  # noqa: E402
 

@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-keras = pytest.importorskip("keras")
+import keras  # a hard dependency: a broken install fails the suite, never skips it
 
 from pipeline.model import losses, panoptic  # noqa: E402
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-keras = pytest.importorskip("keras")
+import keras  # a hard dependency: a broken install fails the suite, never skips it
 
 from pipeline import metrics, synthetic  # noqa: E402
 from pipeline.model import panoptic, predict, transforms  # noqa: E402

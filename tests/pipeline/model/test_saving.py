@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-keras = pytest.importorskip("keras")
+import keras  # a hard dependency: a broken install fails the suite, never skips it
 
 from pipeline.model import panoptic, saving  # noqa: E402
 

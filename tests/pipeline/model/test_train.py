@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-keras = pytest.importorskip("keras")
+import keras  # a hard dependency: a broken install fails the suite, never skips it
 
 from pipeline import synthetic  # noqa: E402
 from pipeline.model import panoptic, saving, train  # noqa: E402
