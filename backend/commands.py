@@ -242,10 +242,15 @@ def cmd_links(args) -> int:
 # --- serve / demo -------------------------------------------------------------------------------------------
 
 def gunicorn_argv(*, host: str, port: int, workers: int, extra: tuple[str, ...] = ()) -> list[str]:
-    """The server as `cellloop serve` runs it; the access log masks task tokens."""
-    return [sys.executable, "-m", "gunicorn", "--workers", str(workers), "--bind", f"{host}:{port}",
-            "--access-logfile", "-", "--logger-class", "backend.logmask.TokenMaskingGunicornLogger",
-            *extra, "backend.app:create_app()"]
+    """The server as `cellloop serve` runs it: each worker process serves several requests at once in threads
+    (`CELLLOOP_THREADS`), so fewer processes share more of their cache of current labels; the access log masks
+    task tokens."""
+    threads = os.environ.get("CELLLOOP_THREADS", "4")
+    if not threads.isdigit() or int(threads) < 1:
+        raise _error(f"CELLLOOP_THREADS must be a positive integer, got {threads!r}")
+    return [sys.executable, "-m", "gunicorn", "--workers", str(workers), "--worker-class", "gthread",
+            "--threads", threads, "--bind", f"{host}:{port}", "--access-logfile", "-",
+            "--logger-class", "backend.logmask.TokenMaskingGunicornLogger", *extra, "backend.app:create_app()"]
 
 
 def serve(config, *, host: str, port: int, workers: int) -> int:

@@ -6,11 +6,11 @@ row commits, so a request that loses a race (or crashes half way) never overwrit
 row is then committed only if the task is still at the base revision the editor saw (optimistic locking);
 otherwise the caller gets `StaleRevision`.
 
-Small tasks (crops of up to SNAPSHOT_ALWAYS_PIXELS) also store a full labels snapshot with every revision:
-one read rebuilds any revision. Larger ones store a snapshot every SNAPSHOT_EVERY revisions (and on
-creation and replacement); a revision between them is its last snapshot plus the patches after it. With the
-per-process `ArrayCache`, an edit then costs what the touched area costs: the current labels come from memory,
-only the patch is written.
+A task stores a full labels snapshot on creation and replacement and then every SNAPSHOT_EVERY revisions; a
+revision between them is its last snapshot plus the patches after it, so an edit writes only its patch. With
+the per-process `ArrayCache`, an edit costs what the touched area costs: the current labels come from memory,
+and a worker whose copy is a few revisions old (another worker served the edits in between) brings it up to
+date with those revisions' patches instead of rebuilding from the snapshot.
 """
 from __future__ import annotations
 
@@ -31,7 +31,9 @@ from backend.models import Batch, Project, Review, Revision, Task, TaskEvent, Ta
 from backend.storage import NotFound, Storage
 
 EDIT_ACTIONS = "edit"
-SNAPSHOT_ALWAYS_PIXELS = 1024 * 1024
+# tasks up to this size store a snapshot with every revision (0: none; measured in bench/load.py: on S3 the
+# second PUT per edit costs more than the patches a rebuild replays)
+SNAPSHOT_ALWAYS_PIXELS = 0
 SNAPSHOT_EVERY = 16
 
 
@@ -160,6 +162,10 @@ class TaskService:
             entry = self.cache.get(self._cache_key(self._identity(rev)))
             if entry is not None:
                 return entry[0].copy()
+            entry = self._take_cached(task, rev)
+            if entry is not None:
+                self._keep(rev, *entry)
+                return entry[0].copy()
         return self._rebuild(task, rev)
 
     def labels_bytes(self, task: Task) -> bytes:
@@ -172,13 +178,48 @@ class TaskService:
         """Give unchanged working labels back to the cache as ``rev``'s."""
         if self.cache is not None:
             self.cache.put(self._cache_key(self._identity(rev)), (labels, index))
+            self.cache.put(self._latest_key(rev.task_id), (rev.number, self._identity(rev)))
+
+    def _latest_key(self, task_id: int) -> tuple:
+        return (repr(self.storage), "latest cached revision of task", task_id)
+
+    def _take_cached(self, task: Task, rev: Revision) -> tuple[np.ndarray, LabelIndex | None] | None:
+        """This worker's labels of ``rev`` (taken out of the cache), or None. A copy of an earlier revision of
+        the task is brought up to date with the patches after it (a few small reads) when its identity still
+        matches the stored history."""
+        entry = self.cache.take(self._cache_key(self._identity(rev)))
+        if entry is not None:
+            return entry
+        pointer = self.cache.get(self._latest_key(task.id))
+        if pointer is None or not 0 <= rev.number - pointer[0] <= SNAPSHOT_EVERY:
+            return None
+        number, identity = pointer
+        history = self.db.scalars(select(Revision).where(
+            Revision.task_id == task.id, Revision.number >= number, Revision.number <= rev.number)
+            .order_by(Revision.number)).all()
+        if ([r.number for r in history] != list(range(number, rev.number + 1))
+                or self._identity(history[0]) != identity or any(r.patch_key is None for r in history[1:])):
+            return None
+        entry = self.cache.take(self._cache_key(identity))
+        if entry is None:
+            return None
+        labels, index = entry
+        try:
+            for r in history[1:]:
+                patch = Patch.from_bytes(self.storage.get(r.patch_key))
+                patch.apply(labels, check=True)
+                if index is not None:
+                    index.update(patch, labels)
+        except (EditError, NotFound):
+            return None  # the copy may be half updated: drop it, the caller rebuilds from storage
+        return labels, index
 
     def _working_labels(self, task: Task) -> tuple[Revision, np.ndarray, LabelIndex | None]:
         """The current revision, and its labels and index owned by this request (taken out of the cache: an
         edit changes them in place, and only a committed revision puts them back)."""
         rev = self.current_revision(task)
         if self.cache is not None:
-            entry = self.cache.take(self._cache_key(self._identity(rev)))
+            entry = self._take_cached(task, rev)
             if entry is not None:
                 labels, index = entry
                 # the second edit on this worker pays for the index; later ones work in their boxes
@@ -269,7 +310,7 @@ class TaskService:
         if self.cache is not None:
             if index is not None:  # only edits and replays (which have a patch) bring an index
                 index.update(patch, labels)
-            self.cache.put(self._cache_key(self._identity(rev)), (labels, index))
+            self._keep(rev, labels, index)
         return rev
 
     def _commit_patch(self, task: Task, actor: Actor, labels: np.ndarray, patch: Patch, *,

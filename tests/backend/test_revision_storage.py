@@ -149,12 +149,49 @@ def test_a_broken_patch_chain_is_a_server_error_that_changes_nothing(big):
     assert _revisions(big, tid)[-1][0] == 2
 
 
-def test_small_tasks_keep_a_snapshot_per_revision(tmp_path):
+def test_small_tasks_keep_a_snapshot_per_revision(tmp_path, monkeypatch):
+    monkeypatch.setattr(tasks_mod, "SNAPSHOT_ALWAYS_PIXELS", 1024 * 1024)
     world = make_world(tmp_path, n_tasks=1)
     tid = world.task_ids[0]
     token = world.tokens[tid]
     assert world.client.post(f"/api/task/{token}/edit", json={"base_revision": 0, **_paint(10, 10, 5)}).status_code == 200
     assert [snap for _, _, snap, _ in _revisions(world, tid)] == [True, True]
+
+
+def test_a_worker_behind_catches_up_with_patches_not_snapshots(big):
+    """Two workers take turns on one task: each brings its cached copy forward with the other's patches, never
+    rereading a snapshot, and both always serve exactly the labels the edits made."""
+    from backend.app import create_app
+
+    tid = big.task_ids[0]
+    token = big.tokens[tid]
+    other = create_app(big.config)
+    other.config["TESTING"] = True
+    workers = [big.client, other.test_client()]
+    reads: list[str] = []
+    for app in (big.app, other):
+        storage = app.extensions["cellloop.storage"]
+        real_get = storage.get
+        storage.get = lambda key, real_get=real_get: reads.append(key) or real_get(key)
+    expected = big.labels.copy()
+    revision = 0
+    for i in range(12):
+        client = workers[i % 2]
+        edit = _paint(5 + 4 * i, 10 + 6 * i, 20 + i)
+        if i >= 2:
+            reads.clear()
+        resp = client.post(f"/api/task/{token}/edit", json={"base_revision": revision, **edit})
+        assert resp.status_code == 200, resp.get_json()
+        revision = int(resp.headers["X-Revision"])
+        patch = apply_edit(expected, big.image, edit["tool"], edit["params"])
+        patch.apply(expected)
+        if i >= 2:
+            # warm workers read only the one patch they missed
+            assert [k for k in reads if "/labels/" in k] == [] and len(reads) == 1, reads
+    for client in workers:
+        labels, rev = _get_labels(client, token)
+        assert rev == revision
+        np.testing.assert_array_equal(labels, expected)
 
 
 def test_cache_is_an_lru_bounded_by_bytes():

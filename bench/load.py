@@ -1,0 +1,431 @@
+"""A crowd at work: the server as `cellloop serve` runs it (gunicorn, several sync workers) on PostgreSQL and S3
+(moto's server on loopback, its own process), driven from this process by simulated annotators (asyncio +
+httpx, every loop bounded in count and time).
+
+    python bench/load.py            # load@10, load@50, load@200 (50 strokes each, a stroke every 1-3 s), saturate
+    python bench/load.py --quick    # load@10 and a short saturate, 10 strokes each
+    python bench/load.py --case load@200 --workers 4
+
+Each annotator opens its own task (POST open), reads it (task JSON, image, labels), applies strokes at a
+person's pace (paint or erase, a stroke every 1-3 s, randomised with a fixed seed), undoes some, submits, and
+reads the final labels. One JSON line per case: requests/s, median and p95 latency per endpoint, ``errors``
+(any transport failure or unexpected status) and ``lost``: afterwards, from the database and the bucket,
+every acknowledged edit must be in its task's history with its parameters, and the labels the server
+answered at the end must equal the replay of the stored history from revision 0. ``saturate`` sends strokes
+without pauses from many annotators at once: ``edits_per_s`` is the server's ceiling. A final
+``edit-breakdown`` line says where an edit's time goes on this stack, from the same code run in process.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import os
+import platform
+import random
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=test"
+REDIS_URL = "redis://127.0.0.1:6379/0"
+TASK_SIZE = 270
+CASE_DEADLINE_S = 900
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_http(url: str, proc: subprocess.Popen, what: str, timeout: float = 60) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with status {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError as exc:
+            if getattr(exc, "code", None):  # an HTTP error status: it answers
+                return
+            time.sleep(0.2)
+    raise RuntimeError(f"{what} did not answer within {timeout} s")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+@contextmanager
+def production_stack(tmp: Path, workers: int):
+    """PostgreSQL database, S3 bucket (moto server process), Redis rate-limit store, gunicorn: yields the
+    config and the server's base URL; everything is torn down afterwards."""
+    import psycopg
+
+    from backend import db as dbmod
+    from backend.commands import gunicorn_argv
+    from backend.config import Config
+
+    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
+                      AWS_CONFIG_FILE=os.devnull, AWS_SHARED_CREDENTIALS_FILE=os.devnull)
+    s3_port = _free_port()
+    moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3_port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    db_name = "cellloop_load_" + secrets.token_hex(4)
+    server = None
+    try:
+        _wait_http(f"http://127.0.0.1:{s3_port}/", moto, "moto S3 server")
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{db_name}"')
+        config = Config.from_env(
+            instance_dir=tmp / "instance",
+            database_url=f"postgresql+psycopg://postgres@127.0.0.1:5432/{db_name}",
+            storage_url=f"s3://load-bench/cellloop?endpoint_url=http://127.0.0.1:{s3_port}&region=us-east-1"
+                        f"&create_bucket=1",
+            secret_key=secrets.token_urlsafe(32),
+        )
+        dbmod.upgrade(config.database_url)
+        port = _free_port()
+        env = {**os.environ, "CELLLOOP_INSTANCE_DIR": str(config.instance_dir),
+               "CELLLOOP_DATABASE_URL": config.database_url, "CELLLOOP_STORAGE_URL": config.storage_url,
+               "CELLLOOP_SECRET_KEY": config.secret_key, "CELLLOOP_RATELIMIT_STORAGE_URL": REDIS_URL,
+               "CELLLOOP_RATELIMIT_KEY_PREFIX": "load-" + secrets.token_hex(4)}
+        server = subprocess.Popen(
+            gunicorn_argv(host="127.0.0.1", port=port, workers=workers,
+                          extra=("--access-logfile", os.devnull, "--backlog", "2048")),
+            cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        base = f"http://127.0.0.1:{port}"
+        _wait_http(base + "/healthz", server, "gunicorn")
+        yield config, base
+    finally:
+        if server is not None:
+            _stop(server)
+        _stop(moto)
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+
+
+def make_tasks(config, n: int, seed: int) -> list[tuple[int, str]]:
+    """n prelabeled 270-px crowd tasks cut from synthetic tissue; (task id, link token) each."""
+    from backend.app import create_app
+    from backend.auth import make_task_token
+    from backend.models import Batch
+    from backend.tasks import TaskService, create_project
+    from pipeline import synthetic
+
+    app = create_app(config)
+    session = app.extensions["cellloop.sessionmaker"]()
+    storage = app.extensions["cellloop.storage"]
+    image, labels = synthetic.make_tissue((2 * TASK_SIZE, 2 * TASK_SIZE), seed=seed)
+    project = create_project(session, storage, name=f"load-{seed}-{n}", image=image,
+                             channel_names=["nuclear", "membrane"])
+    batch = Batch(project=project, name="crowd")
+    session.add(batch)
+    svc = TaskService(session, storage)
+    corners = [(0, 0), (0, TASK_SIZE), (TASK_SIZE, 0), (TASK_SIZE, TASK_SIZE)]
+    tasks = []
+    for i in range(n):
+        y0, x0 = corners[i % 4]
+        box = (y0, x0, y0 + TASK_SIZE, x0 + TASK_SIZE)
+        tasks.append(svc.create_task(batch, box, image[y0:y0 + TASK_SIZE, x0:x0 + TASK_SIZE],
+                                     labels[y0:y0 + TASK_SIZE, x0:x0 + TASK_SIZE]))
+    session.commit()
+    with app.app_context():
+        out = [(t.id, make_task_token(t)) for t in tasks]
+    session.close()
+    app.extensions["cellloop.engine"].dispose()
+    return out
+
+
+class Recorder:
+    def __init__(self):
+        self.latency: dict[str, list[float]] = {}
+        self.errors: list[str] = []
+        self.requests = 0
+
+    async def call(self, client, name: str, method: str, url: str, expect=(200,), **kwargs):
+        t0 = time.perf_counter()
+        try:
+            resp = await client.request(method, url, **kwargs)
+        except Exception as exc:  # a transport failure is an error of the run, never a crash of the bench
+            self.errors.append(f"{name}: {type(exc).__name__}: {exc}")
+            return None
+        finally:
+            self.requests += 1
+        self.latency.setdefault(name, []).append(time.perf_counter() - t0)
+        if resp.status_code not in expect:
+            self.errors.append(f"{name}: HTTP {resp.status_code}: {resp.text[:200]}")
+            return None
+        return resp
+
+
+def _stroke(rng: random.Random, max_label: int) -> tuple[str, dict]:
+    cy, cx = rng.randrange(10, TASK_SIZE - 10), rng.randrange(10, TASK_SIZE - 10)
+    points = []
+    for _ in range(rng.randrange(3, 25)):
+        cy = min(max(cy + rng.randrange(-4, 5), 0), TASK_SIZE - 1)
+        cx = min(max(cx + rng.randrange(-4, 5), 0), TASK_SIZE - 1)
+        points.append([cy, cx])
+    if rng.random() < 0.25:
+        return "erase", {"layer": rng.randrange(2), "points": points, "radius": rng.randrange(1, 5)}
+    return "paint", {"layer": rng.randrange(2), "points": points, "radius": rng.randrange(1, 7),
+                     "label": rng.randrange(1, max_label + 2), "overwrite": rng.random() < 0.3}
+
+
+async def annotate(client, rec: Recorder, token: str, *, strokes: int, pause: tuple[float, float],
+                   rng: random.Random, deadline: float) -> dict:
+    """One annotator's session; returns what the server acknowledged and the labels it served at the end."""
+    from backend.arrays import decode_array
+
+    base = f"/api/task/{token}"
+    acked: dict[int, tuple[str, dict]] = {}
+    await asyncio.sleep(rng.uniform(0, 5) if pause[1] else 0)  # annotators arrive over a few seconds
+    if await rec.call(client, "open", "POST", base + "/open") is None:
+        return {"acked": acked, "final": None}
+    info = await rec.call(client, "info", "GET", base)
+    await rec.call(client, "image", "GET", base + "/image")
+    labels = await rec.call(client, "labels", "GET", base + "/labels")
+    if info is None or labels is None:
+        return {"acked": acked, "final": None}
+    revision = info.json()["revision"]
+    max_label = int(decode_array(labels.content).max())
+    can_undo = 0
+    for _ in range(strokes):
+        if time.monotonic() > deadline:
+            rec.errors.append("annotator ran past the case deadline")
+            break
+        if pause[1]:
+            await asyncio.sleep(rng.uniform(*pause))
+        if can_undo and rng.random() < 0.1:
+            resp = await rec.call(client, "undo", "POST", base + "/undo", json={"base_revision": revision})
+            if resp is None:
+                break
+            revision = int(resp.headers["X-Revision"])
+            acked[revision] = ("undo", {})
+            can_undo -= 1
+            continue
+        tool, params = _stroke(rng, max_label)
+        resp = await rec.call(client, "edit", "POST", base + "/edit",
+                              json={"base_revision": revision, "tool": tool, "params": params})
+        if resp is None:
+            break
+        new = int(resp.headers["X-Revision"])
+        if new != revision:  # a stroke that changed nothing leaves no revision
+            acked[new] = ("edit", {"tool": tool, **params})
+            can_undo += 1
+        revision = new
+    await rec.call(client, "submit", "POST", base + "/submit", json={"base_revision": revision})
+    final = await rec.call(client, "labels", "GET", base + "/labels")
+    return {"acked": acked, "final": None if final is None else (int(final.headers["X-Revision"]), final.content)}
+
+
+async def drive(base: str, tokens: list[str], *, strokes: int, pause: tuple[float, float], seed: int) -> tuple:
+    import httpx
+
+    rec = Recorder()
+    limits = httpx.Limits(max_connections=len(tokens), max_keepalive_connections=0)
+    deadline = time.monotonic() + CASE_DEADLINE_S
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=60) as client:
+        t0 = time.perf_counter()
+        results = await asyncio.wait_for(asyncio.gather(*(
+            annotate(client, rec, token, strokes=strokes, pause=pause, rng=random.Random(seed * 100003 + i),
+                     deadline=deadline) for i, token in enumerate(tokens))), timeout=CASE_DEADLINE_S + 120)
+        wall = time.perf_counter() - t0
+    return rec, results, wall
+
+
+def count_lost(config, task_ids: list[int], results: list[dict]) -> int:
+    """Acknowledged edits missing from (or altered in) the stored history, plus tasks whose served final
+    labels differ from the replay of that history."""
+    from sqlalchemy import select
+
+    from backend.arrays import decode_array
+    from backend.db import make_engine, make_sessionmaker
+    from backend.edits import Patch
+    from backend.models import Revision
+    from backend.storage import storage_from_url
+
+    engine = make_engine(config.database_url)
+    storage = storage_from_url(config.storage_url)
+    lost = 0
+    with make_sessionmaker(engine)() as session:
+        for task_id, result in zip(task_ids, results):
+            revisions = session.scalars(select(Revision).where(Revision.task_id == task_id)
+                                        .order_by(Revision.number)).all()
+            by_number = {r.number: r for r in revisions}
+            for number, (action, params) in result["acked"].items():
+                rev = by_number.get(number)
+                if rev is None or rev.action != action or (action == "edit" and rev.params != params):
+                    lost += 1
+            if [r.number for r in revisions] != list(range(len(revisions))):
+                lost += 1
+                continue
+            labels = decode_array(storage.get(revisions[0].labels_key))
+            for rev in revisions[1:]:
+                Patch.from_bytes(storage.get(rev.patch_key)).apply(labels, check=True)
+            final = result["final"]
+            if final is None or final[0] != revisions[-1].number or not np.array_equal(decode_array(final[1]),
+                                                                                        labels):
+                lost += 1
+    engine.dispose()
+    return lost
+
+
+def _ms(values: list[float], q: float) -> float:
+    return round(float(np.quantile(np.asarray(values) * 1000, q)), 1)
+
+
+def report(case: str, n: int, rec: Recorder, wall: float, lost: int, workers: int, **extra) -> dict:
+    endpoints = {name: {"median_ms": _ms(v, 0.5), "p95_ms": _ms(v, 0.95), "n": len(v)}
+                 for name, v in sorted(rec.latency.items())}
+    edits = rec.latency.get("edit", [])
+    return {"bench": "load", "case": case, "annotators": n,
+            "median_ms": endpoints.get("edit", {}).get("median_ms"), "p95_ms": endpoints.get("edit", {}).get("p95_ms"),
+            "n": len(edits), "requests": rec.requests, "requests_per_s": round(rec.requests / wall, 1),
+            "edits_per_s": round(len(edits) / wall, 1), "errors": len(rec.errors), "lost": lost,
+            "duration_s": round(wall, 1), "endpoints": endpoints, "workers": workers,
+            "threads": int(os.environ.get("CELLLOOP_THREADS", "4")),
+            "stack": "gunicorn gthread + PostgreSQL + S3 (moto server) + Redis rate limits, loopback",
+            "cpus": os.cpu_count(), "loadavg_1m": round(os.getloadavg()[0], 2), "python": platform.python_version(),
+            **extra, **({"first_errors": rec.errors[:3]} if rec.errors else {})}
+
+
+def run_case(config, base: str, case: str, n: int, *, strokes: int, pause: tuple[float, float], seed: int,
+             workers: int) -> dict:
+    tasks = make_tasks(config, n, seed)
+    rec, results, wall = asyncio.run(drive(base, [t for _, t in tasks], strokes=strokes, pause=pause, seed=seed))
+    lost = count_lost(config, [i for i, _ in tasks], results)
+    return report(case, n, rec, wall, lost, workers, strokes_each=strokes,
+                  pause_s=list(pause) if pause[1] else None)
+
+
+def edit_breakdown(config, reps: int) -> dict:
+    """Where one crowd edit's server time goes on this stack (PostgreSQL + S3), measured in this process by
+    timing the pieces the edit route runs: the token and task lookups, the tool, the encoded patch and
+    snapshot, the bucket writes, the database statements and commit."""
+    from backend.app import create_app
+    from backend.edits import engine as edit_engine
+    from backend.storage import S3Storage
+    from backend import tasks as tasks_mod
+
+    # rate limits off: this loop is one client editing as fast as it can
+    app = create_app(dataclasses.replace(config, ratelimit_enabled=False))
+    timings: dict[str, float] = {}
+
+    def timed(name, fn):
+        def wrapper(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
+        return wrapper
+
+    patches = [(S3Storage, "put", "s3_put"), (S3Storage, "get", "s3_get"),
+               (tasks_mod, "apply_edit", "tool"), (tasks_mod, "encode_array", "encode_snapshot")]
+    saved = [(obj, attr, getattr(obj, attr)) for obj, attr, _ in patches]
+    for obj, attr, name in patches:
+        setattr(obj, attr, timed(name, getattr(obj, attr)))
+    from sqlalchemy import event
+
+    engine = app.extensions["cellloop.engine"]
+    starts = {}
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _before(conn, cursor, statement, params, context, executemany):
+        starts[id(cursor)] = time.perf_counter()
+
+    @event.listens_for(engine, "after_cursor_execute")
+    def _after(conn, cursor, statement, params, context, executemany):
+        timings["sql"] = timings.get("sql", 0.0) + time.perf_counter() - starts.pop(id(cursor), time.perf_counter())
+
+    @event.listens_for(engine, "commit")
+    def _commit(conn):
+        timings["commits"] = timings.get("commits", 0) + 1
+
+    try:
+        (task_id, token), = make_tasks(config, 1, seed=99)
+        client = app.test_client()
+        revision = client.post(f"/api/task/{token}/open").get_json()["revision"]
+        rng = random.Random(5)
+        totals = []
+        for i in range(reps + 1):
+            tool, params = _stroke(rng, 50)
+            if i == 1:
+                timings.clear()  # the first edit fills this worker's cache: not what a crowd edit costs
+            t0 = time.perf_counter()
+            resp = client.post(f"/api/task/{token}/edit", json={"base_revision": revision, "tool": tool,
+                                                               "params": params})
+            if i >= 1:
+                totals.append(time.perf_counter() - t0)
+            if resp.status_code != 200:
+                raise RuntimeError(f"edit-breakdown: HTTP {resp.status_code}: {resp.get_data(as_text=True)[:200]}")
+            revision = int(resp.headers["X-Revision"])
+    finally:
+        for obj, attr, fn in saved:
+            setattr(obj, attr, fn)
+    n = len(totals)
+    per_edit = {f"{k}_ms": round(v * 1000 / n, 2) for k, v in timings.items() if k != "commits"}
+    total = sum(totals) * 1000 / n
+    accounted = sum(v for k, v in per_edit.items())
+    return {"bench": "load", "case": "edit-breakdown", "median_ms": round(statistics.median(totals) * 1000, 2),
+            "mean_ms": round(total, 2), "n": n, **per_edit,
+            "other_ms": round(total - accounted, 2), "note": "in process (Flask test client), same PostgreSQL + S3"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="load@10 and a short saturate, 10 strokes each")
+    parser.add_argument("--case", action="append", help="load@N or saturate (repeatable)")
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes (threads: CELLLOOP_THREADS)")
+    parser.add_argument("--strokes", type=int)
+    parser.add_argument("--saturate-annotators", type=int, default=48)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    cases = args.case or (["load@10", "saturate"] if args.quick else ["load@10", "load@50", "load@200", "saturate"])
+    cases = [c for c in cases if c != "breakdown"]
+    strokes = args.strokes or (10 if args.quick else 50)
+    tmp = Path(tempfile.mkdtemp(prefix="cellloop-load-"))
+    try:
+        with production_stack(tmp, args.workers) as (config, base):
+            for i, case in enumerate(cases):
+                if case == "saturate":
+                    line = run_case(config, base, case, args.saturate_annotators, strokes=strokes, pause=(0, 0),
+                                    seed=args.seed + i, workers=args.workers)
+                elif case.startswith("load@"):
+                    line = run_case(config, base, case, int(case.split("@")[1]), strokes=strokes, pause=(1.0, 3.0),
+                                    seed=args.seed + i, workers=args.workers)
+                else:
+                    parser.error(f"unknown case {case!r}")
+                print(json.dumps(line), flush=True)
+            print(json.dumps(edit_breakdown(config, 30 if args.quick else 100)), flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
