@@ -76,7 +76,10 @@ def cmd_db(args) -> int:
     elif args.action == "downgrade":
         if not args.revision:
             raise _error("downgrade needs a target revision (e.g. 'base')")
-        db.downgrade(config.database_url, args.revision)
+        try:
+            db.downgrade(config.database_url, args.revision)
+        except RuntimeError as exc:  # a migration that refuses to drop data says why
+            raise _error(f"downgrade refused: {exc}") from None
     print(f"database at revision {db.current_revision(config.database_url) or 'base'}")
     return 0
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from flask import Blueprint, abort, current_app, jsonify, request
 import numpy as np
 from flask_login import current_user
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from backend.api.common import (ARRAY_MIMETYPE, BadRequest, base_revision, binary, db, edit_request, json_body,
                                 service)
@@ -147,9 +147,11 @@ def link(task_id: int):
     """A fresh crowd link for the task (admins). `revoke: true` invalidates every earlier link first."""
     body = json_body()
     task = _task(task_id)
-    if body.get("revoke"):
-        task.token_nonce += 1
+    if body.get("revoke") is True:
+        # in SQL: two admins revoking at once both take effect
+        db().execute(update(Task).where(Task.id == task.id).values(token_nonce=Task.token_nonce + 1))
         db().commit()
+        db().refresh(task)
     worker = body.get("worker")
     token = make_task_token(task, worker if isinstance(worker, str) else None)
     return jsonify({"token": token, "path": f"/task/{token}"})

@@ -86,3 +86,16 @@ def test_failed_ingest_leaves_no_object_and_no_row(fresh_instance, capsys, monke
         assert conn.execute(text("SELECT count(*) FROM projects")).scalar() == 0
         assert conn.execute(text("SELECT count(*) FROM tasks")).scalar() == 0
     engine.dispose()
+
+
+def test_refused_downgrade_is_one_line(tmp_path, monkeypatch, capsys):
+    from .conftest import make_world
+
+    world = make_world(tmp_path)
+    token = world.tokens[world.task_ids[0]]
+    assert world.client.post(f"/api/task/{token}/edit", json={"base_revision": 0, "tool": "paint", "params": {
+        "layer": 0, "points": [[5, 5]], "radius": 2, "label": 4}}).status_code == 200
+    monkeypatch.setenv("CELLLOOP_DATABASE_URL", world.config.database_url)
+    monkeypatch.setenv("CELLLOOP_SECRET_KEY", world.config.secret_key)
+    assert main(["db", "downgrade", "0001"]) == 2
+    assert "downgrade refused" in _one_line_error(capsys)
