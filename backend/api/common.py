@@ -11,6 +11,8 @@ from backend.edits import EditError
 from backend.tasks import CorruptHistory, NothingToUndo, StaleRevision, TaskService
 from backend.workflow import TransitionError
 
+# ids are 32-bit integer columns: a larger id is no row (and PostgreSQL would refuse to compare it)
+MAX_ID = 2**31 - 1
 ARRAY_MIMETYPE = "application/x-npy+gzip"
 PATCH_MIMETYPE = "application/x-cellloop-patch"
 

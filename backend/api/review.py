@@ -6,7 +6,7 @@ import numpy as np
 from flask_login import current_user
 from sqlalchemy import select, update
 
-from backend.api.common import (ARRAY_MIMETYPE, BadRequest, base_revision, binary, db, edit_request, json_body,
+from backend.api.common import (ARRAY_MIMETYPE, MAX_ID, BadRequest, base_revision, binary, db, edit_request, json_body,
                                 service)
 from backend.api.limits import enforce_body_limit, label_upload_limit
 from backend.api.crowd import edit_reply, task_summary
@@ -17,7 +17,6 @@ from backend.tasks import Actor
 
 bp = Blueprint("review", __name__, url_prefix="/api/review")
 reviewer_only = require_role(Role.reviewer)
-MAX_ID = 2**31 - 1
 LABEL_DTYPES = {np.dtype(t) for t in ("int32", "int64", "uint16", "uint32", "int16", "uint8")}
 
 
