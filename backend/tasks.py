@@ -31,8 +31,9 @@ from backend.models import Batch, Project, Review, Revision, Task, TaskEvent, Ta
 from backend.storage import NotFound, Storage
 
 EDIT_ACTIONS = "edit"
-# tasks up to this size store a snapshot with every revision (0: none; measured in bench/load.py: on S3 the
-# second PUT per edit costs more than the patches a rebuild replays)
+# tasks up to this size store a snapshot with every revision (0: none). On S3 a second PUT per edit costs
+# about as much as the rest of the edit (bench/load.py, edit-breakdown), while a worker that missed a few
+# revisions catches up from their small patches.
 SNAPSHOT_ALWAYS_PIXELS = 0
 SNAPSHOT_EVERY = 16
 
