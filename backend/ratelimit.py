@@ -61,6 +61,8 @@ def init_rate_limits(app: Flask, config) -> Limiter:
                   for endpoint in REVIEW_WRITE_ENDPOINTS})
     rules["session.login"] = [(config.ratelimit_login_ip, client_address, _failed),
                               (config.ratelimit_login_user, login_username_key, _failed)]
+    # a stolen session must not become a way to guess the current password either
+    rules["session.change_password"] = [(config.ratelimit_login_user, reviewer_key, _failed)]
     for endpoint, limits in rules.items():
         view = app.view_functions[endpoint]
         for limit, key, deduct in limits:

@@ -150,3 +150,15 @@ def test_error_log_never_holds_a_token(world, caplog):
     text = "\n".join(r.getMessage() + (r.exc_text or "") for r in caplog.records)
     assert "/api/task/<token>" in text
     assert token not in text
+
+
+def test_password_change_guesses_are_rate_limited(tmp_path, monkeypatch):
+    from .conftest import make_world
+
+    monkeypatch.setenv("CELLLOOP_RATELIMIT_LOGIN_USER", "2 per minute")
+    world = make_world(tmp_path)
+    client = world.app.test_client()
+    csrf = login(client, "rev")
+    codes = [client.post("/api/auth/password", json={"current_password": f"guess-{i}", "new_password": "x" * 12},
+                         headers={"X-CSRF-Token": csrf}).status_code for i in range(3)]
+    assert codes == [401, 401, 429]
