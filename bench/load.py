@@ -323,14 +323,14 @@ def run_case(config, base: str, case: str, n: int, *, strokes: int, pause: tuple
                   pause_s=list(pause) if pause[1] else None)
 
 
-def edit_breakdown(config, reps: int) -> dict:
-    """Where one crowd edit's server time goes on this stack (PostgreSQL + S3), measured in this process by
-    timing the pieces the edit route runs: the token and task lookups, the tool, the encoded patch and
-    snapshot, the bucket writes, the database statements and commit."""
-    from backend.app import create_app
-    from backend.edits import engine as edit_engine
-    from backend.storage import S3Storage
+def _timed_edits(config, reps: int, seed: int) -> dict:
+    """Per-edit wall time of the pieces the edit route runs (bucket reads and writes, the tool, the snapshot
+    encoding, SQL statements), the whole edit, and this process's CPU per edit; in process, on one task."""
+    from sqlalchemy import event
+
     from backend import tasks as tasks_mod
+    from backend.app import create_app
+    from backend.storage import S3Storage
 
     # rate limits off: this loop is one client editing as fast as it can
     app = create_app(dataclasses.replace(config, ratelimit_enabled=False))
@@ -345,15 +345,13 @@ def edit_breakdown(config, reps: int) -> dict:
                 timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
         return wrapper
 
-    patches = [(S3Storage, "put", "s3_put"), (S3Storage, "get", "s3_get"),
-               (tasks_mod, "apply_edit", "tool"), (tasks_mod, "encode_array", "encode_snapshot")]
-    saved = [(obj, attr, getattr(obj, attr)) for obj, attr, _ in patches]
-    for obj, attr, name in patches:
+    pieces = [(S3Storage, "put", "s3_put"), (S3Storage, "get", "s3_get"),
+              (tasks_mod, "apply_edit", "tool"), (tasks_mod, "encode_array", "encode_snapshot")]
+    saved = [(obj, attr, getattr(obj, attr)) for obj, attr, _ in pieces]
+    for obj, attr, name in pieces:
         setattr(obj, attr, timed(name, getattr(obj, attr)))
-    from sqlalchemy import event
-
     engine = app.extensions["cellloop.engine"]
-    starts = {}
+    starts: dict[int, float] = {}
 
     @event.listens_for(engine, "before_cursor_execute")
     def _before(conn, cursor, statement, params, context, executemany):
@@ -363,20 +361,18 @@ def edit_breakdown(config, reps: int) -> dict:
     def _after(conn, cursor, statement, params, context, executemany):
         timings["sql"] = timings.get("sql", 0.0) + time.perf_counter() - starts.pop(id(cursor), time.perf_counter())
 
-    @event.listens_for(engine, "commit")
-    def _commit(conn):
-        timings["commits"] = timings.get("commits", 0) + 1
-
     try:
-        (task_id, token), = make_tasks(config, 1, seed=99)
+        (_, token), = make_tasks(config, 1, seed=seed)
         client = app.test_client()
         revision = client.post(f"/api/task/{token}/open").get_json()["revision"]
-        rng = random.Random(5)
+        rng = random.Random(seed)
         totals = []
+        cpu0 = 0.0
         for i in range(reps + 1):
             tool, params = _stroke(rng, 50)
             if i == 1:
                 timings.clear()  # the first edit fills this worker's cache: not what a crowd edit costs
+                cpu0 = time.process_time()
             t0 = time.perf_counter()
             resp = client.post(f"/api/task/{token}/edit", json={"base_revision": revision, "tool": tool,
                                                                "params": params})
@@ -385,16 +381,36 @@ def edit_breakdown(config, reps: int) -> dict:
             if resp.status_code != 200:
                 raise RuntimeError(f"edit-breakdown: HTTP {resp.status_code}: {resp.get_data(as_text=True)[:200]}")
             revision = int(resp.headers["X-Revision"])
+        cpu = time.process_time() - cpu0
     finally:
         for obj, attr, fn in saved:
             setattr(obj, attr, fn)
+        engine.dispose()
     n = len(totals)
-    per_edit = {f"{k}_ms": round(v * 1000 / n, 2) for k, v in timings.items() if k != "commits"}
-    total = sum(totals) * 1000 / n
-    accounted = sum(v for k, v in per_edit.items())
-    return {"bench": "load", "case": "edit-breakdown", "median_ms": round(statistics.median(totals) * 1000, 2),
-            "mean_ms": round(total, 2), "n": n, **per_edit,
-            "other_ms": round(total - accounted, 2), "note": "in process (Flask test client), same PostgreSQL + S3"}
+    per_edit = {f"{k}_ms": round(v * 1000 / n, 2) for k, v in timings.items()}
+    return {"median_ms": round(statistics.median(totals) * 1000, 2), "n": n, **per_edit,
+            "other_ms": round(sum(totals) * 1000 / n - sum(per_edit.values()), 2),
+            "cpu_ms": round(cpu * 1000 / n, 2)}
+
+
+def edit_breakdown(config, reps: int) -> dict:
+    """Where one crowd edit's server time goes on this stack (PostgreSQL + S3), now and with the previous
+    storage policy (a labels snapshot with every revision of a task up to 1 MP) measured in the same run."""
+    from backend import tasks as tasks_mod
+
+    now = _timed_edits(config, reps, seed=99)
+    policy = tasks_mod.SNAPSHOT_ALWAYS_PIXELS
+    tasks_mod.SNAPSHOT_ALWAYS_PIXELS = 1024 * 1024
+    try:
+        before = _timed_edits(config, reps, seed=98)
+    finally:
+        tasks_mod.SNAPSHOT_ALWAYS_PIXELS = policy
+    return {"bench": "load", "case": "edit-breakdown", **now,
+            **{f"baseline_{k}": v for k, v in before.items() if k != "n"},
+            "cpu_ratio": round(before["cpu_ms"] / now["cpu_ms"], 2),
+            "note": "in process (Flask test client) on the same PostgreSQL + S3; times are wall ms per edit, "
+                    "cpu_ms this process's CPU per edit (the S3 server's own CPU is not in it)",
+            "loadavg_1m": round(os.getloadavg()[0], 2)}
 
 
 def main() -> None:
