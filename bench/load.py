@@ -120,7 +120,7 @@ def production_stack(tmp: Path, workers: int):
             cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         base = f"http://127.0.0.1:{port}"
         _wait_http(base + "/healthz", server, "gunicorn")
-        yield config, base
+        yield config, base, {"server": server.pid, "s3": moto.pid, "database": db_name}
     finally:
         if server is not None:
             _stop(server)
@@ -314,12 +314,62 @@ def report(case: str, n: int, rec: Recorder, wall: float, lost: int, workers: in
             **extra, **({"first_errors": rec.errors[:3]} if rec.errors else {})}
 
 
-def run_case(config, base: str, case: str, n: int, *, strokes: int, pause: tuple[float, float], seed: int,
-             workers: int) -> dict:
+def _processes() -> list[tuple[int, str, str]]:
+    """(pid, process group, command line) of every process this user may read."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        out.append((int(entry), fields[2], cmdline))
+    return out
+
+
+def _cpu_s(pid: int) -> float:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_by_component(parts: dict) -> dict[str, float]:
+    """CPU seconds used so far by each part of the stack: the web server (gunicorn master and workers), the S3
+    server, this database's PostgreSQL backends, Redis, and this client. Unlike latency on a shared machine,
+    CPU per request does not depend on what else the machine runs."""
+    totals = {"web": 0.0, "s3": 0.0, "postgres": 0.0, "redis": 0.0}
+    for pid, group, cmdline in _processes():
+        if group == str(parts["server"]):
+            totals["web"] += _cpu_s(pid)
+        elif group == str(parts["s3"]):
+            totals["s3"] += _cpu_s(pid)
+        elif cmdline.startswith("postgres: ") and f" {parts['database']} " in cmdline:
+            totals["postgres"] += _cpu_s(pid)
+        elif cmdline.startswith("redis-server"):
+            totals["redis"] += _cpu_s(pid)
+    totals["client"] = time.process_time()
+    return totals
+
+
+def run_case(config, base: str, parts: dict, case: str, n: int, *, strokes: int, pause: tuple[float, float],
+             seed: int, workers: int) -> dict:
     tasks = make_tasks(config, n, seed)
+    cpu0 = cpu_by_component(parts)
     rec, results, wall = asyncio.run(drive(base, [t for _, t in tasks], strokes=strokes, pause=pause, seed=seed))
+    cpu1 = cpu_by_component(parts)
+    cpu_ms = {k: round((cpu1[k] - cpu0[k]) * 1000 / max(rec.requests, 1), 2) for k in cpu0}
+    server_ms = sum(v for k, v in cpu_ms.items() if k != "client")
     lost = count_lost(config, [i for i, _ in tasks], results)
     return report(case, n, rec, wall, lost, workers, strokes_each=strokes,
+                  cpu_ms_per_request=cpu_ms,
+                  # what the server side would sustain with two cores to itself (the client elsewhere)
+                  idle_2core_requests_per_s=round(2000 / server_ms, 1) if server_ms else None,
                   pause_s=list(pause) if pause[1] else None)
 
 
@@ -427,13 +477,14 @@ def main() -> None:
     strokes = args.strokes or (10 if args.quick else 50)
     tmp = Path(tempfile.mkdtemp(prefix="cellloop-load-"))
     try:
-        with production_stack(tmp, args.workers) as (config, base):
+        with production_stack(tmp, args.workers) as (config, base, parts):
             for i, case in enumerate(cases):
                 if case == "saturate":
-                    line = run_case(config, base, case, args.saturate_annotators, strokes=strokes, pause=(0, 0),
+                    line = run_case(config, base, parts, case, args.saturate_annotators, strokes=strokes, pause=(0, 0),
                                     seed=args.seed + i, workers=args.workers)
                 elif case.startswith("load@"):
-                    line = run_case(config, base, case, int(case.split("@")[1]), strokes=strokes, pause=(1.0, 3.0),
+                    line = run_case(config, base, parts, case, int(case.split("@")[1]), strokes=strokes,
+                                    pause=(1.0, 3.0),
                                     seed=args.seed + i, workers=args.workers)
                 else:
                     parser.error(f"unknown case {case!r}")

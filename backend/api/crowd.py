@@ -17,7 +17,8 @@ bp = Blueprint("crowd", __name__)
 def _task_from_token(token: str) -> tuple[Task, Actor]:
     payload = read_task_token(token)
     # with its batch: every stored key names the project (one query instead of two)
-    task = common.db().get(Task, payload["t"], options=[joinedload(Task.batch)]) if payload["t"] <= common.MAX_ID else None
+    task_id = payload["t"]
+    task = common.db().get(Task, task_id, options=[joinedload(Task.batch)]) if task_id <= common.MAX_ID else None
     # a revoked link (nonce bumped) looks exactly like a link that never existed
     if task is None or task.token_nonce != payload.get("n"):
         abort(404, description="unknown task link")

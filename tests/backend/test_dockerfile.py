@@ -69,8 +69,9 @@ def test_dockerfile_steps_in_a_fresh_venv(tmp_path, pg_url, s3_server, s3_bucket
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     outer = [p for p in site.getsitepackages() if Path(p).is_dir()]
-    purelib = subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                             check=True, capture_output=True, text=True).stdout.strip()
+    purelib = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True, capture_output=True, text=True).stdout.strip()
     (Path(purelib) / "outer_dependencies.pth").write_text("\n".join(outer) + "\n")
     env["PATH"] = f"{venv / 'bin'}:{env['PATH']}"
     cmd = None
@@ -104,7 +105,8 @@ def test_dockerfile_steps_in_a_fresh_venv(tmp_path, pg_url, s3_server, s3_bucket
     port = free_port()
     env.update({"CELLLOOP_INSTANCE_DIR": str(data_dir), "CELLLOOP_PORT": str(port), "CELLLOOP_WORKERS": "2",
                 "CELLLOOP_DATABASE_URL": pg_url, "CELLLOOP_SECRET_KEY": "docker-test-" + "k" * 32,
-                "CELLLOOP_STORAGE_URL": f"s3://{s3_bucket}/cl?endpoint_url={s3_server}&region=us-east-1&create_bucket=1"})
+                "CELLLOOP_STORAGE_URL": f"s3://{s3_bucket}/cl?endpoint_url={s3_server}&region=us-east-1"
+                                        "&create_bucket=1"})
     proc = subprocess.Popen(cmd, cwd=app_dir, env=env, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

@@ -117,7 +117,8 @@ def test_approved_task_stays_readable_and_refuses_every_write(race_world):
     tid = race_world.task_ids[0]
     token = race_world.tokens[tid]
     c = race_world.client
-    assert c.post(f"/api/task/{token}/edit", json={"base_revision": 0, "tool": "paint", "params": PAINT}).status_code == 200
+    first = c.post(f"/api/task/{token}/edit", json={"base_revision": 0, "tool": "paint", "params": PAINT})
+    assert first.status_code == 200
     _to_review(race_world, tid)
     rc = race_world.app.test_client()
     h = {"X-CSRF-Token": login(rc, "rev")}
