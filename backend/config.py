@@ -3,6 +3,7 @@ a SQLite file and a local storage folder under the instance directory."""
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,19 @@ def _secret_key(instance_dir: Path) -> str:
         return key
 
 
+_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+$")
+
+
+def _origins(name: str) -> tuple[str, ...]:
+    """Space-separated web origins (scheme://host[:port]); anything else would let a typo, or a stray
+    ';', rewrite the page's security policy, so it stops the server from starting."""
+    origins = tuple((_env(name) or "").split())
+    bad = [o for o in origins if not _ORIGIN.match(o)]
+    if bad:
+        raise ValueError(f"CELLLOOP_{name}: not an origin (scheme://host[:port]): {' '.join(bad)}")
+    return origins
+
+
 @dataclass
 class Config:
     instance_dir: Path
@@ -49,6 +63,10 @@ class Config:
     secure_cookies: bool = False
     base_url: str = "http://127.0.0.1:8000"
     array_cache_mb: int = 512
+    # origins allowed to frame crowd task pages (CSP frame-ancestors); empty: this server only
+    frame_ancestors: tuple[str, ...] = ()
+    # where a framed task page posts its "submitted" message; default: the first allowed frame ancestor
+    parent_origin: str | None = None
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -64,6 +82,8 @@ class Config:
             secure_cookies=_env_bool("SECURE_COOKIES", False),
             base_url=_env("BASE_URL", "http://127.0.0.1:8000"),
             array_cache_mb=int(_env("ARRAY_CACHE_MB", "512")),
+            frame_ancestors=_origins("FRAME_ANCESTORS"),
+            parent_origin=(_origins("PARENT_ORIGIN") or (None,))[0],
         )
         values.update(overrides)
         if "secret_key" not in values:

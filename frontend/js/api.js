@@ -5,7 +5,10 @@ async function inflate(buffer, format) {
   return new Uint8Array(await new Response(stream).arrayBuffer());
 }
 
-const DTYPES = { '<f4': Float32Array, '<i4': Int32Array, '|u1': Uint8Array, '<u2': Uint16Array, '<f8': Float64Array };
+const DTYPES = {
+  '<f4': Float32Array, '<f8': Float64Array, '|u1': Uint8Array, '|i1': Int8Array,
+  '<u2': Uint16Array, '<i2': Int16Array, '<u4': Uint32Array, '<i4': Int32Array,
+};
 
 export async function parseNpy(buffer) {
   let bytes = new Uint8Array(buffer);
@@ -52,16 +55,22 @@ export class ApiError extends Error {
 }
 
 export class Client {
-  constructor(base, csrf = null) {
-    this.base = base; // e.g. /api/task/<token> or /api/review/tasks/<id>
+  // base: /api/task/<token> or /api/review/tasks/<id>; query: e.g. '?worker=ID', appended to every call
+  constructor(base, { csrf = null, query = '' } = {}) {
+    this.base = base;
     this.csrf = csrf;
+    this.query = query;
+    this.traffic = { sent: 0, received: 0 }; // bytes of the last change request, for the benchmark
   }
 
   async request(path, { method = 'GET', body } = {}) {
     const headers = {};
     if (body !== undefined) headers['Content-Type'] = 'application/json';
     if (this.csrf) headers['X-CSRF-Token'] = this.csrf;
-    const resp = await fetch(this.base + path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+    const payload = body === undefined ? undefined : JSON.stringify(body);
+    // no-referrer: the token in this page's URL must not leak into logs through the Referer header
+    const resp = await fetch(this.base + path + this.query, { method, headers, body: payload, referrerPolicy: 'no-referrer' });
+    this.traffic.sent = payload ? payload.length : 0;
     if (!resp.ok) {
       let payload = {};
       try { payload = await resp.json(); } catch (e) { /* not JSON */ }
@@ -79,13 +88,25 @@ export class Client {
 
   async change(action, body) {
     const resp = await this.request('/' + action, { method: 'POST', body });
-    return { patch: await parsePatch(await resp.arrayBuffer()), revision: Number(resp.headers.get('X-Revision')) };
+    const buffer = await resp.arrayBuffer();
+    this.traffic.received = buffer.byteLength;
+    return { patch: await parsePatch(buffer), revision: Number(resp.headers.get('X-Revision')) };
+  }
+
+  // Starts the task's clock on the server; older servers start it on GET and answer 404/405 here.
+  async open() {
+    try {
+      return await (await this.request('/open', { method: 'POST', body: {} })).json();
+    } catch (err) {
+      if (err instanceof ApiError && (err.status === 404 || err.status === 405)) return null;
+      throw err;
+    }
   }
 
   edit(baseRevision, tool, params) { return this.change('edit', { base_revision: baseRevision, tool, params }); }
   undo(baseRevision) { return this.change('undo', { base_revision: baseRevision }); }
   redo(baseRevision) { return this.change('redo', { base_revision: baseRevision }); }
-  async submit(baseRevision) {
-    return (await this.request('/submit', { method: 'POST', body: { base_revision: baseRevision } })).json();
-  }
+  async submit(baseRevision) { return this.post('submit', { base_revision: baseRevision }); }
+  // a JSON action on the task: submit (crowd), start / approve / reject (review)
+  async post(action, body = {}) { return (await this.request('/' + action, { method: 'POST', body })).json(); }
 }

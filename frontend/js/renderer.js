@@ -1,0 +1,217 @@
+// The WebGL2 renderer: channels live on the GPU as one float texture array (16-bit and float data keep
+// their full range; display ranges and colours are uniforms, so a slider move is one redraw), label ids as
+// an RG32I texture (both layers, as the server stores them), and the fragment shader composites channels,
+// fills cells and finds outlines by comparing a pixel's id with its four neighbours. A patch re-uploads only
+// its box.
+import { BACKGROUND_RGB, OTHER_LAYER_RGB, OUTLINE_RGB, SELECTED_RGB } from './palette.js';
+
+export const MAX_ACTIVE_CHANNELS = 32;
+
+const VERTEX = `#version 300 es
+in vec2 a_pos;
+void main() { gl_Position = vec4(a_pos, 0.0, 1.0); }`;
+
+const FRAGMENT = `#version 300 es
+precision highp float;
+precision highp int;
+precision highp sampler2DArray;
+precision highp isampler2D;
+#define MAXC ${MAX_ACTIVE_CHANNELS}
+uniform sampler2DArray u_channels;
+uniform isampler2D u_labels;
+uniform int u_count;
+uniform int u_layer[MAXC];
+uniform vec3 u_color[MAXC];
+uniform vec2 u_range[MAXC];
+uniform bool u_invert;
+uniform vec2 u_origin;      // image (col, row) at the canvas's top-left
+uniform float u_scale;      // canvas px per image px
+uniform float u_canvasHeight;
+uniform ivec2 u_size;       // image (width, height)
+uniform int u_active;       // label layer 0 / 1
+uniform float u_fill;
+uniform float u_outline;
+uniform float u_other;      // outline opacity of the other layer
+uniform int u_selected;
+uniform bool u_highlight;
+uniform vec3 u_background;
+uniform vec3 u_outlineColor;
+uniform vec3 u_selectedColor;
+uniform vec3 u_otherColor;
+out vec4 color;
+
+int idAt(ivec2 p, int layer) {
+  ivec2 q = clamp(p, ivec2(0), u_size - 1);  // the crop's edge is not a cell boundary
+  ivec2 v = texelFetch(u_labels, q, 0).xy;
+  return layer == 0 ? v.x : v.y;
+}
+
+bool edge(ivec2 p, int layer, int id) {
+  return id != 0 && (idAt(p + ivec2(1, 0), layer) != id || idAt(p - ivec2(1, 0), layer) != id ||
+                     idAt(p + ivec2(0, 1), layer) != id || idAt(p - ivec2(0, 1), layer) != id);
+}
+
+vec3 labelColor(int id) {
+  uint h = uint(id);
+  h = (h ^ (h >> 16u)) * 0x45d9f3bu;
+  h = (h ^ (h >> 16u)) * 0x45d9f3bu;
+  h = h ^ (h >> 16u);
+  float hue = float(h % 360u) / 60.0;
+  float f = fract(hue);
+  int k = int(floor(hue)) % 6;
+  vec3 rgb = k == 0 ? vec3(1.0, f, 0.0) : k == 1 ? vec3(1.0 - f, 1.0, 0.0) : k == 2 ? vec3(0.0, 1.0, f) :
+             k == 3 ? vec3(0.0, 1.0 - f, 1.0) : k == 4 ? vec3(f, 0.0, 1.0) : vec3(1.0, 0.0, 1.0 - f);
+  return 0.35 + 0.65 * rgb;
+}
+
+void main() {
+  vec2 canvasPx = vec2(gl_FragCoord.x, u_canvasHeight - gl_FragCoord.y);
+  vec2 img = u_origin + canvasPx / u_scale;
+  ivec2 p = ivec2(floor(img));
+  if (img.x < 0.0 || img.y < 0.0 || p.x >= u_size.x || p.y >= u_size.y) { color = vec4(u_background, 1.0); return; }
+  vec3 rgb = vec3(0.0);
+  for (int i = 0; i < MAXC; i++) {
+    if (i >= u_count) break;
+    float v = texelFetch(u_channels, ivec3(p, u_layer[i]), 0).r;
+    float t = clamp((v - u_range[i].x) / max(u_range[i].y - u_range[i].x, 1e-12), 0.0, 1.0);
+    rgb += t * u_color[i];
+  }
+  rgb = clamp(rgb, 0.0, 1.0);
+  if (u_invert) rgb = 1.0 - rgb;
+  int id = idAt(p, u_active);
+  bool selected = id != 0 && id == u_selected;
+  if (id != 0) {
+    float fill = (selected && u_highlight) ? max(u_fill, 0.5) : u_fill;
+    rgb = mix(rgb, (selected && u_highlight) ? u_selectedColor : labelColor(id), fill);
+  }
+  if (u_other > 0.0) {
+    int other = idAt(p, 1 - u_active);
+    if (edge(p, 1 - u_active, other)) rgb = mix(rgb, u_otherColor, u_other);
+  }
+  if (edge(p, u_active, id)) rgb = mix(rgb, (selected && u_highlight) ? u_selectedColor : u_outlineColor, u_outline);
+  color = vec4(rgb, 1.0);
+}`;
+
+function compile(gl, type, source) {
+  const shader = gl.createShader(type);
+  gl.shaderSource(shader, source);
+  gl.compileShader(shader);
+  if (!gl.getShaderParameter(shader, gl.COMPILE_STATUS)) throw new Error(gl.getShaderInfoLog(shader));
+  return shader;
+}
+
+export class GLRenderer {
+  constructor(canvas) {
+    // preserveDrawingBuffer: the picture stays readable (tests, screenshots) after it is shown
+    const gl = canvas.getContext('webgl2', { antialias: false, preserveDrawingBuffer: true });
+    if (!gl) throw new Error('WebGL2 is not available');
+    this.gl = gl;
+    this.canvas = canvas;
+    const program = gl.createProgram();
+    gl.attachShader(program, compile(gl, gl.VERTEX_SHADER, VERTEX));
+    gl.attachShader(program, compile(gl, gl.FRAGMENT_SHADER, FRAGMENT));
+    gl.linkProgram(program);
+    if (!gl.getProgramParameter(program, gl.LINK_STATUS)) throw new Error(gl.getProgramInfoLog(program));
+    this.program = program;
+    gl.useProgram(program);
+    const buffer = gl.createBuffer();
+    gl.bindBuffer(gl.ARRAY_BUFFER, buffer);
+    gl.bufferData(gl.ARRAY_BUFFER, new Float32Array([-1, -1, 1, -1, -1, 1, 1, 1]), gl.STATIC_DRAW);
+    const pos = gl.getAttribLocation(program, 'a_pos');
+    gl.enableVertexAttribArray(pos);
+    gl.vertexAttribPointer(pos, 2, gl.FLOAT, false, 0, 0);
+    this.uniforms = {};
+    const n = gl.getProgramParameter(program, gl.ACTIVE_UNIFORMS);
+    for (let i = 0; i < n; i++) {
+      const name = gl.getActiveUniform(program, i).name.replace(/\[0\]$/, '');
+      this.uniforms[name] = gl.getUniformLocation(program, name);
+    }
+    gl.uniform1i(this.uniforms.u_channels, 0);
+    gl.uniform1i(this.uniforms.u_labels, 1);
+    this.channelTexture = gl.createTexture();
+    this.labelTexture = gl.createTexture();
+  }
+
+  get name() {
+    const gl = this.gl;
+    const info = gl.getExtension('WEBGL_debug_renderer_info');
+    return `WebGL2: ${info ? gl.getParameter(info.UNMASKED_RENDERER_WEBGL) : gl.getParameter(gl.RENDERER)}`;
+  }
+
+  static nearest(gl, target) {
+    gl.texParameteri(target, gl.TEXTURE_MIN_FILTER, gl.NEAREST);
+    gl.texParameteri(target, gl.TEXTURE_MAG_FILTER, gl.NEAREST);
+    gl.texParameteri(target, gl.TEXTURE_WRAP_S, gl.CLAMP_TO_EDGE);
+    gl.texParameteri(target, gl.TEXTURE_WRAP_T, gl.CLAMP_TO_EDGE);
+  }
+
+  // planes: one Float32Array (H*W) per channel
+  setImage(planes, width, height) {
+    const gl = this.gl;
+    this.width = width;
+    this.height = height;
+    gl.activeTexture(gl.TEXTURE0);
+    gl.bindTexture(gl.TEXTURE_2D_ARRAY, this.channelTexture);
+    GLRenderer.nearest(gl, gl.TEXTURE_2D_ARRAY);
+    gl.pixelStorei(gl.UNPACK_ALIGNMENT, 1);
+    gl.texStorage3D(gl.TEXTURE_2D_ARRAY, 1, gl.R32F, width, height, planes.length);
+    planes.forEach((plane, i) => {
+      gl.texSubImage3D(gl.TEXTURE_2D_ARRAY, 0, 0, 0, i, width, height, 1, gl.RED, gl.FLOAT, plane);
+    });
+  }
+
+  setLabels(labels) {
+    const gl = this.gl;
+    this.labels = labels;
+    gl.activeTexture(gl.TEXTURE1);
+    gl.bindTexture(gl.TEXTURE_2D, this.labelTexture);
+    GLRenderer.nearest(gl, gl.TEXTURE_2D);
+    gl.pixelStorei(gl.UNPACK_ALIGNMENT, 4);
+    gl.texImage2D(gl.TEXTURE_2D, 0, gl.RG32I, labels.width, labels.height, 0, gl.RG_INTEGER, gl.INT, labels.shown);
+  }
+
+  // re-upload the shown labels inside box (after a patch or a preview)
+  updateLabels(box) {
+    const [y0, x0, y1, x1] = box;
+    if (y1 <= y0 || x1 <= x0) return;
+    const gl = this.gl;
+    gl.activeTexture(gl.TEXTURE1);
+    gl.bindTexture(gl.TEXTURE_2D, this.labelTexture);
+    gl.texSubImage2D(gl.TEXTURE_2D, 0, x0, y0, x1 - x0, y1 - y0, gl.RG_INTEGER, gl.INT, this.labels.block(box));
+  }
+
+  draw(view, display) {
+    const gl = this.gl;
+    const u = this.uniforms;
+    gl.viewport(0, 0, this.canvas.width, this.canvas.height);
+    const shown = display.channels.slice(0, MAX_ACTIVE_CHANNELS);
+    gl.uniform1i(u.u_count, shown.length);
+    if (shown.length) {
+      gl.uniform1iv(u.u_layer, shown.map((c) => c.index));
+      gl.uniform3fv(u.u_color, shown.flatMap((c) => c.rgb));
+      gl.uniform2fv(u.u_range, shown.flatMap((c) => [c.min, c.max]));
+    }
+    gl.uniform1i(u.u_invert, display.invert ? 1 : 0);
+    gl.uniform2f(u.u_origin, view.x, view.y);
+    gl.uniform1f(u.u_scale, view.scale);
+    gl.uniform1f(u.u_canvasHeight, this.canvas.height);
+    gl.uniform2i(u.u_size, this.width, this.height);
+    gl.uniform1i(u.u_active, display.layer);
+    gl.uniform1f(u.u_fill, display.fill);
+    gl.uniform1f(u.u_outline, display.outline);
+    gl.uniform1f(u.u_other, display.otherOutline);
+    gl.uniform1i(u.u_selected, display.selected || 0);
+    gl.uniform1i(u.u_highlight, display.highlight ? 1 : 0);
+    gl.uniform3fv(u.u_background, BACKGROUND_RGB);
+    gl.uniform3fv(u.u_outlineColor, OUTLINE_RGB);
+    gl.uniform3fv(u.u_selectedColor, SELECTED_RGB);
+    gl.uniform3fv(u.u_otherColor, OTHER_LAYER_RGB);
+    gl.drawArrays(gl.TRIANGLE_STRIP, 0, 4);
+  }
+
+  // wait until the GPU has drawn (for timing: the frame is really done, not just queued)
+  finish() {
+    const px = new Uint8Array(4);
+    this.gl.readPixels(0, 0, 1, 1, this.gl.RGBA, this.gl.UNSIGNED_BYTE, px);
+  }
+}
