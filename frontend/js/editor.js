@@ -4,7 +4,7 @@
 import { ApiError } from './api.js';
 import { Canvas2DRenderer } from './canvas2d.js';
 import { Channels, splitChannels } from './channels.js';
-import { KEYS, actionFor, keyHint, typing } from './keymap.js';
+import { KEYS, actionFor, keyHint, keyLabel, typing } from './keymap.js';
 import { Labels, unionBox } from './labels.js';
 import { EditQueue } from './queue.js';
 import { GLRenderer } from './renderer.js';
@@ -171,7 +171,7 @@ export class Editor {
   }
 
   buildHelp() {
-    const rows = KEYS.map((k) => el('tr', {}, el('td', {}, k.keys.map((c) => c.replace('shift+', 'Shift+').replace('ctrl+', 'Ctrl+')).join(' / ')), el('td', {}, k.help)));
+    const rows = KEYS.map((k) => el('tr', {}, el('td', {}, k.keys.map(keyLabel).join(' / ')), el('td', {}, k.help)));
     const close = el('button', {}, 'Close');
     const box = el('div', { className: 'help', hidden: true },
       el('div', { className: 'help-card' }, el('h2', {}, 'Keys'), el('table', {}, el('tbody', {}, ...rows)),

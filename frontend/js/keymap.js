@@ -69,7 +69,16 @@ export function typing(ev) {
     && !['checkbox', 'radio', 'range', 'button', 'color'].includes(t.type));
 }
 
+const KEY_NAMES = { arrowup: '↑', arrowdown: '↓', backspace: 'Backspace', delete: 'Delete', enter: 'Enter', escape: 'Esc', space: 'Space' };
+
+// 'ctrl+shift+z' -> 'Ctrl+Shift+Z', as people write keys
+export function keyLabel(chordText) {
+  if (chordText === '+') return '+';
+  return chordText.split('+').map((part) => (part === '' ? '+' : part === 'ctrl' ? 'Ctrl' : part === 'shift' ? 'Shift'
+    : KEY_NAMES[part] || part.toUpperCase())).join('+').replace('++', '+');
+}
+
 export function keyHint(action) {
   const entry = KEYS.find((k) => k.action === action);
-  return entry ? entry.keys[0].replace('shift+', '⇧').replace('ctrl+', 'Ctrl+').toUpperCase() : '';
+  return entry ? keyLabel(entry.keys[0]).replace('Shift+', '⇧') : '';
 }

@@ -62,6 +62,7 @@ async function main() {
   editor = new Editor(document.getElementById('editor'), client, info, { readOnly });
   window.cellloop = { editor, client };
   await editor.load();
+  document.body.dataset.ready = 'true';
 }
 
 main().catch((err) => {
