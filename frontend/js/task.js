@@ -13,6 +13,7 @@ const submit = document.getElementById('submit');
 const confirmBox = document.getElementById('confirm');
 let editor = null;
 let info = null;
+let parentOrigin = location.origin; // the crowd platform's origin, as the server is configured
 
 function show(text, kind = 'info') {
   banner.textContent = text;
@@ -28,8 +29,7 @@ function showState() {
 // the page that frames us, told where it expects it: never '*' (the message names the task)
 function tellParent() {
   if (window.parent === window) return;
-  const target = info.parent_origin || location.origin;
-  window.parent.postMessage({ type: 'cellloop:submitted', task: info.id, revision: info.revision }, target);
+  window.parent.postMessage({ type: 'cellloop:submitted', task: info.id, revision: info.revision }, parentOrigin);
 }
 
 submit.addEventListener('click', () => confirmBox.showModal());
@@ -51,6 +51,7 @@ confirmBox.addEventListener('close', async () => {
 
 async function main() {
   info = await client.info();
+  if (info.parent_origin) parentOrigin = info.parent_origin;
   await client.open();
   showState();
   const readOnly = !EDITABLE.has(info.state);
