@@ -71,6 +71,7 @@ export class Editor {
     this.showTool();
     this.showQueue();
     this.drawNow();
+    this.renderer.finish(); // loaded means drawn, not just queued on the GPU
   }
 
   makeRenderer(canvas) {
@@ -523,7 +524,7 @@ export class Editor {
     // the preview goes, the server's result stays
     this.reshow(unionBox(box, item.preview ? item.box : null));
     const t1 = performance.now();
-    this.timings.last = { tool: item.tool || item.action, roundtripMs: t0 - item.sentAt, applyMs: t1 - t0,
+    this.timings.last = { tool: item.tool || item.action, queuedMs: item.sentAt - item.queuedAt, roundtripMs: t0 - item.sentAt, applyMs: t1 - t0,
       sent: this.client.traffic.sent, received: this.client.traffic.received, appliedAt: t1 };
     if (!patch.before.length && item.action === 'edit') this.say(`${BY_NAME[item.tool].label}: nothing changed.`);
     else this.say('');

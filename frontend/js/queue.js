@@ -21,6 +21,7 @@ export class EditQueue {
   get length() { return this.items.length + (this.inFlight ? 1 : 0); }
 
   push(item) {
+    item.queuedAt = performance.now();
     this.items.push(item);
     this.onChange();
     this.pump();

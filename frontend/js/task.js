@@ -5,7 +5,10 @@ import { Editor } from './editor.js';
 
 const EDITABLE = new Set(['new', 'prelabeled', 'assigned', 'rejected']);
 const token = decodeURIComponent(location.pathname.split('/').pop());
-const worker = new URLSearchParams(location.search).get('worker');
+const query = new URLSearchParams(location.search);
+const worker = query.get('worker');
+// ?renderer=canvas2d forces the CPU path (bench/editor.py compares the two)
+const renderer = ['webgl2', 'canvas2d'].includes(query.get('renderer')) ? query.get('renderer') : 'auto';
 const client = new Client(`/api/task/${encodeURIComponent(token)}`, { query: worker ? `?worker=${encodeURIComponent(worker)}` : '' });
 const title = document.getElementById('title');
 const banner = document.getElementById('banner');
@@ -60,9 +63,10 @@ async function main() {
   } else if (readOnly) {
     show(`This task is ${info.state.replace('_', ' ')}: it can be viewed but no longer changed. Thank you!`, 'done');
   }
-  editor = new Editor(document.getElementById('editor'), client, info, { readOnly });
+  editor = new Editor(document.getElementById('editor'), client, info, { readOnly, renderer });
   window.cellloop = { editor, client };
   await editor.load();
+  performance.mark('cellloop-ready');
   document.body.dataset.ready = 'true';
 }
 
