@@ -1,17 +1,38 @@
-// The WebGL2 renderer: channels live on the GPU as one float texture array (16-bit and float data keep
-// their full range; display ranges and colours are uniforms, so a slider move is one redraw), label ids as
-// an RG32I texture (both layers, as the server stores them), and the fragment shader composites channels,
-// fills cells and finds outlines by comparing a pixel's id with its four neighbours. A patch re-uploads only
-// its box.
+// The WebGL2 renderer, in two passes. Channels live on the GPU as one float texture array (16-bit and float
+// data keep their full range; display ranges and colours are uniforms), label ids as an RG32I texture (both
+// layers, as the server stores them). The composite pass draws the picture at image resolution into a cache
+// texture: channels blended, cells filled, outlines found by comparing a pixel's id with its four neighbours.
+// The present pass only samples that cache for the view, so panning and zooming cost one texture read per
+// screen pixel. The cache is kept in tiles: a display change invalidates them all and only the tiles in view
+// are redrawn; a patch redraws just its box (plus the one-pixel ring whose outlines it may change).
 import { BACKGROUND_RGB, OTHER_LAYER_RGB, OUTLINE_RGB, SELECTED_RGB } from './palette.js';
 
 export const MAX_ACTIVE_CHANNELS = 32;
 
+export const TILE = 256;
+
 const VERTEX = `#version 300 es
-in vec2 a_pos;
+layout(location = 0) in vec2 a_pos;
 void main() { gl_Position = vec4(a_pos, 0.0, 1.0); }`;
 
-const FRAGMENT = `#version 300 es
+const PRESENT = `#version 300 es
+precision highp float;
+precision highp int;
+uniform sampler2D u_cache;
+uniform vec2 u_origin;      // image (col, row) at the canvas's top-left
+uniform float u_scale;      // canvas px per image px
+uniform float u_canvasHeight;
+uniform ivec2 u_size;       // image (width, height)
+uniform vec3 u_background;
+out vec4 color;
+void main() {
+  vec2 img = u_origin + vec2(gl_FragCoord.x, u_canvasHeight - gl_FragCoord.y) / u_scale;
+  ivec2 p = ivec2(floor(img));
+  if (img.x < 0.0 || img.y < 0.0 || p.x >= u_size.x || p.y >= u_size.y) { color = vec4(u_background, 1.0); return; }
+  color = texelFetch(u_cache, p, 0);
+}`;
+
+const COMPOSITE = `#version 300 es
 precision highp float;
 precision highp int;
 precision highp sampler2DArray;
@@ -24,9 +45,6 @@ uniform int u_layer[MAXC];
 uniform vec3 u_color[MAXC];
 uniform vec2 u_range[MAXC];
 uniform bool u_invert;
-uniform vec2 u_origin;      // image (col, row) at the canvas's top-left
-uniform float u_scale;      // canvas px per image px
-uniform float u_canvasHeight;
 uniform ivec2 u_size;       // image (width, height)
 uniform int u_active;       // label layer 0 / 1
 uniform float u_fill;
@@ -34,7 +52,6 @@ uniform float u_outline;
 uniform float u_other;      // outline opacity of the other layer
 uniform int u_selected;
 uniform bool u_highlight;
-uniform vec3 u_background;
 uniform vec3 u_outlineColor;
 uniform vec3 u_selectedColor;
 uniform vec3 u_otherColor;
@@ -65,10 +82,7 @@ vec3 labelColor(int id) {
 }
 
 void main() {
-  vec2 canvasPx = vec2(gl_FragCoord.x, u_canvasHeight - gl_FragCoord.y);
-  vec2 img = u_origin + canvasPx / u_scale;
-  ivec2 p = ivec2(floor(img));
-  if (img.x < 0.0 || img.y < 0.0 || p.x >= u_size.x || p.y >= u_size.y) { color = vec4(u_background, 1.0); return; }
+  ivec2 p = ivec2(gl_FragCoord.xy);  // the cache holds row r at y = r
   vec3 rgb = vec3(0.0);
   for (int i = 0; i < MAXC; i++) {
     if (i >= u_count) break;
@@ -100,6 +114,28 @@ function compile(gl, type, source) {
   return shader;
 }
 
+function link(gl, fragment) {
+  const program = gl.createProgram();
+  gl.attachShader(program, compile(gl, gl.VERTEX_SHADER, VERTEX));
+  gl.attachShader(program, compile(gl, gl.FRAGMENT_SHADER, fragment));
+  gl.linkProgram(program);
+  if (!gl.getProgramParameter(program, gl.LINK_STATUS)) throw new Error(gl.getProgramInfoLog(program));
+  const uniforms = {};
+  const n = gl.getProgramParameter(program, gl.ACTIVE_UNIFORMS);
+  for (let i = 0; i < n; i++) {
+    const name = gl.getActiveUniform(program, i).name.replace(/\[0\]$/, '');
+    uniforms[name] = gl.getUniformLocation(program, name);
+  }
+  return { program, uniforms };
+}
+
+function nearest(gl, target) {
+  gl.texParameteri(target, gl.TEXTURE_MIN_FILTER, gl.NEAREST);
+  gl.texParameteri(target, gl.TEXTURE_MAG_FILTER, gl.NEAREST);
+  gl.texParameteri(target, gl.TEXTURE_WRAP_S, gl.CLAMP_TO_EDGE);
+  gl.texParameteri(target, gl.TEXTURE_WRAP_T, gl.CLAMP_TO_EDGE);
+}
+
 export class GLRenderer {
   constructor(canvas) {
     // preserveDrawingBuffer: the picture stays readable (tests, screenshots) after it is shown
@@ -107,42 +143,30 @@ export class GLRenderer {
     if (!gl) throw new Error('WebGL2 is not available');
     this.gl = gl;
     this.canvas = canvas;
-    const program = gl.createProgram();
-    gl.attachShader(program, compile(gl, gl.VERTEX_SHADER, VERTEX));
-    gl.attachShader(program, compile(gl, gl.FRAGMENT_SHADER, FRAGMENT));
-    gl.linkProgram(program);
-    if (!gl.getProgramParameter(program, gl.LINK_STATUS)) throw new Error(gl.getProgramInfoLog(program));
-    this.program = program;
-    gl.useProgram(program);
+    this.composite = link(gl, COMPOSITE);
+    this.present = link(gl, PRESENT);
     const buffer = gl.createBuffer();
     gl.bindBuffer(gl.ARRAY_BUFFER, buffer);
     gl.bufferData(gl.ARRAY_BUFFER, new Float32Array([-1, -1, 1, -1, -1, 1, 1, 1]), gl.STATIC_DRAW);
-    const pos = gl.getAttribLocation(program, 'a_pos');
-    gl.enableVertexAttribArray(pos);
-    gl.vertexAttribPointer(pos, 2, gl.FLOAT, false, 0, 0);
-    this.uniforms = {};
-    const n = gl.getProgramParameter(program, gl.ACTIVE_UNIFORMS);
-    for (let i = 0; i < n; i++) {
-      const name = gl.getActiveUniform(program, i).name.replace(/\[0\]$/, '');
-      this.uniforms[name] = gl.getUniformLocation(program, name);
-    }
-    gl.uniform1i(this.uniforms.u_channels, 0);
-    gl.uniform1i(this.uniforms.u_labels, 1);
+    gl.enableVertexAttribArray(0);
+    gl.vertexAttribPointer(0, 2, gl.FLOAT, false, 0, 0);
+    gl.useProgram(this.composite.program);
+    gl.uniform1i(this.composite.uniforms.u_channels, 0);
+    gl.uniform1i(this.composite.uniforms.u_labels, 1);
+    gl.useProgram(this.present.program);
+    gl.uniform1i(this.present.uniforms.u_cache, 2);
     this.channelTexture = gl.createTexture();
     this.labelTexture = gl.createTexture();
+    this.cacheTexture = gl.createTexture();
+    this.framebuffer = gl.createFramebuffer();
+    this.dirty = [];
+    this.displayKey = null;
   }
 
   get name() {
     const gl = this.gl;
     const info = gl.getExtension('WEBGL_debug_renderer_info');
     return `WebGL2: ${info ? gl.getParameter(info.UNMASKED_RENDERER_WEBGL) : gl.getParameter(gl.RENDERER)}`;
-  }
-
-  static nearest(gl, target) {
-    gl.texParameteri(target, gl.TEXTURE_MIN_FILTER, gl.NEAREST);
-    gl.texParameteri(target, gl.TEXTURE_MAG_FILTER, gl.NEAREST);
-    gl.texParameteri(target, gl.TEXTURE_WRAP_S, gl.CLAMP_TO_EDGE);
-    gl.texParameteri(target, gl.TEXTURE_WRAP_T, gl.CLAMP_TO_EDGE);
   }
 
   // planes: one Float32Array (H*W) per channel
@@ -152,12 +176,22 @@ export class GLRenderer {
     this.height = height;
     gl.activeTexture(gl.TEXTURE0);
     gl.bindTexture(gl.TEXTURE_2D_ARRAY, this.channelTexture);
-    GLRenderer.nearest(gl, gl.TEXTURE_2D_ARRAY);
+    nearest(gl, gl.TEXTURE_2D_ARRAY);
     gl.pixelStorei(gl.UNPACK_ALIGNMENT, 1);
     gl.texStorage3D(gl.TEXTURE_2D_ARRAY, 1, gl.R32F, width, height, planes.length);
     planes.forEach((plane, i) => {
       gl.texSubImage3D(gl.TEXTURE_2D_ARRAY, 0, 0, 0, i, width, height, 1, gl.RED, gl.FLOAT, plane);
     });
+    gl.activeTexture(gl.TEXTURE2);
+    gl.bindTexture(gl.TEXTURE_2D, this.cacheTexture);
+    nearest(gl, gl.TEXTURE_2D);
+    gl.texStorage2D(gl.TEXTURE_2D, 1, gl.RGBA8, width, height);
+    gl.bindFramebuffer(gl.FRAMEBUFFER, this.framebuffer);
+    gl.framebufferTexture2D(gl.FRAMEBUFFER, gl.COLOR_ATTACHMENT0, gl.TEXTURE_2D, this.cacheTexture, 0);
+    gl.bindFramebuffer(gl.FRAMEBUFFER, null);
+    this.tilesX = Math.ceil(width / TILE);
+    this.tilesY = Math.ceil(height / TILE);
+    this.valid = new Uint8Array(this.tilesX * this.tilesY);
   }
 
   setLabels(labels) {
@@ -165,12 +199,13 @@ export class GLRenderer {
     this.labels = labels;
     gl.activeTexture(gl.TEXTURE1);
     gl.bindTexture(gl.TEXTURE_2D, this.labelTexture);
-    GLRenderer.nearest(gl, gl.TEXTURE_2D);
+    nearest(gl, gl.TEXTURE_2D);
     gl.pixelStorei(gl.UNPACK_ALIGNMENT, 4);
     gl.texImage2D(gl.TEXTURE_2D, 0, gl.RG32I, labels.width, labels.height, 0, gl.RG_INTEGER, gl.INT, labels.shown);
+    if (this.valid) this.valid.fill(0);
   }
 
-  // re-upload the shown labels inside box (after a patch or a preview)
+  // re-upload the shown labels inside box (after a patch or a preview); its picture is redrawn next frame
   updateLabels(box) {
     const [y0, x0, y1, x1] = box;
     if (y1 <= y0 || x1 <= x0) return;
@@ -178,12 +213,12 @@ export class GLRenderer {
     gl.activeTexture(gl.TEXTURE1);
     gl.bindTexture(gl.TEXTURE_2D, this.labelTexture);
     gl.texSubImage2D(gl.TEXTURE_2D, 0, x0, y0, x1 - x0, y1 - y0, gl.RG_INTEGER, gl.INT, this.labels.block(box));
+    this.dirty.push([Math.max(0, y0 - 1), Math.max(0, x0 - 1), Math.min(this.height, y1 + 1), Math.min(this.width, x1 + 1)]);
   }
 
-  draw(view, display) {
+  setCompositeUniforms(display) {
     const gl = this.gl;
-    const u = this.uniforms;
-    gl.viewport(0, 0, this.canvas.width, this.canvas.height);
+    const u = this.composite.uniforms;
     const shown = display.channels.slice(0, MAX_ACTIVE_CHANNELS);
     gl.uniform1i(u.u_count, shown.length);
     if (shown.length) {
@@ -192,9 +227,6 @@ export class GLRenderer {
       gl.uniform2fv(u.u_range, shown.flatMap((c) => [c.min, c.max]));
     }
     gl.uniform1i(u.u_invert, display.invert ? 1 : 0);
-    gl.uniform2f(u.u_origin, view.x, view.y);
-    gl.uniform1f(u.u_scale, view.scale);
-    gl.uniform1f(u.u_canvasHeight, this.canvas.height);
     gl.uniform2i(u.u_size, this.width, this.height);
     gl.uniform1i(u.u_active, display.layer);
     gl.uniform1f(u.u_fill, display.fill);
@@ -202,10 +234,54 @@ export class GLRenderer {
     gl.uniform1f(u.u_other, display.otherOutline);
     gl.uniform1i(u.u_selected, display.selected || 0);
     gl.uniform1i(u.u_highlight, display.highlight ? 1 : 0);
-    gl.uniform3fv(u.u_background, BACKGROUND_RGB);
     gl.uniform3fv(u.u_outlineColor, OUTLINE_RGB);
     gl.uniform3fv(u.u_selectedColor, SELECTED_RGB);
     gl.uniform3fv(u.u_otherColor, OTHER_LAYER_RGB);
+  }
+
+  // bring the cache up to date where it is seen or was changed: [y0, x0, y1, x1] rectangles
+  refresh(view, display) {
+    const key = JSON.stringify(display);
+    if (key !== this.displayKey) {
+      this.displayKey = key;
+      this.valid.fill(0);
+    }
+    const rects = this.dirty.splice(0);
+    const [r0, c0, r1, c1] = view.visible();
+    for (let ty = Math.floor(r0 / TILE); ty < Math.ceil(r1 / TILE); ty++) {
+      for (let tx = Math.floor(c0 / TILE); tx < Math.ceil(c1 / TILE); tx++) {
+        const t = ty * this.tilesX + tx;
+        if (this.valid[t]) continue;
+        this.valid[t] = 1;
+        rects.push([ty * TILE, tx * TILE, Math.min(this.height, (ty + 1) * TILE), Math.min(this.width, (tx + 1) * TILE)]);
+      }
+    }
+    if (!rects.length) return;
+    const gl = this.gl;
+    gl.bindFramebuffer(gl.FRAMEBUFFER, this.framebuffer);
+    gl.viewport(0, 0, this.width, this.height);
+    gl.useProgram(this.composite.program);
+    this.setCompositeUniforms(display);
+    gl.enable(gl.SCISSOR_TEST);
+    for (const [y0, x0, y1, x1] of rects) {
+      gl.scissor(x0, y0, x1 - x0, y1 - y0);
+      gl.drawArrays(gl.TRIANGLE_STRIP, 0, 4);
+    }
+    gl.disable(gl.SCISSOR_TEST);
+    gl.bindFramebuffer(gl.FRAMEBUFFER, null);
+  }
+
+  draw(view, display) {
+    this.refresh(view, display);
+    const gl = this.gl;
+    const u = this.present.uniforms;
+    gl.viewport(0, 0, this.canvas.width, this.canvas.height);
+    gl.useProgram(this.present.program);
+    gl.uniform2f(u.u_origin, view.x, view.y);
+    gl.uniform1f(u.u_scale, view.scale);
+    gl.uniform1f(u.u_canvasHeight, this.canvas.height);
+    gl.uniform2i(u.u_size, this.width, this.height);
+    gl.uniform3fv(u.u_background, BACKGROUND_RGB);
     gl.drawArrays(gl.TRIANGLE_STRIP, 0, 4);
   }
 
