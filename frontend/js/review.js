@@ -65,7 +65,7 @@ async function showQueue() {
   await loadQueue();
 }
 
-async function openTask(id) {
+async function openTask(id, notice = '') {
   if (state.editor) { state.editor.destroy(); state.editor = null; }
   const client = new Client(`/api/review/tasks/${id}`, { csrf: state.csrf });
   let info = await client.info();
@@ -75,7 +75,8 @@ async function openTask(id) {
   $('comment').value = '';
   const reviewable = info.state === 'in_review';
   for (const b of ['approve', 'reject']) $(b).disabled = !reviewable;
-  show(info.review && info.review.comment ? `Last review (${info.review.verdict}): “${info.review.comment}”` : '');
+  const last = info.review && info.review.comment ? `Last review (${info.review.verdict}): “${info.review.comment}”` : '';
+  show([notice, last].filter(Boolean).join(' · '), notice ? 'done' : 'info');
   page('editor');
   delete document.body.dataset.ready;
   state.editor = new Editor($('editor'), client, info, { readOnly: !reviewable });
@@ -91,17 +92,18 @@ async function verdict(kind) {
   try {
     await editor.idle();
     await call(`/api/review/tasks/${current.id}/${kind}`, { method: 'POST', body: JSON.stringify({ comment }) });
-    show(`Task ${current.id} ${kind === 'approve' ? 'approved' : 'sent back to the annotator'}.`, 'done');
-    await nextTask();
+    const notice = `Task ${current.id} ${kind === 'approve' ? 'approved' : 'sent back to the annotator'}.`;
+    show(notice, 'done');
+    await nextTask(notice);
   } catch (err) { show(`Not saved: ${err.message}`, 'error'); }
 }
 
-async function nextTask() {
+async function nextTask(notice = '') {
   const after = state.current ? state.current.id : 0;
   await loadQueue();
   const next = state.tasks.find((t) => t.id !== after && ['submitted', 'in_review'].includes(t.state));
-  if (next) await openTask(next.id);
-  else { await showQueue(); }
+  if (next) await openTask(next.id, notice);
+  else await showQueue();
 }
 
 $('approve').addEventListener('click', () => verdict('approve'));
