@@ -63,7 +63,9 @@ def create_app(config: Config | None = None, **overrides) -> Flask:
         resp.headers.setdefault("X-Content-Type-Options", "nosniff")
         # task pages are meant to be framed by crowd platforms; the API is not a page
         if resp.mimetype == "text/html":
-            resp.headers.setdefault("Content-Security-Policy", "default-src 'self'; img-src 'self' blob: data:")
+            # pages are not framable unless they say so (the crowd task page sets its own frame-ancestors)
+            resp.headers.setdefault("Content-Security-Policy",
+                                    "default-src 'self'; img-src 'self' blob: data:; frame-ancestors 'none'")
         return resp
 
     return app

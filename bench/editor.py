@@ -89,6 +89,11 @@ def setup(tmp: Path, quick: bool) -> tuple[dict, dict]:
     return tokens, env
 
 
+def load_average() -> float:
+    """The machine's 1-minute load: figures from a shared machine mean little without it."""
+    return round(os.getloadavg()[0], 1)
+
+
 def stats(values) -> dict:
     a = np.asarray(values, float)
     return {"median_ms": round(float(np.median(a)), 2), "p95_ms": round(float(np.percentile(a, 95)), 2)}
@@ -148,13 +153,17 @@ def paint(browser, url, size, reps) -> dict:
 
 
 def open_case(browser, url, reps) -> dict:
-    times = []
+    times, parts = [], []
     for _ in range(reps):
         page = open_editor(browser, url)
         times.append(page.evaluate("() => performance.getEntriesByName('cellloop-ready')[0].startTime"))
+        parts.append(page.evaluate("() => window.cellloop.editor.timings.open"))
         device = page.evaluate("() => window.cellloop.editor.renderer.name")
         page.close()
-    return {"bench": "editor", "case": "open@2048", **stats(times), "n": len(times), "device": device}
+    # fetch: image and labels requested, received and decoded (gzip .npy); prepare: channels split, ranges and
+    # cell statistics; upload: textures; draw: the first frame, finished
+    split = {f"{k[:-2]}_ms": round(float(np.median([p[k] for p in parts])), 1) for k in parts[0]}
+    return {"bench": "editor", "case": "open@2048", **stats(times), "n": len(times), **split, "device": device}
 
 
 PAN = """(frames) => {
@@ -216,10 +225,12 @@ def main(argv=None) -> int:
                     time.sleep(0.1)
             with sync_playwright() as pw:
                 browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
-                print(json.dumps(paint(browser, f"{base}/task/{tokens['270']}", 270, reps)), flush=True)
-                print(json.dumps(paint(browser, f"{base}/task/{tokens['2048']}", 2048, reps)), flush=True)
-                print(json.dumps(open_case(browser, f"{base}/task/{tokens['2048']}", 3 if args.quick else 5)), flush=True)
-                print(json.dumps(pan(browser, f"{base}/task/{tokens['2048']}", 20 if args.quick else 60)), flush=True)
+                cases = [lambda: paint(browser, f"{base}/task/{tokens['270']}", 270, reps),
+                         lambda: paint(browser, f"{base}/task/{tokens['2048']}", 2048, reps),
+                         lambda: open_case(browser, f"{base}/task/{tokens['2048']}", 3 if args.quick else 5),
+                         lambda: pan(browser, f"{base}/task/{tokens['2048']}", 20 if args.quick else 60)]
+                for case in cases:
+                    print(json.dumps({**case(), "load_avg": load_average()}), flush=True)
                 browser.close()
         finally:
             server.terminate()
