@@ -6,7 +6,7 @@ import pytest
 
 from backend.config import Config
 from backend.models import Revision
-from tests.backend.conftest import login
+from .conftest import login
 
 PARENT = "https://crowd.example.org"
 
