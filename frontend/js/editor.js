@@ -123,7 +123,8 @@ export class Editor {
     toolbar.append(el('span', { className: 'sep' }), this.brushInfo, this.modeSelect, newCell, this.undoButton,
       this.redoButton, fit, help);
 
-    this.canvas = el('canvas', { className: 'view' });
+    // the page may ship the view's canvas (it shows where the picture goes before the script runs)
+    this.canvas = this.container.querySelector('canvas.view') || el('canvas', { className: 'view' });
     this.overlay = el('canvas', { className: 'overlay' });
     this.stage = el('div', { className: 'stage' }, this.canvas, this.overlay);
     this.renderer = this.makeRenderer(this.canvas);
