@@ -74,7 +74,9 @@ export class Client {
     if (!resp.ok) {
       let payload = {};
       try { payload = await resp.json(); } catch (e) { /* not JSON */ }
-      throw new ApiError(resp.status, payload);
+      const error = new ApiError(resp.status, payload);
+      error.retryAfter = Number(resp.headers.get('Retry-After')) || 0;
+      throw error;
     }
     return resp;
   }

@@ -55,13 +55,14 @@ export class EditQueue {
       this.inFlight = null;
       this.onDone(item, result);
     } catch (err) {
-      if (!(err instanceof ApiError)) {
-        // the network, not the server: keep the edit first in line and try again
-        this.offline = true;
+      // the network, or a server asking us to slow down: keep the edit first in line and try again
+      const busy = err instanceof ApiError && (err.status === 429 || err.status === 503);
+      if (!(err instanceof ApiError) || busy) {
+        this.offline = !busy;
         this.items.unshift(item);
         this.inFlight = null;
         this.onChange();
-        setTimeout(() => this.pump(), RETRY_MS);
+        setTimeout(() => this.pump(), busy ? Math.max(RETRY_MS, 1000 * (err.retryAfter || 0)) : RETRY_MS);
         return;
       }
       this.inFlight = null;

@@ -55,7 +55,8 @@ confirmBox.addEventListener('close', async () => {
 async function main() {
   info = await client.info();
   if (info.parent_origin) parentOrigin = info.parent_origin;
-  await client.open();
+  const opened = await client.open();
+  if (opened && opened.state) info = { ...info, ...opened };
   showState();
   const readOnly = !EDITABLE.has(info.state);
   if (info.review && info.review.verdict === 'rejected' && EDITABLE.has(info.state)) {

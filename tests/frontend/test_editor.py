@@ -101,6 +101,35 @@ def test_brush_stroke_changes_exactly_the_trace(server, context):
     assert page.errors == []
 
 
+def test_a_long_stroke_goes_in_requests_of_at_most_2000_points(server, context):
+    page = open_task(context, server, "long")
+    sent = []
+    page.on("request", lambda r: sent.append(json.loads(r.post_data)) if r.url.endswith("/edit") else None)
+    before = server.labels("long")
+    label = page.evaluate("() => window.cellloop.editor.brushLabel")
+    # a zigzag no simplification can shorten: 4,500 corners, 100 px apart
+    trace = [[10 + (i % 2) * 100, 5 + i // 40] for i in range(4500)]
+    page.evaluate("""(trace) => {
+        const e = window.cellloop.editor;
+        e.drag = { kind: 'stroke', tool: 'paint', points: trace, box: null };
+        e.previewStroke(e.drag, trace);
+        e.finishStroke(e.drag);
+        e.drag = null;
+    }""", trace)
+    settle(page)
+    points = [body["params"]["points"] for body in sent]
+    assert len(points) == 3 and all(len(p) <= 2000 for p in points)
+    assert all(a[-1] == b[0] for a, b in zip(points, points[1:]))  # the trace stays continuous
+    covered = np.zeros(before.shape[:2], bool)
+    for a, b in zip(trace, trace[1:]):
+        box, mask = stroke_mask(np.array([a, b]), 2, before.shape[:2])
+        covered[box[0]:box[2], box[1]:box[3]] |= mask
+    expected = before.copy()
+    expected[..., 0][covered & (before[..., 0] == 0)] = label
+    np.testing.assert_array_equal(server.labels("long"), expected)
+    assert server.info("long")["revision"] == 3
+
+
 def test_tools_through_their_keys(server, context):
     page = open_task(context, server, "tools")
     image = server.image[0:160, 128:288]
