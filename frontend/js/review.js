@@ -124,12 +124,22 @@ document.addEventListener('keydown', (ev) => {
   if (!field && !ev.ctrlKey && !ev.metaKey && ev.key.toLowerCase() === 'j' && state.current) { ev.preventDefault(); nextTask(); }
 });
 
+$('logout').addEventListener('click', async () => {
+  await call('/api/auth/logout', { method: 'POST', body: '{}' }).catch(() => null);
+  location.reload();
+});
+
+function signedIn(user) {
+  $('who').textContent = user.username;
+  $('logout').hidden = false;
+}
+
 $('login').addEventListener('submit', async (ev) => {
   ev.preventDefault();
   try {
     const me = await call('/api/auth/login', { method: 'POST', body: JSON.stringify(Object.fromEntries(new FormData(ev.target))) });
     state.csrf = me.csrf_token;
-    $('who').textContent = me.user.username;
+    signedIn(me.user);
     show('');
     await showQueue();
   } catch (err) { show(err.message, 'error'); }
@@ -138,6 +148,6 @@ $('login').addEventListener('submit', async (ev) => {
 call('/api/auth/me').then(async (me) => {
   state.csrf = me.csrf_token;
   if (!me.user) { page('login-page'); return; }
-  $('who').textContent = me.user.username;
+  signedIn(me.user);
   await showQueue();
 }).catch((err) => show(`Could not reach the server: ${err.message}`, 'error'));

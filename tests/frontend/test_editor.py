@@ -374,6 +374,12 @@ def test_reviewer_rejects_with_a_comment_then_approves(server, context, artifact
     reviewer.goto(server.url + "/")  # still logged in: straight to the queue
     reviewer.locator(f"tr.task[data-id='{task_id}']").click()
     reviewer.wait_for_selector("body[data-ready]")
+    # the reviewer corrects a little in the same editor before approving
+    revision = server.info("review")["revision"]
+    reviewer.keyboard.press("b")
+    drag(reviewer, [(60, 20), (60, 50)])
+    settle(reviewer)
+    assert server.info("review")["revision"] == revision + 1
     reviewer.click("#approve")
     reviewer.wait_for_selector("#banner[data-kind=done]")
     assert server.state("review") == "approved"
