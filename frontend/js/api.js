@@ -24,7 +24,10 @@ export async function parseNpy(buffer) {
   const Type = DTYPES[descr];
   if (!Type) throw new Error(`unsupported dtype ${descr}`);
   const offset = start + headerLen;
-  const data = new Type(bytes.slice(offset).buffer);
+  const count = shape.reduce((a, b) => a * b, 1);
+  // numpy pads the header so the data is aligned: view it in place rather than copy a large image
+  const aligned = (bytes.byteOffset + offset) % Type.BYTES_PER_ELEMENT === 0;
+  const data = aligned ? new Type(bytes.buffer, bytes.byteOffset + offset, count) : new Type(bytes.slice(offset).buffer, 0, count);
   return { data, shape };
 }
 

@@ -4,7 +4,8 @@
 // texture: channels blended, cells filled, outlines found by comparing a pixel's id with its four neighbours.
 // The present pass only samples that cache for the view, so panning and zooming cost one texture read per
 // screen pixel. The cache is kept in tiles: a display change invalidates them all and only the tiles in view
-// are redrawn; a patch redraws just its box (plus the one-pixel ring whose outlines it may change).
+// are redrawn; a patch redraws just its box (plus the one-pixel ring whose outlines it may change). Zoomed
+// out below 1:1, the composite pass draws straight to the screen instead.
 import { BACKGROUND_RGB, OTHER_LAYER_RGB, OUTLINE_RGB, SELECTED_RGB } from './palette.js';
 
 export const MAX_ACTIVE_CHANNELS = 32;
@@ -46,6 +47,11 @@ uniform vec3 u_color[MAXC];
 uniform vec2 u_range[MAXC];
 uniform bool u_invert;
 uniform ivec2 u_size;       // image (width, height)
+uniform bool u_direct;      // straight to the screen (zoomed out) instead of into the cache
+uniform vec2 u_origin;
+uniform float u_scale;
+uniform float u_canvasHeight;
+uniform vec3 u_background;
 uniform int u_active;       // label layer 0 / 1
 uniform float u_fill;
 uniform float u_outline;
@@ -83,6 +89,11 @@ vec3 labelColor(int id) {
 
 void main() {
   ivec2 p = ivec2(gl_FragCoord.xy);  // the cache holds row r at y = r
+  if (u_direct) {
+    vec2 img = u_origin + vec2(gl_FragCoord.x, u_canvasHeight - gl_FragCoord.y) / u_scale;
+    p = ivec2(floor(img));
+    if (img.x < 0.0 || img.y < 0.0 || p.x >= u_size.x || p.y >= u_size.y) { color = vec4(u_background, 1.0); return; }
+  }
   vec3 rgb = vec3(0.0);
   for (int i = 0; i < MAXC; i++) {
     if (i >= u_count) break;
@@ -239,13 +250,18 @@ export class GLRenderer {
     gl.uniform3fv(u.u_otherColor, OTHER_LAYER_RGB);
   }
 
-  // bring the cache up to date where it is seen or was changed: [y0, x0, y1, x1] rectangles
-  refresh(view, display) {
+  // a display change makes the whole cache stale; so do more patches than are worth replaying one by one
+  checkCache(display) {
     const key = JSON.stringify(display);
-    if (key !== this.displayKey) {
+    if (key !== this.displayKey || this.dirty.length > 64) {
       this.displayKey = key;
       this.valid.fill(0);
+      this.dirty = [];
     }
+  }
+
+  // bring the cache up to date where it is seen or was changed: [y0, x0, y1, x1] rectangles
+  refresh(view, display) {
     const rects = this.dirty.splice(0);
     const [r0, c0, r1, c1] = view.visible();
     for (let ty = Math.floor(r0 / TILE); ty < Math.ceil(r1 / TILE); ty++) {
@@ -262,6 +278,7 @@ export class GLRenderer {
     gl.viewport(0, 0, this.width, this.height);
     gl.useProgram(this.composite.program);
     this.setCompositeUniforms(display);
+    gl.uniform1i(this.composite.uniforms.u_direct, 0);
     gl.enable(gl.SCISSOR_TEST);
     for (const [y0, x0, y1, x1] of rects) {
       gl.scissor(x0, y0, x1 - x0, y1 - y0);
@@ -272,6 +289,11 @@ export class GLRenderer {
   }
 
   draw(view, display) {
+    this.checkCache(display);
+    if (view.scale < 1) {
+      this.drawDirect(view, display);
+      return;
+    }
     this.refresh(view, display);
     const gl = this.gl;
     const u = this.present.uniforms;
@@ -281,6 +303,22 @@ export class GLRenderer {
     gl.uniform1f(u.u_scale, view.scale);
     gl.uniform1f(u.u_canvasHeight, this.canvas.height);
     gl.uniform2i(u.u_size, this.width, this.height);
+    gl.uniform3fv(u.u_background, BACKGROUND_RGB);
+    gl.drawArrays(gl.TRIANGLE_STRIP, 0, 4);
+  }
+
+  // Zoomed out, the screen has fewer pixels than the image: compositing them directly beats filling the
+  // whole cache (opening a 2048² task fitted to the window draws ~0.5 M pixels instead of 4 M).
+  drawDirect(view, display) {
+    const gl = this.gl;
+    const u = this.composite.uniforms;
+    gl.viewport(0, 0, this.canvas.width, this.canvas.height);
+    gl.useProgram(this.composite.program);
+    this.setCompositeUniforms(display);
+    gl.uniform1i(u.u_direct, 1);
+    gl.uniform2f(u.u_origin, view.x, view.y);
+    gl.uniform1f(u.u_scale, view.scale);
+    gl.uniform1f(u.u_canvasHeight, this.canvas.height);
     gl.uniform3fv(u.u_background, BACKGROUND_RGB);
     gl.drawArrays(gl.TRIANGLE_STRIP, 0, 4);
   }

@@ -329,6 +329,27 @@ def test_channel_toggles_and_colours_change_the_rendered_pixels(server, context)
 
     both = mean_rgb()
     assert both[0] > 10 and both[1] > 10 and both[2] < 1  # membrane red, nuclear green
+    # zoomed out below 1:1 the picture is composited straight to the screen, not through the cache: same colours
+    page.keyboard.press("o")  # outlines back on, so labels count too
+    pixel_at = """([scale, r, c]) => {
+        // the colour of the screen pixel nearest image pixel (r, c), and the image pixel it really shows
+        const e = window.cellloop.editor;
+        e.view.scale = scale; e.view.centerOn(r + 0.5, c + 0.5); e.drawNow();
+        const [x, y] = e.view.toCanvas(r + 0.5, c + 0.5).map(Math.floor);
+        const shows = e.view.toImage(x + 0.5, y + 0.5).map(Math.floor);
+        const probe = document.createElement('canvas'); probe.width = 1; probe.height = 1;
+        const ctx = probe.getContext('2d'); ctx.drawImage(e.canvas, x, y, 1, 1, 0, 0, 1, 1);
+        return [Array.from(ctx.getImageData(0, 0, 1, 1).data), shows];
+    }"""
+    labels = server.labels("channels")
+    edge = np.argwhere((labels[..., 0] > 0) & (ndimage.grey_erosion(labels[..., 0], size=3) != labels[..., 0]))
+    for r, c in [(64, 64), tuple(edge[len(edge) // 2])]:
+        direct, (row, col) = page.evaluate(pixel_at, [0.5, int(r), int(c)])
+        cached, shows = page.evaluate(pixel_at, [3, row, col])
+        assert shows == [row, col] and direct == cached
+    page.keyboard.press("o")
+    page.keyboard.press("o")
+    page.keyboard.press("0")
     page.locator(".channel[data-channel='1'] input[type=checkbox]").uncheck()
     nuclear_only = mean_rgb()
     assert nuclear_only[0] < 1 and abs(nuclear_only[1] - both[1]) < 1
