@@ -8,11 +8,13 @@ const HIST_BINS = 128;
 const SAMPLE = 1 << 18; // pixels sampled per channel for histograms and percentiles
 export const AUTO_PERCENTILES = [1, 99.5];
 
-// (H, W, C) interleaved array -> one Float32Array per channel, plus each channel's statistics
+// (H, W, C) interleaved array -> one plane per channel: 8- and 16-bit data keep their type (the GPU takes
+// them as integer textures), everything else becomes float32
 export function splitChannels(data, height, width, count) {
   const n = height * width;
+  const Type = data instanceof Uint16Array || data instanceof Uint8Array ? data.constructor : Float32Array;
   const planes = [];
-  for (let c = 0; c < count; c++) planes.push(new Float32Array(n));
+  for (let c = 0; c < count; c++) planes.push(new Type(n));
   for (let i = 0, k = 0; i < n; i++) for (let c = 0; c < count; c++) planes[c][i] = data[k++];
   return planes;
 }

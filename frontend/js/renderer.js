@@ -33,13 +33,15 @@ void main() {
   color = texelFetch(u_cache, p, 0);
 }`;
 
-const COMPOSITE = `#version 300 es
+// the composite shader for one channel texture type: float data as R32F, 8- and 16-bit integers as
+// R8UI / R16UI (kept at their own bit depth; the display range scales them here)
+const composite = (integer) => `#version 300 es
 precision highp float;
 precision highp int;
-precision highp sampler2DArray;
+precision highp ${integer ? 'usampler2DArray' : 'sampler2DArray'};
 precision highp isampler2D;
 #define MAXC ${MAX_ACTIVE_CHANNELS}
-uniform sampler2DArray u_channels;
+uniform ${integer ? 'usampler2DArray' : 'sampler2DArray'} u_channels;
 uniform isampler2D u_labels;
 uniform int u_count;
 uniform int u_layer[MAXC];
@@ -97,7 +99,7 @@ void main() {
   vec3 rgb = vec3(0.0);
   for (int i = 0; i < MAXC; i++) {
     if (i >= u_count) break;
-    float v = texelFetch(u_channels, ivec3(p, u_layer[i]), 0).r;
+    float v = float(texelFetch(u_channels, ivec3(p, u_layer[i]), 0).r);
     float t = clamp((v - u_range[i].x) / max(u_range[i].y - u_range[i].x, 1e-12), 0.0, 1.0);
     rgb += t * u_color[i];
   }
@@ -154,16 +156,12 @@ export class GLRenderer {
     if (!gl) throw new Error('WebGL2 is not available');
     this.gl = gl;
     this.canvas = canvas;
-    this.composite = link(gl, COMPOSITE);
     this.present = link(gl, PRESENT);
     const buffer = gl.createBuffer();
     gl.bindBuffer(gl.ARRAY_BUFFER, buffer);
     gl.bufferData(gl.ARRAY_BUFFER, new Float32Array([-1, -1, 1, -1, -1, 1, 1, 1]), gl.STATIC_DRAW);
     gl.enableVertexAttribArray(0);
     gl.vertexAttribPointer(0, 2, gl.FLOAT, false, 0, 0);
-    gl.useProgram(this.composite.program);
-    gl.uniform1i(this.composite.uniforms.u_channels, 0);
-    gl.uniform1i(this.composite.uniforms.u_labels, 1);
     gl.useProgram(this.present.program);
     gl.uniform1i(this.present.uniforms.u_cache, 2);
     this.channelTexture = gl.createTexture();
@@ -180,18 +178,28 @@ export class GLRenderer {
     return `WebGL2: ${info ? gl.getParameter(info.UNMASKED_RENDERER_WEBGL) : gl.getParameter(gl.RENDERER)}`;
   }
 
-  // planes: one Float32Array (H*W) per channel
+  // planes: one typed array (H*W) per channel, all of one type (channels.js splitChannels)
   setImage(planes, width, height) {
     const gl = this.gl;
     this.width = width;
     this.height = height;
+    const formats = new Map([
+      [Float32Array, [gl.R32F, gl.RED, gl.FLOAT]],
+      [Uint16Array, [gl.R16UI, gl.RED_INTEGER, gl.UNSIGNED_SHORT]],
+      [Uint8Array, [gl.R8UI, gl.RED_INTEGER, gl.UNSIGNED_BYTE]],
+    ]);
+    const [internal, format, type] = formats.get(planes[0].constructor);
+    this.composite = link(gl, composite(internal !== gl.R32F));
+    gl.useProgram(this.composite.program);
+    gl.uniform1i(this.composite.uniforms.u_channels, 0);
+    gl.uniform1i(this.composite.uniforms.u_labels, 1);
     gl.activeTexture(gl.TEXTURE0);
     gl.bindTexture(gl.TEXTURE_2D_ARRAY, this.channelTexture);
     nearest(gl, gl.TEXTURE_2D_ARRAY);
     gl.pixelStorei(gl.UNPACK_ALIGNMENT, 1);
-    gl.texStorage3D(gl.TEXTURE_2D_ARRAY, 1, gl.R32F, width, height, planes.length);
+    gl.texStorage3D(gl.TEXTURE_2D_ARRAY, 1, internal, width, height, planes.length);
     planes.forEach((plane, i) => {
-      gl.texSubImage3D(gl.TEXTURE_2D_ARRAY, 0, 0, 0, i, width, height, 1, gl.RED, gl.FLOAT, plane);
+      gl.texSubImage3D(gl.TEXTURE_2D_ARRAY, 0, 0, 0, i, width, height, 1, format, type, plane);
     });
     gl.activeTexture(gl.TEXTURE2);
     gl.bindTexture(gl.TEXTURE_2D, this.cacheTexture);

@@ -114,6 +114,12 @@ def _build(instance: Path, data: Path, secret: str) -> tuple[dict, np.ndarray]:
     made = {}
     for name, (y0, x0, y1, x1) in TASK_BOXES.items():
         made[name] = svc.create_task(batch, (y0, x0, y1, x1), image[y0:y1, x0:x1], labels[y0:y1, x0:x1])
+    # 16-bit data, as most multiplexed platforms write it: the editor must keep every level
+    image16 = np.clip(image * 3000, 0, 65535).astype(np.uint16)
+    project16 = create_project(session, storage, name="vectra16", image=image16, channel_names=["nuclear", "membrane"])
+    batch16 = Batch(project=project16, name="browser16")
+    session.add(batch16)
+    made["sixteen"] = svc.create_task(batch16, (0, 0, 64, 64), image16[:64, :64], labels[:64, :64])
     session.commit()
     with app.app_context():
         tasks = {name: (t.id, make_task_token(t)) for name, t in made.items()}

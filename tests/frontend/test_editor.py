@@ -368,6 +368,29 @@ def test_channel_toggles_and_colours_change_the_rendered_pixels(server, context)
     assert page.evaluate("() => window.cellloop.editor.channels.gray") is True
 
 
+def test_16_bit_channels_keep_every_level(server, context):
+    page = open_task(context, server, "sixteen")
+    assert page.evaluate("() => window.cellloop.editor.planes[0].constructor.name") == "Uint16Array"
+    for key in ["z", "z", "o", "o", "y"]:  # no fill, no outlines, grayscale of channel 0
+        page.keyboard.press(key)
+    values = np.clip(server.image[:64, :64, 0] * 3000, 0, 65535).astype(np.uint16)
+    r, c = np.unravel_index(np.argmax(values), values.shape)
+    peak = int(values[r, c])
+    lo, hi = peak - 100, peak + 100  # a window 200 levels wide, far above 255
+    gray = page.evaluate("""([lo, hi, r, c]) => {
+        const e = window.cellloop.editor;
+        const ch = e.channels.channels[0];
+        ch.min = lo; ch.max = hi; e.channels.changed();
+        e.view.scale = 4; e.view.centerOn(r + 0.5, c + 0.5); e.drawNow();
+        const [x, y] = e.view.toCanvas(r + 0.5, c + 0.5).map(Math.floor);
+        const probe = document.createElement('canvas'); probe.width = 1; probe.height = 1;
+        const ctx = probe.getContext('2d'); ctx.drawImage(e.canvas, x, y, 1, 1, 0, 0, 1, 1);
+        return Array.from(ctx.getImageData(0, 0, 1, 1).data);
+    }""", [lo, hi, int(r), int(c)])
+    assert gray[0] == gray[1] == gray[2]
+    assert abs(gray[0] - (peak - lo) / (hi - lo) * 255) <= 1
+
+
 def test_reviewer_rejects_with_a_comment_then_approves(server, context, artifacts):
     server.api("review", "", None)
     server.api("review", "/submit", {"base_revision": 0})
