@@ -176,7 +176,8 @@ export class Editor {
     this.keyUpHandler = (ev) => { if (ev.key === ' ') { this.spaceHeld = false; this.showTool(); } };
     document.addEventListener('keydown', this.keyHandler);
     document.addEventListener('keyup', this.keyUpHandler);
-    new ResizeObserver(() => { this.resize(); this.requestDraw(); }).observe(this.stage);
+    this.resizeObserver = new ResizeObserver(() => { this.resize(); this.requestDraw(); });
+    this.resizeObserver.observe(this.stage);
     this.showChannelState();
   }
 
@@ -190,9 +191,13 @@ export class Editor {
     return box;
   }
 
+  // the reviewer page opens task after task in one page: let go of listeners and GPU memory
   destroy() {
     document.removeEventListener('keydown', this.keyHandler);
     document.removeEventListener('keyup', this.keyUpHandler);
+    if (this.resizeObserver) this.resizeObserver.disconnect();
+    if (this.frame) cancelAnimationFrame(this.frame);
+    if (this.renderer && this.renderer.dispose) this.renderer.dispose();
   }
 
   resize() {

@@ -331,6 +331,13 @@ export class GLRenderer {
     gl.drawArrays(gl.TRIANGLE_STRIP, 0, 4);
   }
 
+  dispose() {
+    const gl = this.gl;
+    for (const t of [this.channelTexture, this.labelTexture, this.cacheTexture]) gl.deleteTexture(t);
+    gl.deleteFramebuffer(this.framebuffer);
+    for (const p of [this.composite, this.present]) if (p) gl.deleteProgram(p.program);
+  }
+
   // wait until the GPU has drawn (for timing: the frame is really done, not just queued)
   finish() {
     const px = new Uint8Array(4);
