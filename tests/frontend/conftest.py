@@ -180,7 +180,8 @@ def server(tmp_path_factory, shared_data):
                     break
             except OSError:
                 if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError("gunicorn did not start: " + (proc.stderr.read() if proc.poll() is not None else ""))
+                    output = proc.stderr.read() if proc.poll() is not None else ""
+                    raise RuntimeError("gunicorn did not start: " + output)
                 time.sleep(0.2)
         yield Server(url, instance, env, parent_url, foreign_url, tasks, image)
     finally:

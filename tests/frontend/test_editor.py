@@ -23,16 +23,19 @@ def open_task(context, server, name, query=""):
     return page
 
 
+TO_PAGE = """([r, c]) => {
+    const e = window.cellloop.editor;
+    const [x, y] = e.view.toCanvas(r, c);
+    const rect = e.stage.getBoundingClientRect();
+    const k = rect.width / e.canvas.width;
+    return [rect.left + x * k, rect.top + y * k];
+}"""
+
+
 def screen(page, row, col, corner=False):
     """Page coordinates of image pixel (row, col): its centre, or its top-left corner."""
     off = 0 if corner else 0.5
-    return page.evaluate("""([r, c]) => {
-        const e = window.cellloop.editor;
-        const [x, y] = e.view.toCanvas(r, c);
-        const rect = e.stage.getBoundingClientRect();
-        const k = rect.width / e.canvas.width;
-        return [rect.left + x * k, rect.top + y * k];
-    }""", [row + off, col + off])
+    return page.evaluate(TO_PAGE, [row + off, col + off])
 
 
 def settle(page):
@@ -87,7 +90,6 @@ def test_brush_stroke_changes_exactly_the_trace(server, context):
     drag(page, trace)
     settle(page)
     after = server.labels("brush")
-    _, mask = stroke_mask(np.array(trace), 2, before.shape[:2])
     covered = np.zeros(before.shape[:2], bool)
     box, mask = stroke_mask(np.array(trace), 2, before.shape[:2])
     covered[box[0]:box[2], box[1]:box[3]] = mask
@@ -164,9 +166,13 @@ def test_tools_through_their_keys(server, context):
 
     # T: threshold a box: the engine's answer for that box on the active channel (0, nuclear)
     box = [100, 100, 150, 150]
-    before, after = step(["t"], lambda b: (page.mouse.move(*screen(page, box[0], box[1], corner=True)), page.mouse.down(),
-                                          page.mouse.move(*screen(page, box[2], box[3], corner=True), steps=5),
-                                          page.mouse.up()))
+    def drag_box(_):
+        page.mouse.move(*screen(page, box[0], box[1], corner=True))
+        page.mouse.down()
+        page.mouse.move(*screen(page, box[2], box[3], corner=True), steps=5)
+        page.mouse.up()
+
+    before, after = step(["t"], drag_box)
     expected = before.copy()
     apply_edit(before, image, "threshold", {"box": box, "channel": 0}).apply(expected)
     np.testing.assert_array_equal(after, expected)
@@ -185,14 +191,15 @@ def test_tools_through_their_keys(server, context):
 
     # R: replace: click the cell to keep, then the cell to merge into it
     a, b = [i for i in biggest_cells(after, 6) if i not in parts][:2]
-    before, after = step(["r"], lambda _: (click(page, *interior_pixel(after, a)), click(page, *interior_pixel(after, b))))
+    before, after = step(["r"], lambda _: [click(page, *interior_pixel(after, cell)) for cell in (a, b)])
     expected = before.copy()
     expected[..., 0][before[..., 0] == b] = a
     np.testing.assert_array_equal(after, expected)
 
     # V selects a cell, Backspace deletes it
     victim = biggest_cells(after, 8)[-1]
-    before, after = step(["v"], lambda _: (click(page, *interior_pixel(after, victim)), page.keyboard.press("Backspace")))
+    before, after = step(["v"], lambda _: (click(page, *interior_pixel(after, victim)),
+                                           page.keyboard.press("Backspace")))
     expected = before.copy()
     expected[..., 0][before[..., 0] == victim] = 0
     np.testing.assert_array_equal(after, expected)
@@ -220,7 +227,7 @@ def test_grow_and_shrink_keys_with_caps_lock(server, context):
     expected = grown.copy()
     apply_edit(grown, None, "shrink", {"label": cell, "n": 1}).apply(expected)
     np.testing.assert_array_equal(shrunk, expected)
-    # keys never fire while typing in a field: "b" in the channel colour? no: in a text input
+    # keys never fire while typing in a text field
     page.evaluate("""() => { const i = document.createElement('input'); i.id = 'typing'; document.body.append(i); }""")
     page.focus("#typing")
     page.keyboard.type("e q")
@@ -282,8 +289,7 @@ def test_task_in_an_iframe_posts_submitted_to_its_parent(server, context):
     frame.locator("body[data-ready]").wait_for(timeout=30_000)
     assert context.cookies() == []
     task_frame = page.frames[1]
-    x, y = task_frame.evaluate("""() => { const e = window.cellloop.editor; const [x, y] = e.view.toCanvas(30.5, 30.5);
-        const r = e.stage.getBoundingClientRect(); const k = r.width / e.canvas.width; return [r.left + x * k, r.top + y * k]; }""")
+    x, y = task_frame.evaluate(TO_PAGE, [30.5, 30.5])
     box = page.locator("#task").bounding_box()
     page.mouse.click(box["x"] + x, box["y"] + y)  # the default tool is the brush: one dab
     task_frame.evaluate("() => window.cellloop.editor.idle()")
