@@ -592,7 +592,8 @@ export class Editor {
 
   // --- keys ----------------------------------------------------------------------------------------------
   keyDown(ev) {
-    if (typing(ev) || !this.labels) return;
+    // keys belong to a form field being typed in, or to an open dialog (the submit confirmation)
+    if (typing(ev) || !this.labels || document.querySelector('dialog[open]')) return;
     if (ev.key === ' ') {
       if (!this.spaceHeld) { this.spaceHeld = true; this.showTool(); }
       ev.preventDefault();
