@@ -51,9 +51,10 @@ export class Editor {
   }
 
   // --- loading -------------------------------------------------------------------------------------------
-  async load() {
+  // arrays: the [image, labels] fetch, when the page started it early (it needs nothing from the task JSON)
+  async load(arrays = null) {
     const t = [performance.now()];
-    const [image, labels] = await Promise.all([this.client.image(), this.client.labels()]);
+    const [image, labels] = await (arrays || Promise.all([this.client.image(), this.client.labels()]));
     t.push(performance.now());
     const [h, w] = this.info.shape;
     const count = image.shape[2];

@@ -53,6 +53,9 @@ confirmBox.addEventListener('close', async () => {
 });
 
 async function main() {
+  // the arrays are the big part of opening a task: fetch them while the task JSON comes
+  const arrays = Promise.all([client.image(), client.labels()]);
+  arrays.catch(() => null); // a bad link fails info() below, which says why
   info = await client.info();
   if (info.parent_origin) parentOrigin = info.parent_origin;
   const opened = await client.open();
@@ -66,7 +69,7 @@ async function main() {
   }
   editor = new Editor(document.getElementById('editor'), client, info, { readOnly, renderer });
   window.cellloop = { editor, client };
-  await editor.load();
+  await editor.load(arrays);
   performance.mark('cellloop-ready');
   document.body.dataset.ready = 'true';
 }
