@@ -279,6 +279,23 @@ def test_stale_edit_from_a_second_tab(server, context):
     np.testing.assert_array_equal(final[:50], mine[:50])
 
 
+def test_a_refused_stroke_is_rolled_back_and_the_reason_shown(server, context):
+    page = open_task(context, server, "refused")
+    before = server.labels("refused")
+    page.keyboard.press("b")
+    drag(page, [(20, 10), (20, 60)])  # acknowledged
+    settle(page)
+    kept = server.labels("refused")
+    # a label id past int32 is drawn at once in the browser, then refused by the server (400)
+    page.evaluate("() => { window.cellloop.editor.brushLabel = 2 ** 31; }")
+    drag(page, [(80, 10), (80, 60)])
+    settle(page)
+    assert "Not applied" in message(page) and "label" in message(page)
+    np.testing.assert_array_equal(server.labels("refused"), kept)
+    np.testing.assert_array_equal(shown_labels(page), kept)  # the preview is gone, the earlier stroke is not
+    assert (kept != before).any()
+
+
 def test_task_in_an_iframe_posts_submitted_to_its_parent(server, context):
     from backend.models import Revision
 
