@@ -1,7 +1,6 @@
 // The label editor, shared by the crowd task page and the reviewer page: it loads a task through a Client,
 // shows it with the WebGL2 renderer (Canvas2D where WebGL2 is missing), turns mouse and keys into edits,
 // previews them at once and sends them through the edit queue; the server's patches are the truth.
-import { ApiError } from './api.js';
 import { Canvas2DRenderer } from './canvas2d.js';
 import { Channels, splitChannels } from './channels.js';
 import { KEYS, actionFor, keyHint, keyLabel, typing } from './keymap.js';
@@ -693,4 +692,3 @@ Editor.prototype.zoomKey = function zoomKey(factor) {
   this.requestDraw();
 };
 
-export { ApiError };

@@ -128,5 +128,3 @@ export function unionBox(a, b) {
   if (!b) return a;
   return [Math.min(a[0], b[0]), Math.min(a[1], b[1]), Math.max(a[2], b[2]), Math.max(a[3], b[3])];
 }
-
-export function emptyBox(box) { return !box || box[2] <= box[0] || box[3] <= box[1]; }
