@@ -180,13 +180,22 @@ def open_case(browser, url, reps) -> dict:
     for _ in range(reps):
         page = open_editor(browser, url)
         times.append(page.evaluate("() => performance.getEntriesByName('cellloop-ready')[0].startTime"))
-        parts.append(page.evaluate("() => window.cellloop.editor.timings.open"))
+        arrays = page.evaluate("() => performance.getEntriesByName('cellloop-arrays')[0].startTime")
+        parts.append({"arraysMs": arrays, **page.evaluate("() => window.cellloop.editor.timings.open")})
         device = page.evaluate("() => window.cellloop.editor.renderer.name")
         page.close()
-    # fetch: image and labels requested, received and decoded (gzip .npy); prepare: channels split, ranges and
-    # cell statistics; upload: textures; draw: the first frame, finished
+    # arrays: navigation start to image and labels fetched and decoded (gzip .npy); prepare: channels split,
+    # ranges and cell statistics; upload: textures; draw: the first frame, finished
     split = {f"{k[:-2]}_ms": round(float(np.median([p[k] for p in parts])), 1) for k in parts[0]}
-    return {"bench": "editor", "case": "open@2048", **stats(times), "n": len(times), **split, "device": device}
+    # the same two downloads from Python, not decoded: what the server and loopback take
+    api = url.replace("/task/", "/api/task/")
+    fetch_ms, size = [], 0
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        size = sum(len(urllib.request.urlopen(api + part, timeout=60).read()) for part in ("/image", "/labels"))
+        fetch_ms.append((time.perf_counter() - t0) * 1000)
+    return {"bench": "editor", "case": "open@2048", **stats(times), "n": len(times), **split,
+            "server_fetch_ms": stats(fetch_ms)["median_ms"], "download_mb": round(size / 1e6, 1), "device": device}
 
 
 PAN = """(frames) => {

@@ -79,7 +79,7 @@ export class Editor {
     this.renderer.finish(); // loaded means drawn, not just queued on the GPU
     t.push(performance.now());
     // where opening a task spends its time (bench/editor.py reports it)
-    this.timings.open = { fetchMs: t[1] - t[0], prepareMs: t[2] - t[1], uploadMs: t[3] - t[2], drawMs: t[4] - t[3] };
+    this.timings.open = { prepareMs: t[2] - t[1], uploadMs: t[3] - t[2], drawMs: t[4] - t[3] };
   }
 
   makeRenderer(canvas) {
