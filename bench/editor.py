@@ -2,6 +2,7 @@
 
     python bench/editor.py            # paint@270, paint@2048, open@2048, pan@2048x8
     python bench/editor.py --quick    # fewer repetitions
+    python bench/editor.py --case open   # one kind of case (paint, open, pan; repeatable)
 
 One JSON line per case, each with ``device`` (the renderer Chromium gave WebGL: SwiftShader, a CPU
 rasteriser, on machines without a GPU):
@@ -235,6 +236,8 @@ def pan(browser, url, frames) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--case", action="append", choices=["paint", "open", "pan"],
+                        help="run only these cases (repeatable; default: all)")
     args = parser.parse_args(argv)
     reps = 8 if args.quick else 30
     from playwright.sync_api import sync_playwright
@@ -257,12 +260,13 @@ def main(argv=None) -> int:
                     time.sleep(0.1)
             with sync_playwright() as pw:
                 browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
-                cases = [lambda: paint(browser, f"{base}/task/{tokens['270']}", 270, reps),
-                         lambda: paint(browser, f"{base}/task/{tokens['2048']}", 2048, reps),
-                         lambda: open_case(browser, f"{base}/task/{tokens['2048']}", 3 if args.quick else 5),
-                         lambda: pan(browser, f"{base}/task/{tokens['2048']}", 20 if args.quick else 60)]
-                for case in cases:
-                    print(json.dumps({**case(), "load_avg": load_average()}), flush=True)
+                cases = [("paint", lambda: paint(browser, f"{base}/task/{tokens['270']}", 270, reps)),
+                         ("paint", lambda: paint(browser, f"{base}/task/{tokens['2048']}", 2048, reps)),
+                         ("open", lambda: open_case(browser, f"{base}/task/{tokens['2048']}", 3 if args.quick else 5)),
+                         ("pan", lambda: pan(browser, f"{base}/task/{tokens['2048']}", 20 if args.quick else 60))]
+                for name, case in cases:
+                    if not args.case or name in args.case:
+                        print(json.dumps({**case(), "load_avg": load_average()}), flush=True)
                 browser.close()
         finally:
             server.terminate()

@@ -49,6 +49,12 @@ export async function parsePatch(buffer) {
   return { layer, box: [y0, x0, y1, x1], before, after };
 }
 
+// An array reply's bytes; gzip is inflated while it downloads rather than after (tasks reach tens of MB)
+async function arrayBytes(resp) {
+  if (!(resp.headers.get('Content-Type') || '').includes('gzip') || !resp.body) return resp.arrayBuffer();
+  return new Response(resp.body.pipeThrough(new DecompressionStream('gzip'))).arrayBuffer();
+}
+
 export class ApiError extends Error {
   constructor(status, body) {
     super(body.error || `HTTP ${status}`);
@@ -85,10 +91,10 @@ export class Client {
   }
 
   async info() { return (await this.request('')).json(); }
-  async image() { return parseNpy(await (await this.request('/image')).arrayBuffer()); }
+  async image() { return parseNpy(await arrayBytes(await this.request('/image'))); }
   async labels() {
     const resp = await this.request('/labels');
-    return { ...(await parseNpy(await resp.arrayBuffer())), revision: Number(resp.headers.get('X-Revision')) };
+    return { ...(await parseNpy(await arrayBytes(resp))), revision: Number(resp.headers.get('X-Revision')) };
   }
 
   async change(action, body) {
