@@ -196,6 +196,50 @@ def test_tools_through_their_keys(server, context):
     expected[..., 0][before[..., 0] == b] = a
     np.testing.assert_array_equal(after, expected)
 
+    # S: swap two cells
+    a, b = biggest_cells(after, 10)[8:10]
+    before, after = step(["s"], lambda _: [click(page, *interior_pixel(after, cell)) for cell in (a, b)])
+    expected = before.copy()
+    expected[..., 0][before[..., 0] == a] = b
+    expected[..., 0][before[..., 0] == b] = a
+    np.testing.assert_array_equal(after, expected)
+
+    # M: autofit a clicked cell to the active channel
+    page.keyboard.press("Escape")  # deselect: the key picks the tool, the click applies it
+    cell = biggest_cells(after, 4)[3]
+    before, after = step(["m"], lambda _: click(page, *interior_pixel(after, cell)))
+    expected = before.copy()
+    apply_edit(before, image, "autofit", {"label": cell, "channel": 0}).apply(expected)
+    np.testing.assert_array_equal(after, expected)
+    assert (after != before).any() or "nothing changed" in message(page)
+
+    # K: trim: a stray dab of a cell's label (V selects the cell, B paints with its id), then a click on the
+    # cell's body keeps the body and drops the dab
+    far = ndimage.distance_transform_edt(after[..., 0] == 0)
+    dab = tuple(int(v) for v in np.unravel_index(np.argmax(far), far.shape))
+    assert far[dab] > 4
+    page.keyboard.press("v")
+    click(page, *interior_pixel(after, cell))
+    page.keyboard.press("b")
+    click(page, *dab)
+    settle(page)
+    with_dab = server.labels("tools")
+    assert with_dab[dab[0], dab[1], 0] == cell
+    page.keyboard.press("Escape")
+    body = interior_pixel(with_dab, cell)
+    before, after = step(["k"], lambda _: click(page, *body))
+    pieces, count = ndimage.label(with_dab[..., 0] == cell, np.ones((3, 3)))
+    assert count == 2
+    expected = with_dab.copy()
+    expected[..., 0][(pieces > 0) & (pieces != pieces[body])] = 0
+    np.testing.assert_array_equal(after, expected)
+    assert after[dab[0], dab[1], 0] == 0
+
+    # the id and area under the cursor
+    cell = biggest_cells(after, 1)[0]
+    page.mouse.move(*screen(page, *interior_pixel(after, cell)))
+    assert f"cell {cell}, {int((after[..., 0] == cell).sum())} px" in page.locator(".cursor-info").text_content()
+
     # V selects a cell, Backspace deletes it
     victim = biggest_cells(after, 8)[-1]
     before, after = step(["v"], lambda _: (click(page, *interior_pixel(after, victim)),
