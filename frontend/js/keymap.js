@@ -46,7 +46,8 @@ export const KEYS = [
 const SHIFTED_SYMBOLS = new Set(['?', '+']);
 
 export function chord(ev) {
-  let key = ev.key === ' ' ? 'space' : ev.key.toLowerCase();
+  // '?' is Shift+/ on most layouts; some keyboards (and synthetic events) report the unshifted key
+  let key = ev.key === ' ' ? 'space' : ev.key === '/' && ev.shiftKey ? '?' : ev.key.toLowerCase();
   const parts = [];
   if (ev.ctrlKey || ev.metaKey) parts.push('ctrl');
   // Shift is part of a letter's chord; for symbols it is how the symbol was typed, not a modifier
