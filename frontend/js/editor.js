@@ -3,24 +3,18 @@
 // previews them at once and sends them through the edit queue; the server's patches are the truth.
 import { Canvas2DRenderer } from './canvas2d.js';
 import { Channels, splitChannels } from './channels.js';
-import { KEYS, actionFor, keyHint, keyLabel, typing } from './keymap.js';
+import { actionFor, typing } from './keymap.js';
 import { Labels, unionBox } from './labels.js';
+import { buildPanels, el } from './panels.js';
 import { EditQueue } from './queue.js';
 import { GLRenderer } from './renderer.js';
 import { chunks, simplify, strokeMask, tracePoints } from './stroke.js';
-import { BY_NAME, TOOLS, cellEdit } from './tools.js';
+import { BY_NAME, cellEdit } from './tools.js';
 import { Viewport } from './view.js';
 
 const FILL_STEPS = [0, 0.3, 0.6];
 const OUTLINE_STEPS = [1, 0.5, 0];
 const MAX_BRUSH = 100;
-
-function el(tag, props = {}, ...children) {
-  const node = document.createElement(tag);
-  Object.assign(node, props);
-  node.append(...children);
-  return node;
-}
 
 export class Editor {
   // client: api.Client for this task; info: the task JSON; readOnly: nothing can be edited
@@ -95,77 +89,7 @@ export class Editor {
 
   // --- DOM -----------------------------------------------------------------------------------------------
   build() {
-    const toolbar = el('nav', { className: 'toolbar' });
-    this.toolButtons = {};
-    for (const t of TOOLS) {
-      const hint = keyHint(`tool:${t.name}`);
-      const b = el('button', { className: 'tool', title: `${t.label} (${hint})`, disabled: this.readOnly },
-        t.label, el('kbd', {}, hint));
-      b.dataset.tool = t.name;
-      b.addEventListener('click', () => this.run(`tool:${t.name}`));
-      this.toolButtons[t.name] = b;
-      toolbar.append(b);
-    }
-    this.brushInfo = el('span', { className: 'brush-info' });
-    this.modeSelect = el('select', { title: 'write mode: exclude paints only background; overwrite paints over cells', disabled: this.readOnly },
-      el('option', { value: 'exclude' }, 'exclude'), el('option', { value: 'overwrite' }, 'overwrite'));
-    this.modeSelect.addEventListener('change', () => { this.overwrite = this.modeSelect.value === 'overwrite'; });
-    const newCell = el('button', { title: `new cell (${keyHint('newCell')})`, disabled: this.readOnly }, 'New cell', el('kbd', {}, 'N'));
-    newCell.addEventListener('click', () => this.run('newCell'));
-    this.undoButton = el('button', { title: 'undo (Ctrl+Z)', disabled: this.readOnly }, 'Undo');
-    this.undoButton.addEventListener('click', () => this.run('undo'));
-    this.redoButton = el('button', { title: 'redo (Ctrl+Shift+Z)', disabled: this.readOnly }, 'Redo');
-    this.redoButton.addEventListener('click', () => this.run('redo'));
-    const fit = el('button', { title: 'fit to window (0)' }, 'Fit');
-    fit.addEventListener('click', () => this.run('resetView'));
-    const help = el('button', { title: 'keys (?)' }, '?');
-    help.addEventListener('click', () => this.run('help'));
-    toolbar.append(el('span', { className: 'sep' }), this.brushInfo, this.modeSelect, newCell, this.undoButton,
-      this.redoButton, fit, help);
-
-    // the page may ship the view's canvas (it shows where the picture goes before the script runs)
-    this.canvas = this.container.querySelector('canvas.view') || el('canvas', { className: 'view' });
-    this.overlay = el('canvas', { className: 'overlay' });
-    this.stage = el('div', { className: 'stage' }, this.canvas, this.overlay);
-    this.renderer = this.makeRenderer(this.canvas);
-    this.stage.dataset.renderer = this.renderer.name;
-
-    this.channelList = el('div', { className: 'channels' });
-    this.grayBox = el('input', { type: 'checkbox', title: 'grayscale: the active channel alone (Y)' });
-    this.grayBox.addEventListener('change', () => { this.channels.gray = this.grayBox.checked; this.channels.changed(); });
-    this.invertBox = el('input', { type: 'checkbox', title: 'invert (I)' });
-    this.invertBox.addEventListener('change', () => { this.channels.invert = this.invertBox.checked; this.channels.changed(); });
-    this.layerSelect = el('select', { title: 'label layer (F)' },
-      ...this.info.layers.map((name, i) => el('option', { value: String(i) }, name)));
-    this.layerSelect.addEventListener('change', () => this.setLayer(Number(this.layerSelect.value)));
-    const slider = (key, title) => {
-      const s = el('input', { type: 'range', min: 0, max: 1, step: 0.05, value: this.display[key], title });
-      s.addEventListener('input', () => { this.display[key] = Number(s.value); this.requestDraw(); });
-      return s;
-    };
-    this.fillSlider = slider('fill', 'fill opacity (Z)');
-    this.outlineSlider = slider('outline', 'outline opacity (O)');
-    this.otherSlider = slider('otherOutline', "the other layer's outlines");
-    this.highlightBox = el('input', { type: 'checkbox', checked: true, title: 'highlight the selected cell (H)' });
-    this.highlightBox.addEventListener('change', () => { this.display.highlight = this.highlightBox.checked; this.requestDraw(); });
-    const row = (label, input) => el('label', { className: 'row' }, el('span', {}, label), input);
-    const displayBox = el('section', {}, el('h3', {}, 'Display'),
-      row('grayscale', this.grayBox), row('invert', this.invertBox), row('layer', this.layerSelect),
-      row('fill', this.fillSlider), row('outlines', this.outlineSlider), row('other layer', this.otherSlider),
-      row('highlight', this.highlightBox));
-    this.cursorInfo = el('div', { className: 'cursor-info' }, '\u00a0');
-    this.cellList = el('ul', { className: 'cells' });
-    this.cellCount = el('span');
-    const sidebar = el('aside', { className: 'sidebar' },
-      el('section', { className: 'channel-box' }, el('h3', {}, 'Channels'), this.channelList), displayBox,
-      el('section', { className: 'cell-box' }, el('h3', {}, 'Cells ', this.cellCount), this.cursorInfo, this.cellList));
-
-    this.message = el('span', { className: 'message', role: 'status' });
-    this.queueInfo = el('span', { className: 'queue' });
-    const statusbar = el('div', { className: 'statusbar' }, this.message, this.queueInfo);
-    this.helpBox = this.buildHelp();
-    this.container.replaceChildren(toolbar, el('div', { className: 'workspace' }, this.stage, sidebar), statusbar, this.helpBox);
-
+    buildPanels(this);
     this.stage.addEventListener('pointerdown', (ev) => this.pointerDown(ev));
     this.stage.addEventListener('pointermove', (ev) => this.pointerMove(ev));
     this.stage.addEventListener('pointerup', (ev) => this.pointerUp(ev));
@@ -179,16 +103,6 @@ export class Editor {
     this.resizeObserver = new ResizeObserver(() => { this.resize(); this.requestDraw(); });
     this.resizeObserver.observe(this.stage);
     this.showChannelState();
-  }
-
-  buildHelp() {
-    const rows = KEYS.map((k) => el('tr', {}, el('td', {}, k.keys.map(keyLabel).join(' / ')), el('td', {}, k.help)));
-    const close = el('button', {}, 'Close');
-    const box = el('div', { className: 'help', hidden: true },
-      el('div', { className: 'help-card' }, el('h2', {}, 'Keys'), el('table', {}, el('tbody', {}, ...rows)),
-        el('p', {}, 'Wheel zooms to the cursor. Edits are saved as you make them; the queue counter shows those still on their way.'), close));
-    close.addEventListener('click', () => { box.hidden = true; });
-    return box;
   }
 
   // the reviewer page opens task after task in one page: let go of listeners and GPU memory
