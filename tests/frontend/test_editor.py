@@ -38,6 +38,19 @@ def screen(page, row, col, corner=False):
     return page.evaluate(TO_PAGE, [row + off, col + off])
 
 
+PIXEL_AT = """([scale, r, c]) => {
+    // at this zoom, centred on image pixel (r, c): the colour of the screen pixel showing it, and the image
+    // pixel that screen pixel really shows
+    const e = window.cellloop.editor;
+    e.view.scale = scale; e.view.centerOn(r + 0.5, c + 0.5); e.drawNow();
+    const [x, y] = e.view.toCanvas(r + 0.5, c + 0.5).map(Math.floor);
+    const shows = e.view.toImage(x + 0.5, y + 0.5).map(Math.floor);
+    const probe = document.createElement('canvas'); probe.width = 1; probe.height = 1;
+    const ctx = probe.getContext('2d'); ctx.drawImage(e.canvas, x, y, 1, 1, 0, 0, 1, 1);
+    return [Array.from(ctx.getImageData(0, 0, 1, 1).data), shows];
+}"""
+
+
 def settle(page):
     """Every queued edit answered."""
     page.evaluate("() => window.cellloop.editor.idle()")
@@ -398,21 +411,11 @@ def test_channel_toggles_and_colours_change_the_rendered_pixels(server, context)
     assert both[0] > 10 and both[1] > 10 and both[2] < 1  # membrane red, nuclear green
     # zoomed out below 1:1 the picture is composited straight to the screen, not through the cache: same colours
     page.keyboard.press("o")  # outlines back on, so labels count too
-    pixel_at = """([scale, r, c]) => {
-        // the colour of the screen pixel nearest image pixel (r, c), and the image pixel it really shows
-        const e = window.cellloop.editor;
-        e.view.scale = scale; e.view.centerOn(r + 0.5, c + 0.5); e.drawNow();
-        const [x, y] = e.view.toCanvas(r + 0.5, c + 0.5).map(Math.floor);
-        const shows = e.view.toImage(x + 0.5, y + 0.5).map(Math.floor);
-        const probe = document.createElement('canvas'); probe.width = 1; probe.height = 1;
-        const ctx = probe.getContext('2d'); ctx.drawImage(e.canvas, x, y, 1, 1, 0, 0, 1, 1);
-        return [Array.from(ctx.getImageData(0, 0, 1, 1).data), shows];
-    }"""
     labels = server.labels("channels")
     edge = np.argwhere((labels[..., 0] > 0) & (ndimage.grey_erosion(labels[..., 0], size=3) != labels[..., 0]))
     for r, c in [(64, 64), tuple(edge[len(edge) // 2])]:
-        direct, (row, col) = page.evaluate(pixel_at, [0.5, int(r), int(c)])
-        cached, shows = page.evaluate(pixel_at, [3, row, col])
+        direct, (row, col) = page.evaluate(PIXEL_AT, [0.5, int(r), int(c)])
+        cached, shows = page.evaluate(PIXEL_AT, [3, row, col])
         assert shows == [row, col] and direct == cached
     page.keyboard.press("o")
     page.keyboard.press("o")
@@ -444,16 +447,12 @@ def test_16_bit_channels_keep_every_level(server, context):
     r, c = np.unravel_index(np.argmax(values), values.shape)
     peak = int(values[r, c])
     lo, hi = peak - 100, peak + 100  # a window 200 levels wide, far above 255
-    gray = page.evaluate("""([lo, hi, r, c]) => {
+    page.evaluate("""([lo, hi]) => {
         const e = window.cellloop.editor;
         const ch = e.channels.channels[0];
         ch.min = lo; ch.max = hi; e.channels.changed();
-        e.view.scale = 4; e.view.centerOn(r + 0.5, c + 0.5); e.drawNow();
-        const [x, y] = e.view.toCanvas(r + 0.5, c + 0.5).map(Math.floor);
-        const probe = document.createElement('canvas'); probe.width = 1; probe.height = 1;
-        const ctx = probe.getContext('2d'); ctx.drawImage(e.canvas, x, y, 1, 1, 0, 0, 1, 1);
-        return Array.from(ctx.getImageData(0, 0, 1, 1).data);
-    }""", [lo, hi, int(r), int(c)])
+    }""", [lo, hi])
+    gray, _ = page.evaluate(PIXEL_AT, [4, int(r), int(c)])
     assert gray[0] == gray[1] == gray[2]
     assert abs(gray[0] - (peak - lo) / (hi - lo) * 255) <= 1
 
