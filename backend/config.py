@@ -3,6 +3,7 @@ a SQLite file and a local storage folder under the instance directory."""
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,6 +100,19 @@ def _private_sqlite_file(database_url: str) -> None:
         path.chmod(0o600)
 
 
+_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+$")
+
+
+def _origins(name: str) -> tuple[str, ...]:
+    """Space-separated web origins (scheme://host[:port]); anything else would let a typo, or a stray
+    ';', rewrite the page's security policy, so it stops the server from starting."""
+    origins = tuple((_env(name) or "").split())
+    bad = [o for o in origins if not _ORIGIN.match(o)]
+    if bad:
+        raise ValueError(f"CELLLOOP_{name}: not an origin (scheme://host[:port]): {' '.join(bad)}")
+    return origins
+
+
 @dataclass
 class Config:
     instance_dir: Path
@@ -119,6 +133,10 @@ class Config:
     ratelimit_link_writes: str = "20 per second; 1200 per minute"
     ratelimit_login_ip: str = "20 per minute; 100 per hour; 500 per day"
     ratelimit_login_user: str = "5 per minute; 20 per hour; 50 per day"
+    # origins allowed to frame crowd task pages (CSP frame-ancestors); empty: this server only
+    frame_ancestors: tuple[str, ...] = ()
+    # where a framed task page posts its "submitted" message; default: the first allowed frame ancestor
+    parent_origin: str | None = None
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -145,6 +163,8 @@ class Config:
             ratelimit_enabled=_env_bool("RATELIMIT_ENABLED", True),
             ratelimit_storage_url=_env("RATELIMIT_STORAGE_URL") or "memory://",
             ratelimit_key_prefix=_env("RATELIMIT_KEY_PREFIX") or "cellloop",
+            frame_ancestors=_origins("FRAME_ANCESTORS"),
+            parent_origin=(_origins("PARENT_ORIGIN") or (None,))[0],
         )
         for name in ("link_writes", "login_ip", "login_user"):
             value = _env(f"RATELIMIT_{name.upper()}")

@@ -1,7 +1,9 @@
 """Routes a crowd annotator reaches with a signed task link: the token alone grants that one task."""
 from __future__ import annotations
 
-from flask import Blueprint, abort, current_app, jsonify, send_from_directory
+import re
+
+from flask import Blueprint, abort, current_app, jsonify, request, send_from_directory
 from sqlalchemy.orm import joinedload
 
 from backend.api import common
@@ -9,9 +11,36 @@ from backend.api.common import (ARRAY_MIMETYPE, PATCH_MIMETYPE, base_revision, b
                                 service)
 from backend.auth import read_task_token
 from backend.models import Task
+from backend.security import PAGE_CSP
 from backend.tasks import Actor
 
 bp = Blueprint("crowd", __name__)
+WORKER_ID = re.compile(r"^[A-Za-z0-9_.:@-]{1,100}$")
+
+
+def _worker_ref(payload: dict) -> str | None:
+    """The crowd platform's worker id: signed into the link, else `?worker=ID` on the request (the platform
+    appends it to the link it shows each worker). Recorded with every edit, never trusted for access."""
+    if payload.get("w"):
+        return payload["w"]
+    worker = request.args.get("worker")
+    if worker is None:
+        return None
+    if not WORKER_ID.match(worker):
+        abort(400, description="'worker' must be 1-100 letters, digits or _.:@-")
+    return f"worker:{worker}"
+
+
+def frame_policy(config) -> str:
+    """CSP for the crowd task page: only the configured crowd platforms (and this server) may frame it."""
+    ancestors = " ".join(("'self'",) + tuple(config.frame_ancestors))
+    return f"{PAGE_CSP}; frame-ancestors {ancestors}"
+
+
+def parent_origin(config) -> str | None:
+    if config.parent_origin:
+        return config.parent_origin
+    return config.frame_ancestors[0] if config.frame_ancestors else None
 
 
 def _task_from_token(token: str) -> tuple[Task, Actor]:
@@ -22,7 +51,7 @@ def _task_from_token(token: str) -> tuple[Task, Actor]:
     # a revoked link (nonce bumped) looks exactly like a link that never existed
     if task is None or task.token_nonce != payload.get("n"):
         abort(404, description="unknown task link")
-    return task, Actor(ref=payload.get("w") or f"link:{task.id}")
+    return task, Actor(ref=_worker_ref(payload) or f"link:{task.id}")
 
 
 def task_summary(task: Task, svc) -> dict:
@@ -47,7 +76,9 @@ def task_summary(task: Task, svc) -> dict:
 @bp.get("/task/<token>")
 def page(token: str):
     _task_from_token(token)
-    return send_from_directory(current_app.config["FRONTEND_DIR"], "task.html")
+    resp = send_from_directory(current_app.config["FRONTEND_DIR"], "task.html")
+    resp.headers["Content-Security-Policy"] = frame_policy(current_app.config["CELLLOOP"])
+    return resp
 
 
 @bp.get("/api/task/<token>")
@@ -63,7 +94,7 @@ def open_task(token: str):
     task, actor = _task_from_token(token)
     svc = service()
     svc.open(task, actor)
-    return jsonify(task_summary(task, svc))
+    return jsonify({**task_summary(task, svc), "parent_origin": parent_origin(current_app.config["CELLLOOP"])})
 
 
 @bp.get("/api/task/<token>/image")

@@ -12,7 +12,7 @@ from backend.api.limits import enforce_body_limit, label_upload_limit
 from backend.api.crowd import edit_reply, task_summary
 from backend.arrays import decode_array
 from backend.auth import make_task_token, require_role
-from backend.models import Role, Task, TaskState
+from backend.models import Batch, Project, Role, Task, TaskState
 from backend.tasks import Actor
 
 bp = Blueprint("review", __name__, url_prefix="/api/review")
@@ -35,16 +35,22 @@ def _actor() -> Actor:
 @bp.get("/tasks")
 @reviewer_only
 def list_tasks():
+    """The review queue: `?state=` (repeatable; default submitted and in review) and `?project=NAME`."""
     states = request.args.getlist("state") or [TaskState.submitted.value, TaskState.in_review.value]
     try:
         wanted = [TaskState(s) for s in states]
     except ValueError:
         abort(400, description=f"unknown state in {states}; states: {[s.value for s in TaskState]}")
-    tasks = db().scalars(select(Task).where(Task.state.in_(wanted)).order_by(Task.submitted_at, Task.id)).all()
+    query = select(Task).join(Task.batch).join(Batch.project).where(Task.state.in_(wanted))
+    project = request.args.get("project")
+    if project:
+        query = query.where(Project.name == project)
+    tasks = db().scalars(query.order_by(Task.submitted_at, Task.id)).all()
     return jsonify({"tasks": [{"id": t.id, "state": t.state.value, "revision": t.revision, "box": list(t.box),
                                "project": t.batch.project.name, "time_open_s": t.time_open_s,
                                "submitted_at": t.submitted_at.isoformat() if t.submitted_at else None}
-                              for t in tasks]})
+                              for t in tasks],
+                    "projects": db().scalars(select(Project.name).order_by(Project.name)).all()})
 
 
 @bp.get("/tasks/<int:task_id>")

@@ -5,7 +5,10 @@ async function inflate(buffer, format) {
   return new Uint8Array(await new Response(stream).arrayBuffer());
 }
 
-const DTYPES = { '<f4': Float32Array, '<i4': Int32Array, '|u1': Uint8Array, '<u2': Uint16Array, '<f8': Float64Array };
+const DTYPES = {
+  '<f4': Float32Array, '<f8': Float64Array, '|u1': Uint8Array, '|i1': Int8Array,
+  '<u2': Uint16Array, '<i2': Int16Array, '<u4': Uint32Array, '<i4': Int32Array,
+};
 
 export async function parseNpy(buffer) {
   let bytes = new Uint8Array(buffer);
@@ -21,7 +24,10 @@ export async function parseNpy(buffer) {
   const Type = DTYPES[descr];
   if (!Type) throw new Error(`unsupported dtype ${descr}`);
   const offset = start + headerLen;
-  const data = new Type(bytes.slice(offset).buffer);
+  const count = shape.reduce((a, b) => a * b, 1);
+  // numpy pads the header so the data is aligned: view it in place rather than copy a large image
+  const aligned = (bytes.byteOffset + offset) % Type.BYTES_PER_ELEMENT === 0;
+  const data = aligned ? new Type(bytes.buffer, bytes.byteOffset + offset, count) : new Type(bytes.slice(offset).buffer, 0, count);
   return { data, shape };
 }
 
@@ -43,6 +49,12 @@ export async function parsePatch(buffer) {
   return { layer, box: [y0, x0, y1, x1], before, after };
 }
 
+// An array reply's bytes; gzip is inflated while it downloads rather than after (tasks reach tens of MB)
+async function arrayBytes(resp) {
+  if (!(resp.headers.get('Content-Type') || '').includes('gzip') || !resp.body) return resp.arrayBuffer();
+  return new Response(resp.body.pipeThrough(new DecompressionStream('gzip'))).arrayBuffer();
+}
+
 export class ApiError extends Error {
   constructor(status, body) {
     super(body.error || `HTTP ${status}`);
@@ -52,40 +64,60 @@ export class ApiError extends Error {
 }
 
 export class Client {
-  constructor(base, csrf = null) {
-    this.base = base; // e.g. /api/task/<token> or /api/review/tasks/<id>
+  // base: /api/task/<token> or /api/review/tasks/<id>; query: e.g. '?worker=ID', appended to every call
+  constructor(base, { csrf = null, query = '' } = {}) {
+    this.base = base;
     this.csrf = csrf;
+    this.query = query;
+    this.traffic = { sent: 0, received: 0 }; // bytes of the last change request, for the benchmark
   }
 
   async request(path, { method = 'GET', body } = {}) {
     const headers = {};
     if (body !== undefined) headers['Content-Type'] = 'application/json';
     if (this.csrf) headers['X-CSRF-Token'] = this.csrf;
-    const resp = await fetch(this.base + path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+    const payload = body === undefined ? undefined : JSON.stringify(body);
+    // no-referrer: the token in this page's URL must not leak into logs through the Referer header
+    const resp = await fetch(this.base + path + this.query, { method, headers, body: payload, referrerPolicy: 'no-referrer' });
+    this.traffic.sent = payload ? payload.length : 0;
     if (!resp.ok) {
       let payload = {};
       try { payload = await resp.json(); } catch (e) { /* not JSON */ }
-      throw new ApiError(resp.status, payload);
+      const error = new ApiError(resp.status, payload);
+      error.retryAfter = Number(resp.headers.get('Retry-After')) || 0;
+      throw error;
     }
     return resp;
   }
 
   async info() { return (await this.request('')).json(); }
-  async image() { return parseNpy(await (await this.request('/image')).arrayBuffer()); }
+  async image() { return parseNpy(await arrayBytes(await this.request('/image'))); }
   async labels() {
     const resp = await this.request('/labels');
-    return { ...(await parseNpy(await resp.arrayBuffer())), revision: Number(resp.headers.get('X-Revision')) };
+    return { ...(await parseNpy(await arrayBytes(resp))), revision: Number(resp.headers.get('X-Revision')) };
   }
 
   async change(action, body) {
     const resp = await this.request('/' + action, { method: 'POST', body });
-    return { patch: await parsePatch(await resp.arrayBuffer()), revision: Number(resp.headers.get('X-Revision')) };
+    const buffer = await resp.arrayBuffer();
+    this.traffic.received = buffer.byteLength;
+    return { patch: await parsePatch(buffer), revision: Number(resp.headers.get('X-Revision')) };
+  }
+
+  // Starts the task's clock on the server; older servers start it on GET and answer 404/405 here.
+  async open() {
+    try {
+      return await (await this.request('/open', { method: 'POST', body: {} })).json();
+    } catch (err) {
+      if (err instanceof ApiError && (err.status === 404 || err.status === 405)) return null;
+      throw err;
+    }
   }
 
   edit(baseRevision, tool, params) { return this.change('edit', { base_revision: baseRevision, tool, params }); }
   undo(baseRevision) { return this.change('undo', { base_revision: baseRevision }); }
   redo(baseRevision) { return this.change('redo', { base_revision: baseRevision }); }
-  async submit(baseRevision) {
-    return (await this.request('/submit', { method: 'POST', body: { base_revision: baseRevision } })).json();
-  }
+  async submit(baseRevision) { return this.post('submit', { base_revision: baseRevision }); }
+  // a JSON action on the task: submit (crowd), start / approve / reject (review)
+  async post(action, body = {}) { return (await this.request('/' + action, { method: 'POST', body })).json(); }
 }

@@ -1,35 +1,153 @@
-// Reviewer landing page: log in, then list the tasks waiting for review.
-let csrf = null;
-const status = document.getElementById('status');
+// The reviewer's page: log in, a queue (filter by state and project, sort by time open or revisions), open a
+// task in the same editor the annotator used, edit, approve or reject with a comment, next task with one key.
+import { ApiError, Client } from './api.js';
+import { Editor } from './editor.js';
+
+const $ = (id) => document.getElementById(id);
+const state = { csrf: null, tasks: [], sort: 'submitted_at', descending: false, current: null, editor: null };
+
+function show(text, kind = 'info') {
+  $('banner').textContent = text;
+  $('banner').dataset.kind = kind;
+  $('banner').hidden = !text;
+}
 
 async function call(path, options = {}) {
-  const resp = await fetch(path, { ...options, headers: { 'Content-Type': 'application/json', 'X-CSRF-Token': csrf || '' } });
-  const body = await resp.json();
-  if (!resp.ok) throw new Error(body.error || `HTTP ${resp.status}`);
+  const resp = await fetch(path, { ...options, headers: { 'Content-Type': 'application/json', 'X-CSRF-Token': state.csrf || '' } });
+  const body = await resp.json().catch(() => ({}));
+  if (!resp.ok) throw new ApiError(resp.status, body);
   return body;
 }
 
-async function showQueue() {
-  const { tasks } = await call('/api/review/tasks');
-  const list = document.getElementById('tasks');
-  list.replaceChildren(...tasks.map((t) => {
-    const li = document.createElement('li');
-    li.textContent = `task ${t.id} (${t.project}) · ${t.state} · revision ${t.revision} · open ${Math.round(t.time_open_s)} s`;
-    return li;
-  }));
-  document.getElementById('queue').hidden = false;
-  document.getElementById('login').hidden = true;
-  if (!tasks.length) status.textContent = 'Nothing waiting for review.';
+function page(name) {
+  for (const id of ['login-page', 'queue-page', 'editor']) $(id).hidden = id !== name;
+  $('review-bar').hidden = name !== 'editor';
+  document.body.dataset.page = name;
 }
 
-document.getElementById('login').addEventListener('submit', async (ev) => {
-  ev.preventDefault();
-  const form = new FormData(ev.target);
+function sorted(tasks) {
+  const key = state.sort;
+  const sign = state.descending ? -1 : 1;
+  return [...tasks].sort((a, b) => sign * ((a[key] ?? '') < (b[key] ?? '') ? -1 : (a[key] ?? '') > (b[key] ?? '') ? 1 : a.id - b.id));
+}
+
+async function loadQueue() {
+  const params = new URLSearchParams();
+  for (const s of $('state-filter').value.split(',')) params.append('state', s);
+  if ($('project-filter').value) params.set('project', $('project-filter').value);
+  const { tasks, projects } = await call(`/api/review/tasks?${params}`);
+  state.tasks = sorted(tasks);
+  const select = $('project-filter');
+  const chosen = select.value;
+  select.replaceChildren(new Option('all', ''), ...projects.map((p) => new Option(p, p)));
+  select.value = chosen;
+  $('tasks').replaceChildren(...state.tasks.map((t) => {
+    const tr = document.createElement('tr');
+    tr.className = 'task';
+    tr.dataset.id = t.id;
+    const minutes = t.time_open_s ? `${Math.round(t.time_open_s / 6) / 10} min` : '—';
+    for (const v of [t.id, t.project, t.state.replace('_', ' '), t.revision, minutes, t.submitted_at ? t.submitted_at.slice(0, 16).replace('T', ' ') : '—']) {
+      const td = document.createElement('td');
+      td.textContent = v;
+      tr.append(td);
+    }
+    tr.addEventListener('click', () => openTask(t.id));
+    return tr;
+  }));
+  $('empty').hidden = state.tasks.length > 0;
+}
+
+async function showQueue() {
+  if (state.editor) { state.editor.destroy(); state.editor = null; }
+  state.current = null;
+  $('title').textContent = '';
+  page('queue-page');
+  await loadQueue();
+}
+
+async function openTask(id, notice = '') {
+  if (state.editor) { state.editor.destroy(); state.editor = null; }
+  const client = new Client(`/api/review/tasks/${id}`, { csrf: state.csrf });
+  let info = await client.info();
+  if (info.state === 'submitted') info = await client.post('start');
+  state.current = info;
+  $('title').textContent = `· task ${info.id} · ${info.project} · ${info.state.replace('_', ' ')}`;
+  $('comment').value = '';
+  const reviewable = info.state === 'in_review';
+  for (const b of ['approve', 'reject']) $(b).disabled = !reviewable;
+  const last = info.review && info.review.comment ? `Last review (${info.review.verdict}): “${info.review.comment}”` : '';
+  show([notice, last].filter(Boolean).join(' · '), notice ? 'done' : 'info');
+  page('editor');
+  delete document.body.dataset.ready;
+  state.editor = new Editor($('editor'), client, info, { readOnly: !reviewable });
+  window.cellloop = { editor: state.editor, client };
+  await state.editor.load();
+  document.body.dataset.ready = 'true';
+}
+
+async function verdict(kind) {
+  const comment = $('comment').value.trim();
+  if (kind === 'reject' && !comment) { show('Write a comment for the annotator before rejecting.', 'error'); $('comment').focus(); return; }
+  const { editor, current } = state;
   try {
-    const me = await call('/api/auth/login', { method: 'POST', body: JSON.stringify(Object.fromEntries(form)) });
-    csrf = me.csrf_token;
-    await showQueue();
-  } catch (err) { status.textContent = err.message; }
+    await editor.idle();
+    await call(`/api/review/tasks/${current.id}/${kind}`, { method: 'POST', body: JSON.stringify({ comment }) });
+    const notice = `Task ${current.id} ${kind === 'approve' ? 'approved' : 'sent back to the annotator'}.`;
+    show(notice, 'done');
+    await nextTask(notice);
+  } catch (err) { show(`Not saved: ${err.message}`, 'error'); }
+}
+
+async function nextTask(notice = '') {
+  const after = state.current ? state.current.id : 0;
+  await loadQueue();
+  const next = state.tasks.find((t) => t.id !== after && ['submitted', 'in_review'].includes(t.state));
+  if (next) await openTask(next.id, notice);
+  else await showQueue();
+}
+
+$('approve').addEventListener('click', () => verdict('approve'));
+$('reject').addEventListener('click', () => verdict('reject'));
+$('next').addEventListener('click', () => nextTask());
+$('back').addEventListener('click', () => showQueue());
+$('state-filter').addEventListener('change', () => loadQueue());
+$('project-filter').addEventListener('change', () => loadQueue());
+for (const b of document.querySelectorAll('[data-sort]')) {
+  b.addEventListener('click', async () => {
+    state.descending = state.sort === b.dataset.sort ? !state.descending : b.dataset.sort !== 'id' && b.dataset.sort !== 'submitted_at';
+    state.sort = b.dataset.sort;
+    await loadQueue();
+  });
+}
+document.addEventListener('keydown', (ev) => {
+  const field = ev.target instanceof HTMLElement && ['INPUT', 'TEXTAREA', 'SELECT'].includes(ev.target.tagName);
+  if (!field && !ev.ctrlKey && !ev.metaKey && ev.key.toLowerCase() === 'j' && state.current) { ev.preventDefault(); nextTask(); }
 });
 
-call('/api/auth/me').then(async (me) => { csrf = me.csrf_token; if (me.user) await showQueue(); });
+$('logout').addEventListener('click', async () => {
+  await call('/api/auth/logout', { method: 'POST', body: '{}' }).catch(() => null);
+  location.reload();
+});
+
+function signedIn(user) {
+  $('who').textContent = user.username;
+  $('logout').hidden = false;
+}
+
+$('login').addEventListener('submit', async (ev) => {
+  ev.preventDefault();
+  try {
+    const me = await call('/api/auth/login', { method: 'POST', body: JSON.stringify(Object.fromEntries(new FormData(ev.target))) });
+    state.csrf = me.csrf_token;
+    signedIn(me.user);
+    show('');
+    await showQueue();
+  } catch (err) { show(err.message, 'error'); }
+});
+
+call('/api/auth/me').then(async (me) => {
+  state.csrf = me.csrf_token;
+  if (!me.user) { page('login-page'); return; }
+  signedIn(me.user);
+  await showQueue();
+}).catch((err) => show(`Could not reach the server: ${err.message}`, 'error'));

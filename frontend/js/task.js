@@ -1,95 +1,80 @@
-// A minimal task page: shows one channel with the label outlines and offers brush, eraser, undo/redo and
-// submit. The full editor (every tool, multichannel display, shortcuts) builds on the same client.
+// The crowd task page: the token in the URL is the only credential (no cookie), so it works inside a crowd
+// platform's iframe. Loads the editor, and on submit tells the parent page, at its configured origin only.
 import { ApiError, Client } from './api.js';
+import { Editor } from './editor.js';
 
+const EDITABLE = new Set(['new', 'prelabeled', 'assigned', 'rejected']);
 const token = decodeURIComponent(location.pathname.split('/').pop());
-const client = new Client(`/api/task/${encodeURIComponent(token)}`);
-const state = { info: null, image: null, labels: null, revision: 0, channel: 0, layer: 0, tool: 'paint', label: 1, radius: 2 };
-const canvas = document.getElementById('canvas');
-const ctx = canvas.getContext('2d');
-const status = document.getElementById('status');
+const query = new URLSearchParams(location.search);
+const worker = query.get('worker');
+// ?renderer=canvas2d forces the CPU path (bench/editor.py compares the two)
+const renderer = ['webgl2', 'canvas2d'].includes(query.get('renderer')) ? query.get('renderer') : 'auto';
+const client = new Client(`/api/task/${encodeURIComponent(token)}`, { query: worker ? `?worker=${encodeURIComponent(worker)}` : '' });
+const title = document.getElementById('title');
+const banner = document.getElementById('banner');
+const submit = document.getElementById('submit');
+const confirmBox = document.getElementById('confirm');
+let editor = null;
+let info = null;
+let parentOrigin = location.origin; // the crowd platform's origin, as the server is configured
 
-function say(text) { status.textContent = text; }
-
-function draw() {
-  const [h, w] = state.info.shape;
-  const c = state.info.channels.length;
-  const img = ctx.createImageData(w, h);
-  let lo = Infinity; let hi = -Infinity;
-  for (let i = 0; i < h * w; i++) { const v = state.image.data[i * c + state.channel]; lo = Math.min(lo, v); hi = Math.max(hi, v); }
-  const scale = hi > lo ? 255 / (hi - lo) : 0;
-  const lab = state.labels.data;
-  for (let y = 0; y < h; y++) {
-    for (let x = 0; x < w; x++) {
-      const i = y * w + x;
-      const g = (state.image.data[i * c + state.channel] - lo) * scale;
-      const id = lab[i * 2 + state.layer];
-      const edge = id && ((x > 0 && lab[(i - 1) * 2 + state.layer] !== id) || (y > 0 && lab[(i - w) * 2 + state.layer] !== id)
-        || (x < w - 1 && lab[(i + 1) * 2 + state.layer] !== id) || (y < h - 1 && lab[(i + w) * 2 + state.layer] !== id));
-      img.data.set(edge ? [255, 64, 64, 255] : [g, g, g, 255], i * 4);
-    }
-  }
-  ctx.putImageData(img, 0, 0);
-  say(`task ${state.info.id} · ${state.info.state} · revision ${state.revision} · channel ${state.info.channels[state.channel]} · ${state.tool} label ${state.label}`);
+function show(text, kind = 'info') {
+  banner.textContent = text;
+  banner.dataset.kind = kind;
+  banner.hidden = !text;
 }
 
-function applyPatch({ layer, box, after }) {
-  const [y0, x0, y1, x1] = box;
-  const w = state.info.shape[1];
-  let k = 0;
-  for (let y = y0; y < y1; y++) for (let x = x0; x < x1; x++) state.labels.data[(y * w + x) * 2 + layer] = after[k++];
+function showState() {
+  title.textContent = `task ${info.id} · ${info.project} · ${info.state}`;
+  submit.disabled = !EDITABLE.has(info.state);
 }
 
-async function change(promise) {
+// the page that frames us, told where it expects it: never '*' (the message names the task)
+function tellParent() {
+  if (window.parent === window) return;
+  window.parent.postMessage({ type: 'cellloop:submitted', task: info.id, revision: info.revision }, parentOrigin);
+}
+
+submit.addEventListener('click', () => confirmBox.showModal());
+confirmBox.addEventListener('close', async () => {
+  if (confirmBox.returnValue !== 'submit') return;
+  submit.disabled = true;
   try {
-    const { patch, revision } = await promise;
-    applyPatch(patch);
-    state.revision = revision;
-    draw();
+    await editor.idle();
+    info = await client.submit(editor.labels.revision);
+    editor.setReadOnly(true);
+    showState();
+    show(`Submitted (revision ${info.revision}). Thank you!`, 'done');
+    tellParent();
   } catch (err) {
-    say(err instanceof ApiError ? `refused: ${err.message}` : String(err));
-    if (err instanceof ApiError && err.status === 409) await load();
+    submit.disabled = false;
+    show(`Not submitted: ${err.message}`, 'error');
   }
-}
-
-function point(ev) {
-  const r = canvas.getBoundingClientRect();
-  return [Math.floor((ev.clientY - r.top) * canvas.height / r.height), Math.floor((ev.clientX - r.left) * canvas.width / r.width)];
-}
-
-canvas.addEventListener('click', (ev) => {
-  const p = point(ev);
-  const params = { layer: state.layer, points: [p], radius: state.radius };
-  if (state.tool === 'paint') params.label = state.label;
-  change(client.edit(state.revision, state.tool, params));
 });
 
-document.addEventListener('keydown', (ev) => {
-  if (ev.ctrlKey && ev.key.toLowerCase() === 'z') { change(ev.shiftKey ? client.redo(state.revision) : client.undo(state.revision)); ev.preventDefault(); return; }
-  if (ev.key === 'b') state.tool = 'paint';
-  else if (ev.key === 'e') state.tool = 'erase';
-  else if (ev.key === 'c') state.channel = (state.channel + 1) % state.info.channels.length;
-  else if (ev.key === 'f') state.layer = 1 - state.layer;
-  else return;
-  draw();
-});
-
-document.getElementById('submit').addEventListener('click', async () => {
-  try {
-    state.info = await client.submit(state.revision);
-    window.parent.postMessage({ type: 'cellloop:submitted', task: state.info.id, revision: state.revision }, '*');
-    say(`submitted revision ${state.revision}. Thank you!`);
-  } catch (err) { say(`refused: ${err.message}`); }
-});
-
-async function load() {
-  state.info = await client.info();
-  [state.image, state.labels] = await Promise.all([client.image(), client.labels()]);
-  state.revision = state.labels.revision;
-  const maxId = state.labels.data.reduce((m, v) => Math.max(m, v), 0);
-  state.label = maxId + 1;
-  [canvas.height, canvas.width] = state.info.shape;
-  draw();
+async function main() {
+  // the arrays are the big part of opening a task: fetch them while the task JSON comes
+  const arrays = Promise.all([client.image(), client.labels()]);
+  arrays.then(() => performance.mark('cellloop-arrays'), () => null); // a bad link fails info() below
+  info = await client.info();
+  if (info.parent_origin) parentOrigin = info.parent_origin;
+  const opened = await client.open();
+  if (opened && opened.state) info = { ...info, ...opened };
+  showState();
+  const readOnly = !EDITABLE.has(info.state);
+  if (info.review && info.review.verdict === 'rejected' && EDITABLE.has(info.state)) {
+    show(`The reviewer sent this task back: “${info.review.comment}”`, 'review');
+  } else if (readOnly) {
+    show(`This task is ${info.state.replace('_', ' ')}: it can be viewed but no longer changed. Thank you!`, 'done');
+  }
+  editor = new Editor(document.getElementById('editor'), client, info, { readOnly, renderer });
+  window.cellloop = { editor, client };
+  await editor.load(arrays);
+  performance.mark('cellloop-ready');
+  document.body.dataset.ready = 'true';
 }
 
-load().catch((err) => say(`could not load the task: ${err.message}`));
+main().catch((err) => {
+  show(err instanceof ApiError ? `Could not open this task: ${err.message}` : `Could not open this task: ${err}`, 'error');
+  title.textContent = '';
+});

@@ -1,0 +1,278 @@
+"""The browser editor, measured in Chromium through Playwright against gunicorn on loopback.
+
+    python bench/editor.py            # paint@270, paint@2048, open@2048, pan@2048x8
+    python bench/editor.py --quick    # fewer repetitions
+    python bench/editor.py --case open   # one kind of case (paint, open, pan; repeatable)
+
+One JSON line per case, each with ``device`` (the renderer Chromium gave WebGL: SwiftShader, a CPU
+rasteriser, on machines without a GPU):
+
+- ``paint@SIZE``: a brush stroke, mouse-up to the server's patch drawn, split into ``queued_ms`` (mouse-up to
+  request sent), ``roundtrip_ms`` (request sent to patch decoded), ``apply_ms`` (patch into the labels and the
+  label texture) and ``draw_ms`` (the next frame, waited for on the GPU); medians and p95; bytes sent and
+  received per edit. The 2048² task has 8 uint16 channels and 4,000 cells.
+- ``open@2048``: navigation start to the first full render (task JSON, image and labels fetched, decoded,
+  uploaded, drawn and finished).
+- ``pan@2048x8``: frames per second while panning and zooming a 2048² 8-channel task, with the WebGL2
+  renderer and, in the same run, the plain Canvas2D renderer drawing the same views (``baseline_fps``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def tissue(size: int, cells: int, channels: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Voronoi cells (whole-cell layer) with nuclei (their cores), and uint16 channels that follow them."""
+    from scipy import ndimage
+    from scipy.spatial import cKDTree
+
+    rng = np.random.default_rng(seed)
+    seeds = rng.random((cells, 2)) * size
+    yy, xx = np.mgrid[0:size, 0:size]
+    dist, owner = cKDTree(seeds).query(np.stack([yy.ravel(), xx.ravel()], axis=1), workers=-1)
+    whole = (owner.reshape(size, size) + 1).astype(np.int32)
+    edge = ndimage.morphological_gradient(whole, size=3) > 0
+    whole[edge] = 0
+    radius = 0.3 * size / np.sqrt(cells)
+    nuclear = np.where(dist.reshape(size, size) < radius, whole, 0).astype(np.int32)
+    labels = np.stack([whole, nuclear], axis=-1)
+    image = np.empty((size, size, channels), np.uint16)
+    for c in range(channels):
+        gain = rng.random(cells + 1) * 20000
+        base = np.where(c % 2 == 0, (nuclear > 0) * 30000.0, edge * 25000.0)
+        image[..., c] = np.clip(base + gain[whole] * (c > 1) + rng.normal(0, 500, (size, size)), 0, 65535)
+    return image, labels
+
+
+def setup(tmp: Path, quick: bool) -> tuple[dict, dict]:
+    from backend import db as dbmod
+    from backend.app import create_app
+    from backend.auth import make_task_token
+    from backend.config import Config
+    from backend.models import Batch
+    from backend.tasks import TaskService, create_project
+
+    config = Config.from_env(instance_dir=tmp, database_url=f"sqlite:///{tmp / 'db.sqlite'}",
+                             storage_url=str(tmp / "storage"), secret_key="bench-editor")
+    dbmod.upgrade(config.database_url)
+    app = create_app(config)
+    session = app.extensions["cellloop.sessionmaker"]()
+    storage = app.extensions["cellloop.storage"]
+    tokens = {}
+    for name, (size, cells, channels) in {"270": (270, 70, 2), "2048": (2048, 4000, 8)}.items():
+        image, labels = tissue(size, cells, channels)
+        project = create_project(session, storage, name=f"bench{name}", image=image,
+                                 channel_names=[f"ch{c}" for c in range(channels)])
+        batch = Batch(project=project, name="b")
+        session.add(batch)
+        task = TaskService(session, storage).create_task(batch, (0, 0, size, size), image, labels)
+        session.commit()
+        with app.app_context():
+            tokens[name] = make_task_token(task)
+    session.close()
+    env = {**os.environ, "CELLLOOP_INSTANCE_DIR": str(tmp), "CELLLOOP_SECRET_KEY": "bench-editor",
+           "CELLLOOP_DATABASE_URL": config.database_url, "CELLLOOP_STORAGE_URL": config.storage_url,
+           "PYTHONPATH": str(REPO)}
+    return tokens, env
+
+
+def load_average() -> float:
+    """The machine's 1-minute load: figures from a shared machine mean little without it."""
+    return round(os.getloadavg()[0], 1)
+
+
+def stats(values) -> dict:
+    a = np.asarray(values, float)
+    return {"median_ms": round(float(np.median(a)), 2), "p95_ms": round(float(np.percentile(a, 95)), 2)}
+
+
+def open_editor(browser, url):
+    page = browser.new_page(viewport={"width": 1314, "height": 900})
+    page.goto(url)
+    page.wait_for_selector("body[data-ready]", timeout=120_000)
+    return page
+
+
+TO_SCREEN = """([r, c]) => { const e = window.cellloop.editor; const [x, y] = e.view.toCanvas(r, c);
+    const rect = e.stage.getBoundingClientRect(); const k = rect.width / e.canvas.width;
+    return [rect.left + x * k, rect.top + y * k]; }"""
+
+ONE_EDIT = """async () => {
+    const e = window.cellloop.editor;
+    await e.idle();
+    const t = e.timings.last;
+    const t0 = performance.now();
+    e.drawNow();
+    e.renderer.finish();
+    const draw = performance.now() - t0;
+    return { ...t, drawMs: draw };
+}"""
+
+
+def paint(browser, url, size, reps) -> dict:
+    page = open_editor(browser, url)
+    page.evaluate("() => { const e = window.cellloop.editor; e.view.scale = 2; e.view.centerOn(%d, %d); e.drawNow(); }"
+                  % (size // 2, size // 2))
+    rows = []
+    rng = np.random.default_rng(1)
+    for i in range(reps + 2):
+        r0, c0 = (size // 2 + rng.integers(-100, 100, 2)).tolist()
+        page.mouse.move(*page.evaluate(TO_SCREEN, [r0, c0]))
+        page.mouse.down()
+        page.mouse.move(*page.evaluate(TO_SCREEN, [r0 + 15, c0 + 25]), steps=6)
+        page.mouse.up()
+        row = page.evaluate(ONE_EDIT)
+        if i >= 2:  # the first edits on a worker pay for its caches
+            rows.append(row)
+    device = page.evaluate("() => window.cellloop.editor.renderer.name")
+    revision = page.evaluate("() => window.cellloop.editor.labels.revision")
+    page.close()
+    server_ms = http_edits(url, revision, size, len(rows))
+    total = [r["queuedMs"] + r["roundtripMs"] + r["applyMs"] + r["drawMs"] for r in rows]
+    out = {"bench": "editor", "case": f"paint@{size}", **stats(total), "n": len(rows)}
+    for key, name in [("queuedMs", "queued"), ("roundtripMs", "roundtrip"), ("applyMs", "apply"), ("drawMs", "draw")]:
+        s = stats([r[key] for r in rows])
+        out[f"{name}_ms"] = s["median_ms"]
+        out[f"{name}_p95_ms"] = s["p95_ms"]
+    out["roundtrip_plus_apply_ms"] = round(float(np.median([r["roundtripMs"] + r["applyMs"] for r in rows])), 2)
+    # the same kind of stroke posted from Python: what the server and loopback HTTP take without the browser
+    out["server_roundtrip_ms"] = stats(server_ms)["median_ms"]
+    out["bytes_sent"] = int(np.median([r["sent"] for r in rows]))
+    out["bytes_received"] = int(np.median([r["received"] for r in rows]))
+    out["device"] = device
+    return out
+
+
+def http_edits(page_url: str, revision: int, size: int, reps: int) -> list[float]:
+    api = page_url.replace("/task/", "/api/task/") + "/edit"
+    rng = np.random.default_rng(2)
+    times = []
+    for _ in range(reps):
+        r0, c0 = (size // 2 + rng.integers(-100, 100, 2)).tolist()
+        body = {"base_revision": revision, "tool": "paint",
+                "params": {"layer": 0, "radius": 2, "label": 99999, "overwrite": False,
+                           "points": [[r0, c0], [r0 + 15, c0 + 25]]}}
+        req = urllib.request.Request(api, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+        t0 = time.perf_counter()
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            resp.read()
+            revision = int(resp.headers["X-Revision"])
+        times.append((time.perf_counter() - t0) * 1000)
+    return times
+
+
+def open_case(browser, url, reps) -> dict:
+    times, parts = [], []
+    for _ in range(reps):
+        page = open_editor(browser, url)
+        times.append(page.evaluate("() => performance.getEntriesByName('cellloop-ready')[0].startTime"))
+        arrays = page.evaluate("() => performance.getEntriesByName('cellloop-arrays')[0].startTime")
+        parts.append({"arraysMs": arrays, **page.evaluate("() => window.cellloop.editor.timings.open")})
+        device = page.evaluate("() => window.cellloop.editor.renderer.name")
+        page.close()
+    # arrays: navigation start to image and labels fetched and decoded (gzip .npy); prepare: channels split,
+    # ranges and cell statistics; upload: textures; draw: the first frame, finished
+    split = {f"{k[:-2]}_ms": round(float(np.median([p[k] for p in parts])), 1) for k in parts[0]}
+    # the same two downloads from Python, not decoded: what the server and loopback take
+    api = url.replace("/task/", "/api/task/")
+    fetch_ms, size = [], 0
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        size = sum(len(urllib.request.urlopen(api + part, timeout=60).read()) for part in ("/image", "/labels"))
+        fetch_ms.append((time.perf_counter() - t0) * 1000)
+    return {"bench": "editor", "case": "open@2048", **stats(times), "n": len(times), **split,
+            "server_fetch_ms": stats(fetch_ms)["median_ms"], "download_mb": round(size / 1e6, 1), "device": device}
+
+
+PAN = """(frames) => {
+    const e = window.cellloop.editor;
+    e.view.scale = 1;
+    e.view.centerOn(1024, 1024);
+    const times = [];
+    for (let i = 0; i < frames; i++) {
+        const t0 = performance.now();
+        e.view.panBy(i % 40 < 20 ? 12 : -12, i % 20 < 10 ? 7 : -7);
+        if (i % 10 === 0) e.view.zoomAt(e.view.canvasWidth / 2, e.view.canvasHeight / 2, i % 20 === 0 ? 1.1 : 1 / 1.1);
+        e.drawNow();
+        e.renderer.finish();
+        times.push(performance.now() - t0);
+    }
+    times.sort((a, b) => a - b);
+    return { median: times[Math.floor(times.length / 2)], canvas: [e.canvas.width, e.canvas.height],
+             channels: e.channels.shown().length, device: e.renderer.name };
+}"""
+
+
+def pan(browser, url, frames) -> dict:
+    results = {}
+    for renderer in ("webgl2", "canvas2d"):
+        page = open_editor(browser, f"{url}?renderer={renderer}")
+        page.evaluate("() => { for (const c of window.cellloop.editor.channels.channels) c.on = true; }")
+        results[renderer] = page.evaluate(PAN, frames)
+        page.close()
+    gl, cpu = results["webgl2"], results["canvas2d"]
+    return {"bench": "editor", "case": "pan@2048x8", "median_ms": round(gl["median"], 2),
+            "fps": round(1000 / gl["median"], 1), "baseline_median_ms": round(cpu["median"], 2),
+            "baseline_fps": round(1000 / cpu["median"], 1), "speedup": round(cpu["median"] / gl["median"], 1),
+            "n": frames, "canvas": gl["canvas"], "channels": gl["channels"], "device": gl["device"],
+            "baseline": cpu["device"]}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--case", action="append", choices=["paint", "open", "pan"],
+                        help="run only these cases (repeatable; default: all)")
+    args = parser.parse_args(argv)
+    reps = 8 if args.quick else 30
+    from playwright.sync_api import sync_playwright
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tokens, env = setup(Path(tmp), args.quick)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        server = subprocess.Popen([sys.executable, "-m", "gunicorn", "--workers", "1", "--bind", f"127.0.0.1:{port}",
+                                   "backend.app:create_app()"], env=env, cwd=REPO,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            for _ in range(300):
+                try:
+                    urllib.request.urlopen(f"{base}/healthz", timeout=1).close()
+                    break
+                except OSError:
+                    time.sleep(0.1)
+            with sync_playwright() as pw:
+                browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+                cases = [("paint", lambda: paint(browser, f"{base}/task/{tokens['270']}", 270, reps)),
+                         ("paint", lambda: paint(browser, f"{base}/task/{tokens['2048']}", 2048, reps)),
+                         ("open", lambda: open_case(browser, f"{base}/task/{tokens['2048']}", 3 if args.quick else 5)),
+                         ("pan", lambda: pan(browser, f"{base}/task/{tokens['2048']}", 20 if args.quick else 60))]
+                for name, case in cases:
+                    if not args.case or name in args.case:
+                        print(json.dumps({**case(), "load_avg": load_average()}), flush=True)
+                browser.close()
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
