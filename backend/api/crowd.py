@@ -43,6 +43,11 @@ def parent_origin(config) -> str | None:
     return config.frame_ancestors[0] if config.frame_ancestors else None
 
 
+def crowd_summary(task: Task, svc) -> dict:
+    """The task as the crowd page sees it, with the origin its "submitted" message goes to."""
+    return {**task_summary(task, svc), "parent_origin": parent_origin(current_app.config["CELLLOOP"])}
+
+
 def _task_from_token(token: str) -> tuple[Task, Actor]:
     payload = read_task_token(token)
     # with its batch: every stored key names the project (one query instead of two)
@@ -85,7 +90,7 @@ def page(token: str):
 def info(token: str):
     # read-only: a link prefetcher or a reviewer's preview must not assign the task or start its clock
     task, _ = _task_from_token(token)
-    return jsonify(task_summary(task, service()))
+    return jsonify(crowd_summary(task, service()))
 
 
 @bp.post("/api/task/<token>/open")
@@ -94,7 +99,7 @@ def open_task(token: str):
     task, actor = _task_from_token(token)
     svc = service()
     svc.open(task, actor)
-    return jsonify({**task_summary(task, svc), "parent_origin": parent_origin(current_app.config["CELLLOOP"])})
+    return jsonify(crowd_summary(task, svc))
 
 
 @bp.get("/api/task/<token>/image")

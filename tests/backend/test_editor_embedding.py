@@ -35,13 +35,13 @@ def test_parent_origin_is_the_configured_one_never_a_wildcard(world):
 def test_a_bad_frame_ancestor_stops_the_server_from_starting(tmp_path, monkeypatch, value):
     monkeypatch.setenv("CELLLOOP_FRAME_ANCESTORS", f"{PARENT} {value}")
     with pytest.raises(ValueError, match="CELLLOOP_FRAME_ANCESTORS: not an origin"):
-        Config.from_env(instance_dir=tmp_path, secret_key="k")
+        Config.from_env(instance_dir=tmp_path, secret_key="k" * 32)
 
 
 def test_env_origins_are_read(tmp_path, monkeypatch):
     monkeypatch.setenv("CELLLOOP_FRAME_ANCESTORS", f"{PARENT}  http://[::1]:8080")
     monkeypatch.setenv("CELLLOOP_PARENT_ORIGIN", "http://[::1]:8080")
-    config = Config.from_env(instance_dir=tmp_path, secret_key="k")
+    config = Config.from_env(instance_dir=tmp_path, secret_key="k" * 32)
     assert config.frame_ancestors == (PARENT, "http://[::1]:8080")
     assert config.parent_origin == "http://[::1]:8080"
 

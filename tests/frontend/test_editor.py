@@ -122,8 +122,9 @@ def test_a_long_stroke_goes_in_requests_of_at_most_2000_points(server, context):
     page.on("request", lambda r: sent.append(json.loads(r.post_data)) if r.url.endswith("/edit") else None)
     before = server.labels("long")
     label = page.evaluate("() => window.cellloop.editor.brushLabel")
-    # a zigzag no simplification can shorten: 4,500 corners, 100 px apart
-    trace = [[10 + (i % 2) * 100, 5 + i // 40] for i in range(4500)]
+    # a zigzag no simplification can shorten: 4,500 corners, 40 px apart (each request's trace stays under the
+    # server's cap on stroke length, 100,000 px on a small task)
+    trace = [[10 + (i % 2) * 40, 5 + i // 40] for i in range(4500)]
     page.evaluate("""(trace) => {
         const e = window.cellloop.editor;
         e.drag = { kind: 'stroke', tool: 'paint', points: trace, box: null };
