@@ -474,7 +474,7 @@ def promote_if_not_worse(session: Session, project: Project, candidate, candidat
 
 # --- cycle / report ------------------------------------------------------------------------------------------
 
-def run_cycle(session: Session, storage: Storage, config, batch: Batch, *, out=None, log=print,
+def run_cycle(session: Session, storage: Storage, config, batch: Batch, *, out=None, log=print, tile: int = 256,
               **train_options) -> dict:
     """stitch → dataset → train from the current model → evaluate both on the frozen test split → promote if
     not worse; the outcome is recorded on the batch (shown by `cellloop report`)."""
@@ -486,7 +486,7 @@ def run_cycle(session: Session, storage: Storage, config, batch: Batch, *, out=N
     log(f"stitched {sum(s['approved'] for s in stitched)} approved crops into {len(stitched)} images "
         f"({cells} cells, {sum(s['conflicts'] for s in stitched)} conflicts for QC)")
     out = Path(out) if out else Path(config.instance_dir) / "datasets" / project.name / f"{batch.name}.npz"
-    data = build_dataset(session, storage, project, out)
+    data = build_dataset(session, storage, project, out, tile=tile)
     log(f"dataset {data['path']}: {data['splits']} tiles")
     status = batch_status(session, storage, batch)
     current = registry.current_model(session, storage, project)

@@ -220,7 +220,7 @@ def cmd_cycle(args) -> int:
 
     config, session, storage = _open(args)
     batch = _batch(session, args)
-    record = loop.run_cycle(session, storage, config, batch, out=args.out, **_train_options(args))
+    record = loop.run_cycle(session, storage, config, batch, out=args.out, tile=args.tile, **_train_options(args))
     print(json.dumps(record, default=str) if args.json else
           f"cycle of batch {batch.name!r} done: {record['candidate']} "
           f"{'promoted' if record['promoted'] else 'not promoted'} ({record['reason']})")
@@ -368,6 +368,7 @@ def register(sub) -> None:
     p.add_argument("--batch", required=True)
     p.add_argument("--project")
     p.add_argument("--out", help="dataset .npz (default: <instance>/datasets/PROJECT/BATCH.npz)")
+    p.add_argument("--tile", type=int, default=256, help="dataset tile size in px (default 256)")
     p.add_argument("--backbone", help="backbone when training from scratch (default the light one)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_cycle)
