@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage as ndi
 
-TARGET_IOU = 0.85
+TARGET_IOU = 0.8
 # a cell whose pixels lie mostly outside every true cell is a false positive
 FALSE_CELL_OVERLAP = 0.5
 
