@@ -29,10 +29,19 @@ class StitchResult:
 
 
 def relabel_crop(labels: np.ndarray) -> np.ndarray:
-    """Ids 1..n in order of appearance across the layers, keeping a cell's id shared between layers."""
-    ids, inverse = np.unique(labels, return_inverse=True)
-    inverse = inverse.reshape(labels.shape)
-    return (inverse if ids[0] == 0 else inverse + 1).astype(np.int32)
+    """Ids 1..n in the order of the original ids, keeping a cell's id shared between layers."""
+    labels = np.asarray(labels)
+    top = int(labels.max(initial=0))
+    if top > 4 * labels.size:  # sparse huge ids: sorting is cheaper than a lookup table
+        ids, inverse = np.unique(labels, return_inverse=True)
+        inverse = inverse.reshape(labels.shape)
+        return (inverse if ids[0] == 0 else inverse + 1).astype(np.int32)
+    present = np.zeros(top + 1, bool)
+    present[labels.ravel()] = True
+    present[0] = False
+    lookup = np.cumsum(present, dtype=np.int32)
+    lookup[0] = 0
+    return lookup[labels]
 
 
 def cut_crops(labels: np.ndarray, boxes: list[Box], *, relabel: bool = True) -> list[tuple[Box, np.ndarray]]:
