@@ -29,7 +29,7 @@ def test_no_module_of_pipeline_imports_backend():
 
 def test_pipeline_modules_import_without_the_application():
     light = ["pipeline.arrays", "pipeline.io", "pipeline.crop", "pipeline.stitch", "pipeline.dataset",
-             "pipeline.metrics", "pipeline.synthetic", "pipeline.cli", "pipeline.baseline"]
+             "pipeline.metrics", "pipeline.synthetic", "pipeline.simulate", "pipeline.cli", "pipeline.baseline"]
     code = (f"import sys; [__import__(m) for m in {light!r}]; "
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('backend', 'flask', 'sqlalchemy'));"
             "print(bad); sys.exit(1 if bad else 0)")
