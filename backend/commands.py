@@ -119,75 +119,77 @@ def cmd_users(args) -> int:
 
 # --- ingest / links -----------------------------------------------------------------------------------------
 
-def ingest(session, storage, *, path, channels, name, pixel_size, crop_size, overlap, prelabel, max_pixels):
-    from pipeline.io import read_image
-
-    from backend.tasks import create_project
-
+def ingest(session, storage, **options):
+    """Add images to a project (made on first use with the channels of its first image): one image per file,
+    or all files together as one image's channels with ``per_channel``. Returns (project, new image rows).
+    All or nothing: a failure before the rows commit takes back every object this ingest stored."""
     from backend.storage import WriteLog
 
-    paths = path if isinstance(path, list) else [path]
-    image, names = read_image(paths if len(paths) > 1 else paths[0], channels, max_pixels=max_pixels)
-    # all or nothing: a failure before the rows commit takes back every object this ingest stored
     writes = WriteLog(storage)
     try:
-        project = create_project(session, writes, name=name, image=image, channel_names=names,
-                                 pixel_size_um=pixel_size, source_path=str(paths[0]))
-        tasks = []
-        if crop_size:
-            tasks = publish_crops(session, writes, project, image, crop_size=crop_size, overlap=overlap,
-                                  prelabel=prelabel)
+        project, rows = _add_images(session, writes, **options)
         session.commit()
     except BaseException:
         session.rollback()
         writes.take_back()
         raise
-    return project, tasks
+    return project, rows
 
 
-def publish_crops(session, storage, project, image, *, crop_size=270, overlap=30, prelabel="none", batch_name="batch-1"):
-    """Cut the project's image into crops and make one task per crop; prelabel on the whole image first so
-    crops see no edge artefacts."""
-    from pipeline.crop import crop_boxes
+def _add_images(session, storage, *, paths, channels=None, project_name, image_name=None, per_channel=False,
+                pixel_size=None, tissue=None, platform=None, model_channels=None, max_pixels=None):
+    from sqlalchemy import select
 
-    from backend.models import Batch
-    from backend.tasks import TaskService
+    from pipeline.io import read_image
 
-    labels = None
-    if prelabel == "baseline":
-        from pipeline.baseline import nuclear_expansion
+    from backend.models import Project
+    from backend.projects import add_image, create_project
 
-        nuclear = _nuclear_index(project.channel_names)
-        labels = nuclear_expansion(image.astype("float32"), nuclear_channel=nuclear)
-    elif prelabel != "none":
-        raise _error(f"unknown prelabel method {prelabel!r} (none, baseline)")
-    batch = Batch(project=project, name=batch_name)
-    session.add(batch)
-    svc = TaskService(session, storage)
-    boxes = crop_boxes(image.shape[:2], crop_size, overlap)
-    tasks = []
-    for i, (y0, x0, y1, x1) in enumerate(boxes, 1):
-        crop_labels = None if labels is None else _relabel(labels[y0:y1, x0:x1])
-        tasks.append(svc.create_task(batch, (y0, x0, y1, x1), image[y0:y1, x0:x1], crop_labels))
-        if sys.stderr.isatty():
-            print(f"\rcropping: {i}/{len(boxes)} tasks", end="", file=sys.stderr, flush=True)
-    print(("\r" if sys.stderr.isatty() else "") + f"cropped {len(boxes)} tasks", file=sys.stderr)
-    return tasks
+    paths = [Path(p) for p in (paths if isinstance(paths, (list, tuple)) else [paths])]
+    for p in paths:
+        if not p.exists():
+            raise _error(f"image not found: {p}")
+    groups = [paths] if per_channel else [[p] for p in paths]
+    if image_name and len(groups) > 1:
+        raise _error("--name names one image; leave it out when ingesting several")
+    project = session.scalar(select(Project).where(Project.name == project_name))
+    wanted = channels if channels is not None else (project.channel_names if project is not None else None)
+    rows = []
+    for group in groups:
+        try:
+            pixels, names = read_image(group if len(group) > 1 else group[0], wanted, max_pixels=max_pixels)
+        except ValueError as exc:
+            hint = "" if channels is not None or project is None else (
+                f" (project {project.name!r} has channels {', '.join(project.channel_names)}; "
+                "map this file's channels with --channels)")
+            raise _error(f"{exc}{hint}") from None
+        if project is None:
+            project = create_project(session, name=project_name, channel_names=names, model_channels=model_channels)
+        elif len(names) != len(project.channel_names):
+            raise _error(f"{group[0]}: {len(names)} channels, project {project.name!r} has "
+                         f"{len(project.channel_names)} ({', '.join(project.channel_names)})")
+        name = image_name or _image_stem(group[0])
+        rows.append(add_image(session, storage, project, pixels, name=name, pixel_size_um=pixel_size, tissue=tissue,
+                              platform=platform, source_path=str(group[0])))
+    return project, rows
 
 
-def _nuclear_index(names) -> int:
-    for i, n in enumerate(names):
-        if n.lower() in {"nuclear", "dapi", "hh3", "hoechst", "nuclei", "nucleus"}:
-            return i
-    return 0
+def _image_stem(path: Path) -> str:
+    return path.name.split(".")[0]
 
 
-def _relabel(crop):
-    # keep cell ids shared between the layers, but consecutive within the crop
-    import numpy as np
+def publish_crops(session, storage, config, project, images, *, crop_size=270, overlap=30, prelabel="none",
+                  batch_name=None):
+    """Cut images into a new batch of tasks prelabelled on the whole image first (crops then see no edge
+    artefacts); the `cellloop ingest --crop` and `demo` shortcut for batch create + prelabel."""
+    from backend import loop
 
-    ids, inverse = np.unique(crop, return_inverse=True)
-    return inverse.reshape(crop.shape).astype(np.int32) if ids[0] == 0 else (inverse.reshape(crop.shape) + 1).astype(np.int32)
+    batch_name = batch_name or f"batch-{len(project.batches) + 1}"
+    batch, made = loop.create_batch(session, storage, project, batch_name, images=images, size=crop_size,
+                                    overlap=overlap)
+    loop.prelabel_batch(session, storage, config, batch, prelabel)
+    print(f"cropped {made} tasks into batch {batch.name!r}", file=sys.stderr)
+    return list(batch.tasks)
 
 
 def project_tasks(session, project_name: str | None = None):
@@ -217,13 +219,24 @@ def print_links(config, tasks, out=None) -> None:
 def cmd_ingest(args) -> int:
     config = _config(args)
     session = _session(config)
-    name = args.name or Path(args.image[0]).stem.split(".")[0]
+    project_name = args.project or args.name or _image_stem(Path(args.image[0]))
     channels = args.channels.split(",") if args.channels else None
-    project, tasks = ingest(session, _storage(config), path=[Path(p) for p in args.image], channels=channels,
-                            name=name, pixel_size=args.pixel_size, crop_size=args.crop, overlap=args.overlap,
-                            prelabel=args.prelabel, max_pixels=config.max_image_pixels)
-    print(f"project {project.name!r} (id {project.id}): {project.height}x{project.width}, "
-          f"channels {', '.join(project.channel_names)}; {len(tasks)} tasks")
+    model_channels = args.model_channels.split(",") if args.model_channels else None
+    if args.pixel_size is not None and not args.pixel_size > 0:
+        raise _error("--pixel-size must be positive")
+    storage = _storage(config)
+    project, images = ingest(session, storage, paths=args.image, channels=channels, project_name=project_name,
+                             image_name=args.name, per_channel=args.per_channel, pixel_size=args.pixel_size,
+                             tissue=args.tissue, platform=args.platform, model_channels=model_channels,
+                             max_pixels=config.max_image_pixels)
+    tasks = []
+    if args.crop:
+        tasks = publish_crops(session, storage, config, project, images, crop_size=args.crop, overlap=args.overlap,
+                              prelabel=args.prelabel)
+    for image in images:
+        print(f"project {project.name!r} (id {project.id}): image {image.name!r} {image.height}x{image.width}, "
+              f"channels {', '.join(project.channel_names)}")
+    print(f"{len(images)} images added, {len(project.images)} in the project; {len(tasks)} tasks")
     return 0
 
 
@@ -319,7 +332,9 @@ def cmd_demo(args) -> int:
 
         project = create_project(session, storage, name="demo", image=image, channel_names=names, pixel_size_um=0.5,
                                  source_path=what)
-        tasks = publish_crops(session, storage, project, image, crop_size=270, overlap=30, prelabel=args.prelabel)
+        session.commit()
+        tasks = publish_crops(session, storage, config, project, list(project.images), crop_size=270, overlap=30,
+                              prelabel=args.prelabel)
         session.commit()
         print(f"demo project from {what}: {image.shape[0]}x{image.shape[1]}, {len(tasks)} tasks")
     tasks = project_tasks(session, "demo")
@@ -350,14 +365,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--password", help="password (or $CELLLOOP_PASSWORD, or asked on the terminal)")
     c.set_defaults(func=cmd_users)
 
-    p = common(sub.add_parser("ingest", help="add an image as a new project (optionally cut into tasks)"))
-    p.add_argument("image", nargs="+", help="image file (TIFF/OME-TIFF/NPZ/PNG), or one file per channel")
-    p.add_argument("--channels", help="comma-separated channel names or indices to keep, in order")
-    p.add_argument("--name", help="project name (default: file name)")
+    p = common(sub.add_parser("ingest", help="add images to a project (made on first use; optionally cut into tasks)"))
+    p.add_argument("image", nargs="+", help="image files (TIFF/OME-TIFF/NPZ/PNG), one per image; with "
+                   "--per-channel, one file per channel of a single image")
+    p.add_argument("--project", help="project name (default: --name or the first file's name)")
+    p.add_argument("--per-channel", action="store_true", help="the files are the channels of one image")
+    p.add_argument("--channels", help="comma-separated channel names or indices to keep, in order "
+                   "(default: all for a new project, the project's channels by name for later images)")
+    p.add_argument("--model-channels", help="the channels that feed the model, in its order (default: a "
+                   "nuclear-looking channel, then the next one), e.g. DAPI,CD45")
+    p.add_argument("--name", help="image name (default: file name)")
     p.add_argument("--pixel-size", type=float, help="microns per pixel")
+    p.add_argument("--tissue", help="tissue tag, kept in dataset metadata")
+    p.add_argument("--platform", help="imaging platform tag, kept in dataset metadata")
     p.add_argument("--crop", type=int, default=0, metavar="PX", help="also cut into PX-sized tasks (e.g. 270)")
     p.add_argument("--overlap", type=int, default=30, metavar="PX")
-    p.add_argument("--prelabel", default="none", choices=["none", "baseline"])
+    p.add_argument("--prelabel", default="none", help="with --crop: current, baseline, none or a model version")
     p.set_defaults(func=cmd_ingest)
 
     p = common(sub.add_parser("links", help="print task links as CSV for a crowd platform"))
@@ -377,7 +400,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = serving(common(sub.add_parser("demo", help="create a demo project and serve it")))
     p.add_argument("--source", default="auto", help="auto (Vectra sample if present, else synthetic), "
                    "vectra, synthetic, or an image path")
-    p.add_argument("--prelabel", default="baseline", choices=["none", "baseline"])
+    p.add_argument("--prelabel", default="current", help="current (the starter model when shipped, else the "
+                   "baseline), baseline, none")
     p.add_argument("--password", help="password for the demo reviewer/admin (default: random, printed)")
     p.add_argument("--no-serve", action="store_true", help="set up and print links, but do not serve")
     p.set_defaults(func=cmd_demo)

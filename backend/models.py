@@ -1,4 +1,5 @@
-"""Database rows: users, projects, batches, tasks, revisions, reviews, task events, model versions.
+"""Database rows: users, projects and their images, batches, tasks, revisions, reviews, task events, model
+versions, dataset tiles.
 
 Arrays never live in the database: rows hold storage keys. Times are timezone-aware UTC.
 """
@@ -93,20 +94,46 @@ class User(Base):
 
 
 class Project(Base):
+    """A channel panel and a model lineage: many source images share the channels; the promoted model
+    version is the project's current model."""
+
     __tablename__ = "projects"
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
-    image_key: Mapped[str] = mapped_column(String(1024))
-    labels_key: Mapped[str | None] = mapped_column(String(1024))
     channel_names: Mapped[list] = mapped_column(JSON)
-    pixel_size_um: Mapped[float | None] = mapped_column(Float)
-    height: Mapped[int] = mapped_column(Integer)
-    width: Mapped[int] = mapped_column(Integer)
-    source_path: Mapped[str | None] = mapped_column(String(1024))
+    # the image channels that feed the model, in the model's order ([nuclear, membrane] for Mesmer);
+    # None: guessed from the channel names when first needed
+    model_channels: Mapped[list | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     batches: Mapped[list["Batch"]] = relationship(back_populates="project")
+    images: Mapped[list["Image"]] = relationship(back_populates="project", order_by="Image.id")
+
+
+class Image(Base):
+    """One source image of a project, its channels in the project's order; `labels_key` holds the labels
+    stitched from approved crops, `coverage_key` the mask of pixels those crops cover."""
+
+    __tablename__ = "images"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    image_key: Mapped[str] = mapped_column(String(1024))
+    labels_key: Mapped[str | None] = mapped_column(String(1024))
+    coverage_key: Mapped[str | None] = mapped_column(String(1024))
+    height: Mapped[int] = mapped_column(Integer)
+    width: Mapped[int] = mapped_column(Integer)
+    pixel_size_um: Mapped[float | None] = mapped_column(Float)
+    tissue: Mapped[str | None] = mapped_column(String(200))
+    platform: Mapped[str | None] = mapped_column(String(200))
+    source_path: Mapped[str | None] = mapped_column(String(1024))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    stitched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    project: Mapped[Project] = relationship(back_populates="images")
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
 
 
 class ModelVersion(Base):
@@ -118,6 +145,8 @@ class ModelVersion(Base):
     config: Mapped[dict] = mapped_column(JSON, default=dict)
     metrics: Mapped[dict] = mapped_column(JSON, default=dict)
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    # None: not tied to one project (the shipped starter model)
+    project_id: Mapped[int | None] = mapped_column(ForeignKey("projects.id"), index=True)
     promoted: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     promoted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -131,10 +160,20 @@ class Batch(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
     name: Mapped[str] = mapped_column(String(200))
+    # the model version that prelabelled the batch (None with `prelabel` "baseline" or "none")
     model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    prelabel: Mapped[str | None] = mapped_column(String(200))
+    crop_size: Mapped[int | None] = mapped_column(Integer)
+    overlap: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    prelabeled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    stitched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # what `cellloop cycle` did with this batch: dataset hashes, the version trained, F1s, promotion
+    cycle: Mapped[dict | None] = mapped_column(JSON)
 
     project: Mapped[Project] = relationship(back_populates="batches")
+    model_version: Mapped[ModelVersion | None] = relationship()
     tasks: Mapped[list["Task"]] = relationship(back_populates="batch")
     __table_args__ = (UniqueConstraint("project_id", "name"),)
 
@@ -144,7 +183,9 @@ class Task(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     batch_id: Mapped[int] = mapped_column(ForeignKey("batches.id"), index=True)
-    # crop box in the project's source image, half-open
+    # the source image the crop comes from (None only for tasks made without one, e.g. by older code)
+    image_id: Mapped[int | None] = mapped_column(ForeignKey("images.id"), index=True)
+    # crop box in the source image, half-open
     y0: Mapped[int] = mapped_column(Integer)
     x0: Mapped[int] = mapped_column(Integer)
     y1: Mapped[int] = mapped_column(Integer)
@@ -165,6 +206,7 @@ class Task(Base):
     time_open_s: Mapped[float] = mapped_column(Float, default=0.0)
 
     batch: Mapped[Batch] = relationship(back_populates="tasks")
+    source_image: Mapped[Image | None] = relationship()
     assignee: Mapped[User | None] = relationship()
     revisions: Mapped[list["Revision"]] = relationship(back_populates="task", order_by="Revision.number")
 
@@ -230,3 +272,19 @@ class TaskEvent(Base):
     time_open_s: Mapped[float | None] = mapped_column(Float)
     detail: Mapped[dict] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class DatasetTile(Base):
+    """A tile of a source image (on a fixed grid) and the dataset split it belongs to. Once written a tile's
+    split never changes, so a test tile stays in test across cycles and models are compared on the same data."""
+
+    __tablename__ = "dataset_tiles"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"), index=True)
+    y0: Mapped[int] = mapped_column(Integer)
+    x0: Mapped[int] = mapped_column(Integer)
+    size: Mapped[int] = mapped_column(Integer)
+    split: Mapped[str] = mapped_column(String(8))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    __table_args__ = (UniqueConstraint("image_id", "y0", "x0", "size"),)

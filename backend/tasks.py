@@ -494,14 +494,12 @@ class TaskService:
 
 def create_project(session: Session, storage: Storage, *, name: str, image: np.ndarray, channel_names: list[str],
                    pixel_size_um: float | None = None, source_path: str | None = None) -> Project:
-    if session.scalar(select(Project).where(Project.name == name)) is not None:
-        raise ValueError(f"a project named {name!r} already exists")
+    """A project holding one image (named after the project); see `backend.projects` for more images."""
+    from backend import projects
+
     if image.ndim != 3 or image.shape[2] != len(channel_names):
         raise ValueError(f"image of shape {image.shape} does not match {len(channel_names)} channel names")
-    project = Project(name=name, image_key="", channel_names=list(channel_names), pixel_size_um=pixel_size_um,
-                      height=int(image.shape[0]), width=int(image.shape[1]), source_path=source_path)
-    session.add(project)
-    session.flush()
-    project.image_key = f"projects/{project.id}/image.npy.gz"
-    storage.put(project.image_key, encode_array(image))
+    project = projects.create_project(session, name=name, channel_names=channel_names)
+    projects.add_image(session, storage, project, image, name=name, pixel_size_um=pixel_size_um,
+                       source_path=source_path)
     return project

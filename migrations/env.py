@@ -32,6 +32,11 @@ def run_migrations_online() -> None:
     engine = make_engine(_url())
     try:
         with engine.connect() as connection:
+            if connection.dialect.name == "sqlite":
+                # batch mode rebuilds a table by copy, drop and rename; with foreign keys enforced SQLite would
+                # refuse to drop a table other rows point at. The pragma only works outside a transaction.
+                connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+                connection.commit()
             # batch mode: SQLite cannot ALTER most things, so later migrations rebuild tables there
             context.configure(connection=connection, target_metadata=target_metadata,
                               render_as_batch=True, compare_type=True)

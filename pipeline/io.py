@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from backend.arrays import MAX_PIXELS_DEFAULT, ArrayError, validate_image, validate_labels
+from pipeline.arrays import MAX_PIXELS_DEFAULT, ArrayError, validate_image, validate_labels
 
 __all__ = [
     "ImageReadError",

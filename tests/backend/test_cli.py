@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from pipeline.cli import main
+from backend.cli import main
 
 
 @pytest.fixture
@@ -101,7 +101,7 @@ def test_demo_serves_a_task_over_http(tmp_path):
     env.pop("CELLLOOP_DATABASE_URL", None)
     env.pop("CELLLOOP_STORAGE_URL", None)
     port = _free_port()
-    cmd = [sys.executable, "-m", "pipeline", "demo", "--source", "synthetic", "--port", str(port),
+    cmd = [sys.executable, "-m", "backend", "demo", "--source", "synthetic", "--port", str(port),
            "--workers", "2", "--password", "demo-password-1"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []

@@ -9,8 +9,9 @@ import pytest
 import tifffile
 from sqlalchemy import create_engine, text
 
+from backend import projects
 from backend.tasks import TaskService
-from pipeline.cli import main
+from backend.cli import main
 
 from .served import free_port
 
@@ -64,7 +65,44 @@ def test_storage_unreachable(fresh_instance, capsys, monkeypatch, tmp_path, aws_
     assert time.monotonic() - started < 60
 
 
-def test_failed_ingest_leaves_no_object_and_no_row(fresh_instance, capsys, monkeypatch, tmp_path):
+def _stored(instance) -> list[str]:
+    root = instance / "storage"
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def _count(instance, table) -> int:
+    engine = create_engine(f"sqlite:///{instance / 'cellloop.sqlite'}")
+    with engine.connect() as conn:
+        count = conn.execute(text(f"SELECT count(*) FROM {table}")).scalar()
+    engine.dispose()
+    return count
+
+
+def test_failed_ingest_leaves_no_object_and_no_row(fresh_instance, monkeypatch, tmp_path):
+    """Adding images is all or nothing: the second image failing takes back the first one's objects and rows."""
+    assert main(["db", "upgrade"]) == 0
+    real_add = projects.add_image
+    calls = []
+
+    def failing_add(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real_add(*args, **kwargs)
+
+    monkeypatch.setattr(projects, "add_image", failing_add)
+    first, second = _slide(tmp_path), tmp_path / "second.tif"
+    second.write_bytes(first.read_bytes())
+    with pytest.raises(OSError):
+        main(["ingest", str(first), str(second), "--project", "slides"])
+    assert len(calls) == 2
+    assert _stored(fresh_instance) == []
+    assert _count(fresh_instance, "projects") == 0 and _count(fresh_instance, "images") == 0
+
+
+def test_failed_crop_leaves_whole_images_and_no_orphan_object(fresh_instance, monkeypatch, tmp_path):
+    """Cutting crops commits one image at a time: a failure mid-image takes back that image's crops, and the
+    ingested image stays (so `cellloop batch create` resumes) with nothing stored that no row names."""
     assert main(["db", "upgrade"]) == 0
     real_create = TaskService.create_task
     calls = []
@@ -79,13 +117,8 @@ def test_failed_ingest_leaves_no_object_and_no_row(fresh_instance, capsys, monke
     with pytest.raises(OSError):
         main(["ingest", str(_slide(tmp_path)), "--name", "slide", "--crop", "270"])
     assert len(calls) == 3
-    stored = [p for p in (fresh_instance / "storage").rglob("*") if p.is_file()]
-    assert stored == []
-    engine = create_engine(f"sqlite:///{fresh_instance / 'cellloop.sqlite'}")
-    with engine.connect() as conn:
-        assert conn.execute(text("SELECT count(*) FROM projects")).scalar() == 0
-        assert conn.execute(text("SELECT count(*) FROM tasks")).scalar() == 0
-    engine.dispose()
+    assert _count(fresh_instance, "tasks") == 0 and _count(fresh_instance, "images") == 1
+    assert [key for key in _stored(fresh_instance) if "/images/" not in key] == []
 
 
 def test_refused_downgrade_is_one_line(tmp_path, monkeypatch, capsys):

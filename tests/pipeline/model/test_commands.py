@@ -7,14 +7,15 @@ import numpy as np
 import pytest
 import tifffile
 
-from pipeline import cli, io, synthetic
+from backend import cli
+from pipeline import io, synthetic
 
 REPO = Path(__file__).resolve().parents[3]
 
 
 def test_importing_commands_loads_no_deep_learning_library():
     code = (
-        "import sys; import pipeline.model.commands, pipeline.cli; cli = pipeline.cli.build_parser(); "
+        "import sys; import backend.cli; cli = backend.cli.build_parser(); "
         "bad = [m for m in ('tensorflow', 'keras', 'jax') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)

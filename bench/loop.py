@@ -1,0 +1,150 @@
+"""Benchmarks of the human-in-the-loop cycle; prints one JSON object per line (DESIGN.md's format).
+
+  python bench/loop.py [--quick] [--case crop_stitch|loop|all]
+
+- ``crop_stitch@SIZE``: cut a SIZE² label image into 270-px crops (overlap 40) and stitch them back by maximum
+  overlap (``median_ms`` over the repeats; ``same_partition`` checks the result).
+- ``scratch``, ``cycle1``, ``cycle2``, ``cycle3``: the loop on synthetic tissue with the light model on CPU. Each
+  case is one batch of new images: prelabelled with the project's current model (nothing for ``scratch``),
+  corrected by the simulated annotator through the HTTP API (``ops_per_100_cells``: its operations per 100 true
+  cells), approved, then stitched, added to the dataset, used to fine-tune the current model and promoted if not
+  worse. ``f1`` is the whole-cell F1 of the model that prelabelled the batch, scored at the end on the final frozen
+  test split (so the cases compare on the same tiles); null for ``scratch``.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def emit(record: dict) -> None:
+    print(json.dumps(record), flush=True)
+
+
+def crop_stitch_case(size: int, repeats: int) -> dict:
+    from pipeline.crop import crop_boxes
+    from pipeline.stitch import cut_crops, same_partition, stitch_crops
+    from pipeline.synthetic import make_tissue
+
+    _, tile = make_tissue((512, 512), seed=5)
+    reps = -(-size // 512)
+    # distinct ids per copy, so the stitched partition can be checked against the whole image
+    labels = np.concatenate([np.concatenate([tile[..., 0] + (i * reps + j) * 10_000 * (tile[..., 0] > 0)
+                                             for j in range(reps)], axis=1) for i in range(reps)], axis=0)
+    labels = labels[:size, :size].astype(np.int32)
+    times, crop_times = [], []
+    ok = True
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        boxes = crop_boxes(labels.shape, 270, 40)
+        crops = cut_crops(labels, boxes)
+        t1 = time.perf_counter()
+        result = stitch_crops(labels.shape, crops)
+        t2 = time.perf_counter()
+        times.append((t2 - t0) * 1000)
+        crop_times.append((t1 - t0) * 1000)
+        ok = ok and same_partition(result.labels[..., 0], labels)
+    return {"bench": "loop", "case": f"crop_stitch@{size}", "median_ms": round(statistics.median(times), 1),
+            "crop_median_ms": round(statistics.median(crop_times), 1), "n": repeats, "crops": len(boxes),
+            "same_partition": bool(ok)}
+
+
+def loop_cases(quick: bool) -> list[dict]:
+    from backend import db, loop, registry
+    from backend.app import create_app
+    from backend.commands import create_user
+    from backend.config import Config
+    from backend.localserver import serving
+    from backend.projects import add_image, create_project
+    from backend.storage import storage_from_url
+    from pipeline import simulate
+    from pipeline.synthetic import make_tissue
+
+    shape = (256, 256) if quick else (384, 384)
+    per_batch = 2 if quick else 3
+    train_options = dict(epochs=2 if quick else 4, steps_per_epoch=10 if quick else 25, batch_size=4,
+                         crop_size=128, seed=0)
+    work = Path(tempfile.mkdtemp(prefix="cellloop-bench-loop-"))
+    config = Config.from_env(instance_dir=work, database_url=f"sqlite:///{work / 'db.sqlite'}",
+                             storage_url=str(work / "storage"), secret_key="bench")
+    db.upgrade(config.database_url)
+    session = db.make_sessionmaker(db.make_engine(config.database_url))()
+    storage = storage_from_url(config.storage_url)
+    create_user(session, "rev", "bench-password-1", "reviewer")
+    project = create_project(session, name="bench", channel_names=["DAPI", "CD45"])
+    truths, records, datasets = {}, [], []
+    cases = ["scratch", "cycle1", "cycle2", "cycle3"]
+    with serving(create_app(config)) as url:
+        for n, case in enumerate(cases):
+            images = []
+            for i in range(per_batch):
+                name = f"{case}-{i}"
+                X, y = make_tissue(shape, seed=1000 + 10 * n + i)
+                truths[name] = y
+                images.append(add_image(session, storage, project, X, name=name, pixel_size_um=0.5,
+                                        tissue="synthetic", platform="simulated"))
+            session.commit()
+            batch, _ = loop.create_batch(session, storage, project, case, images=images, size=160, overlap=32)
+            prelabel = "none" if case == "scratch" else "current"
+            t0 = time.perf_counter()
+            chosen = loop.prelabel_batch(session, storage, config, batch, prelabel)["model"]
+            prelabel_s = time.perf_counter() - t0
+            out = io.StringIO()
+            loop.publish_batch(session, config, batch, out, base_url=url)
+            rows = list(csv.DictReader(io.StringIO(out.getvalue())))
+            t0 = time.perf_counter()
+            effort = simulate.annotate_batch(url, rows, truths)
+            annotate_s = time.perf_counter() - t0
+            simulate.Reviewer(url, "rev", "bench-password-1").approve_all()
+            session.expire_all()
+            t0 = time.perf_counter()
+            cycle = loop.run_cycle(session, storage, config, batch, tile=128, log=lambda *_: None, **train_options)
+            datasets.append(cycle["dataset"])
+            records.append({"bench": "loop", "case": case, "prelabel": chosen, "cells": effort.cells,
+                            "ops": effort.n_ops, "ops_per_100_cells": effort.as_dict()["ops_per_100_cells"],
+                            "by_tool": dict(effort.ops), "painted_px": effort.painted_px,
+                            "annotate_s": round(annotate_s, 1), "prelabel_s": round(prelabel_s, 1),
+                            "cycle_s": round(time.perf_counter() - t0, 1), "trained": cycle["candidate"],
+                            "promoted": cycle["promoted"], "device": "cpu"})
+    final = datasets[-1]
+    for record in records:
+        choice = (registry.ModelChoice(registry.NO_MODEL) if record["prelabel"] == "none" else
+                  registry.resolve(session, storage, project, record["prelabel"]))
+        if choice.kind == registry.NO_MODEL:
+            record["f1"] = None
+        else:
+            result = loop.evaluate_choice(session, storage, config, project, choice, final)
+            record["f1"] = result["f1"]
+            record["test_tiles"] = result["n_images"]
+    baseline = loop.evaluate_choice(session, storage, config, project, registry.ModelChoice(registry.BASELINE), final)
+    for record in records:
+        record["baseline_f1"] = baseline["f1"]
+    return records
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small images, short training, one repeat")
+    parser.add_argument("--case", choices=("all", "crop_stitch", "loop"), default="all")
+    args = parser.parse_args()
+    if args.case in ("all", "crop_stitch"):
+        emit(crop_stitch_case(4096, 1 if args.quick else 3))
+    if args.case in ("all", "loop"):
+        for record in loop_cases(args.quick):
+            emit(record)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

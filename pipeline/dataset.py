@@ -1,0 +1,108 @@
+"""Training data from stitched labels, as in the Mesmer paper: quality control (cells under 15 px dropped, images
+under 20 cells dropped), fixed-size tiles, and an 80/10/10 train/val/test split in which a tile, once assigned,
+keeps its split, so the test split stays frozen across cycles and models are compared on the same data.
+
+Tiles lie on a fixed grid from the image origin (so a tile's identity survives re-stitching); edge tiles are
+padded with background. A tile is used only when annotated crops cover all of its image pixels.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+TILE = 256
+MIN_CELL_PIXELS = 15
+MIN_CELLS = 20
+SPLITS = ("train", "val", "test")
+RATIOS = {"train": 0.8, "val": 0.1, "test": 0.1}
+
+
+@dataclass
+class Tile:
+    y0: int
+    x0: int
+    X: np.ndarray  # (size, size, C) float32
+    y: np.ndarray  # (size, size, 2) int32 after QC
+    n_cells: int
+
+
+def grid(shape, size: int = TILE) -> list[tuple[int, int]]:
+    """Top-left corners of the tiles covering an image of ``shape`` (H, W)."""
+    return [(y, x) for y in range(0, int(shape[0]), size) for x in range(0, int(shape[1]), size)]
+
+
+def remove_small_cells(labels2d: np.ndarray, min_pixels: int) -> np.ndarray:
+    sizes = np.bincount(labels2d.ravel())
+    small = sizes < min_pixels
+    small[0] = False
+    return np.where(small[labels2d], 0, labels2d).astype(labels2d.dtype, copy=False)
+
+
+def quality_controlled(labels: np.ndarray, min_cell_pixels: int = MIN_CELL_PIXELS) -> np.ndarray:
+    """``labels`` (H, W, 2) with cells under ``min_cell_pixels`` removed from each layer."""
+    out = labels.copy()
+    for layer in range(out.shape[-1]):
+        out[..., layer] = remove_small_cells(out[..., layer], min_cell_pixels)
+    return out
+
+
+def cut_tiles(image: np.ndarray, labels: np.ndarray, coverage: np.ndarray, *, size: int = TILE,
+              min_cells: int = MIN_CELLS, min_cell_pixels: int = MIN_CELL_PIXELS) -> tuple[list[Tile], dict]:
+    """The QC-passing tiles of one stitched image, and counts of the tiles left out and why."""
+    h, w = labels.shape[:2]
+    tiles, skipped = [], {"uncovered": 0, "few_cells": 0}
+    for y0, x0 in grid((h, w), size):
+        y1, x1 = min(y0 + size, h), min(x0 + size, w)
+        if not coverage[y0:y1, x0:x1].all():
+            skipped["uncovered"] += 1
+            continue
+        X = np.zeros((size, size, image.shape[2]), np.float32)
+        y = np.zeros((size, size, 2), np.int32)
+        X[:y1 - y0, :x1 - x0] = image[y0:y1, x0:x1]
+        y[:y1 - y0, :x1 - x0] = labels[y0:y1, x0:x1]
+        y = quality_controlled(y, min_cell_pixels)
+        n_cells = int(len(np.unique(y[..., 0])) - 1)
+        if n_cells < min_cells:
+            skipped["few_cells"] += 1
+            continue
+        tiles.append(Tile(y0, x0, X, y, n_cells))
+    return tiles, skipped
+
+
+def assign_splits(existing: dict, new_keys: list, ratios: dict = RATIOS, seed: int = 0) -> dict:
+    """Splits for ``new_keys`` given the frozen ``existing`` {key: split}: each new tile goes to the split
+    furthest below its share of the total, in an order shuffled by ``seed`` (deterministic), test first on
+    ties so a first small dataset still gets a test tile once it has three."""
+    counts = {s: sum(1 for v in existing.values() if v == s) for s in SPLITS}
+    order = sorted(new_keys, key=lambda k: hashlib.sha256(f"{seed}:{k}".encode()).hexdigest())
+    assigned = {}
+    for key in order:
+        total = sum(counts.values()) + 1
+        # deficit: how far each split is below its share once this tile is counted
+        deficit = {s: ratios[s] * total - counts[s] for s in SPLITS}
+        if counts["train"] == 0:
+            choice = "train"  # the first tile trains; a model needs something to learn from
+        else:
+            choice = max(("test", "val", "train"), key=lambda s: deficit[s])
+        assigned[key] = choice
+        counts[choice] += 1
+    return assigned
+
+
+def data_hash(X: np.ndarray, y: np.ndarray) -> str:
+    digest = hashlib.sha256()
+    for arr in (X, y):
+        arr = np.ascontiguousarray(arr)
+        digest.update(str((arr.dtype.str, arr.shape)).encode())
+        digest.update(arr.tobytes())
+    return digest.hexdigest()
+
+
+def select(data: dict, split: str) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """X, y and meta of one split of a dataset written by `cellloop dataset` (as loaded by ``io.load_dataset``)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    keep = [i for i, m in enumerate(data["meta"]) if m.get("split") == split]
+    return data["X"][keep], data["y"][keep], [data["meta"][i] for i in keep]

@@ -1,0 +1,363 @@
+"""A simulated annotator (and reviewer) that works through CellLoop's real HTTP API, for tests and benchmarks.
+
+The annotator opens a crowd task link, compares the crop's labels with ground truth and corrects them with the
+editor's own operations, one request each, re-reading the labels after every change: delete false cells, merge
+over-split ones, split merged ones (seeded watershed), paint missed cells, then fix borders with brush and
+eraser strokes until each cell overlaps its truth by ``target_iou``. It counts operations and painted pixels.
+``noise`` makes a careless annotator: each needed fix is skipped with that probability.
+
+Only the standard library speaks HTTP here; arrays arrive as gzip ``.npy`` and are read without unpickling.
+"""
+from __future__ import annotations
+
+import gzip
+import http.cookiejar
+import io
+import json
+import struct
+import urllib.error
+import zlib
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage as ndi
+
+TARGET_IOU = 0.8
+# a cell whose pixels lie mostly outside every true cell is a false positive
+FALSE_CELL_OVERLAP = 0.5
+
+
+class APIError(RuntimeError):
+    def __init__(self, status: int, message: str):
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+
+
+class _HTTP:
+    def __init__(self, base_url: str):
+        self.base = base_url.rstrip("/")
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+        self.headers: dict[str, str] = {}
+
+    def request(self, method: str, path: str, body: dict | None = None):
+        data = None if body is None else json.dumps(body).encode()
+        headers = dict(self.headers)
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        req = urllib.request.Request(self.base + path, data=data, method=method, headers=headers)
+        try:
+            with self.opener.open(req, timeout=120) as resp:
+                return resp.status, dict(resp.headers), resp.read()
+        except urllib.error.HTTPError as exc:
+            payload = exc.read()
+            try:
+                message = json.loads(payload).get("error", payload[:200])
+            except ValueError:
+                message = payload[:200]
+            raise APIError(exc.code, str(message)) from None
+
+    def json(self, method: str, path: str, body: dict | None = None) -> dict:
+        return json.loads(self.request(method, path, body)[2])
+
+
+def apply_patch(labels: np.ndarray, data: bytes) -> None:
+    """Apply an edit reply (the server's binary patch: a 24-byte header ``CLPT``, version, layer, box as
+    little-endian u32, then zlib of the int32 before and after windows) to ``labels`` in place, as the editor
+    does, instead of downloading the labels again."""
+    magic, version, layer, y0, x0, y1, x1 = struct.unpack_from("<4sBBxxIIII", data)
+    if magic != b"CLPT" or version != 1:
+        raise ValueError("not a CellLoop patch")
+    h, w = y1 - y0, x1 - x0
+    if h and w:
+        body = np.frombuffer(zlib.decompress(data[24:]), dtype="<i4").reshape(2, h, w)
+        labels[y0:y1, x0:x1, layer] = body[1]
+
+
+def decode_npy(data: bytes) -> np.ndarray:
+    if data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+@dataclass
+class Effort:
+    """What the annotator did: operations by tool, pixels painted and erased, true cells seen."""
+
+    ops: Counter = field(default_factory=Counter)
+    painted_px: int = 0
+    erased_px: int = 0
+    cells: int = 0
+
+    @property
+    def n_ops(self) -> int:
+        return int(sum(self.ops.values()))
+
+    def add(self, other: "Effort") -> None:
+        self.ops.update(other.ops)
+        self.painted_px += other.painted_px
+        self.erased_px += other.erased_px
+        self.cells += other.cells
+
+    def as_dict(self) -> dict:
+        return {"ops": self.n_ops, "by_tool": dict(self.ops), "painted_px": self.painted_px,
+                "erased_px": self.erased_px, "cells": self.cells,
+                "ops_per_100_cells": round(100 * self.n_ops / self.cells, 1) if self.cells else None}
+
+
+# --- deciding the next correction ----------------------------------------------------------------------------
+
+def _overlaps(pred: np.ndarray, truth: np.ndarray):
+    n_p, n_t = int(pred.max()) + 1, int(truth.max()) + 1
+    table = np.bincount(pred.ravel().astype(np.int64) * n_t + truth.ravel(), minlength=n_p * n_t)
+    return table.reshape(n_p, n_t)
+
+
+def _inner_point(mask: np.ndarray) -> list[int]:
+    dist = ndi.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    y, x = np.unravel_index(int(np.argmax(dist)), mask.shape)
+    return [int(y), int(x)]
+
+
+def _clear_of(mask: np.ndarray) -> np.ndarray:
+    """Pixels where a radius-1 brush (the pixel and its 4 neighbours) touches nothing of ``mask``."""
+    return ~ndi.binary_dilation(mask, structure=ndi.generate_binary_structure(2, 1))
+
+
+def _strokes(points_mask: np.ndarray, max_points: int = 400) -> list[list[list[int]]]:
+    """Brush strokes (polylines of adjacent pixels) through every pixel of ``points_mask``: one per 8-connected
+    piece, walked row by row so consecutive points are neighbours (a sweep between them stays on them)."""
+    pieces, n = ndi.label(points_mask, structure=np.ones((3, 3)))
+    strokes = []
+    for i in range(1, n + 1):
+        ys, xs = np.nonzero(pieces == i)
+        chain, row_runs = [], {}
+        for y, x in zip(ys.tolist(), xs.tolist()):
+            row_runs.setdefault(y, []).append(x)
+        forward = True
+        last = None
+        for y in sorted(row_runs):
+            xs_row = sorted(row_runs[y]) if forward else sorted(row_runs[y], reverse=True)
+            for x in xs_row:
+                if last is not None and max(abs(last[0] - y), abs(last[1] - x)) > 1:
+                    strokes.append(chain)
+                    chain = []
+                chain.append([y, x])
+                last = (y, x)
+            forward = not forward
+        strokes.append(chain)
+    return [s[i:i + max_points] for s in strokes for i in range(0, len(s), max_points)]
+
+
+def _box(slices, pad: int, shape):
+    ys, xs = slices
+    return (slice(max(ys.start - pad, 0), min(ys.stop + pad, shape[0])),
+            slice(max(xs.start - pad, 0), min(xs.stop + pad, shape[1])))
+
+
+def _candidates(pred: np.ndarray, truth: np.ndarray, target_iou: float):
+    """Needed fixes in the order an annotator works (topology first, then borders), as (key, kind, cells):
+    cheap bookkeeping from the overlap table only; masks are looked at for the one fix chosen."""
+    table = _overlaps(pred, truth)
+    area_p = table.sum(axis=1)
+    area_t = table.sum(axis=0)
+    has_p = area_p > 0
+    has_p[0] = False
+    has_t = area_t > 0
+    has_t[0] = False
+    for p in np.flatnonzero(has_p & (table[:, 1:].sum(axis=1) < FALSE_CELL_OVERLAP * area_p)):
+        yield ("delete", int(p)), "delete", (int(p),)
+    if table.shape[1] > 1 and table.shape[0] > 1:
+        # each predicted cell's main true cell, and each true cell's main predicted cell
+        main_t = np.argmax(table[:, 1:], axis=1) + 1
+        share_t = table[np.arange(len(table)), main_t]
+        owned = has_p & (share_t > 0.5 * area_p)
+        for t in np.unique(main_t[owned]):
+            parts = np.flatnonzero(owned & (main_t == t))
+            if len(parts) > 1:
+                parts = parts[np.argsort(-table[parts, t], kind="stable")]
+                yield ("merge", int(t), int(parts[1])), "merge", (int(parts[0]), int(parts[1]))
+        host = np.argmax(table[1:, :], axis=0) + 1
+        hosted = table[host, np.arange(table.shape[1])]
+        inside = has_t & (hosted > 0.5 * area_t) & (hosted >= 4)
+        for p in np.unique(host[inside]):
+            ts = np.flatnonzero(inside & (host == p))
+            if len(ts) > 1:
+                yield ("split", int(p)), "split", (int(p), *map(int, ts))
+        for t in np.flatnonzero(has_t & (hosted < 0.5 * area_t)):
+            yield ("paint-new", int(t)), "paint-new", (int(t),)
+        iou = hosted / np.maximum(area_p[host] + area_t - hosted, 1)
+        for t in np.flatnonzero(has_t & (hosted > 0) & (iou < target_iou)):
+            for kind in ("grow", "grow-rim", "trim"):
+                yield (kind, int(t)), kind, (int(host[t]), int(t))
+    else:
+        for t in np.flatnonzero(has_t):
+            yield ("paint-new", int(t)), "paint-new", (int(t),)
+
+
+def next_fix(pred: np.ndarray, truth: np.ndarray, *, target_iou: float = TARGET_IOU, skip=frozenset()):
+    """The next correction for one layer as (key, tool, params), or None when the layer is good enough.
+    ``key`` names the cell and kind of fix, so a caller can skip fixes that changed nothing."""
+    true_boxes = ndi.find_objects(truth)
+    pred_boxes = ndi.find_objects(pred)
+    for key, kind, cells in _candidates(pred, truth, target_iou):
+        if key in skip:
+            continue
+        if kind == "delete":
+            return key, "delete", {"label": cells[0]}
+        if kind == "merge":
+            return key, "merge", {"a": cells[0], "b": cells[1]}
+        if kind == "split":
+            p, ts = cells[0], cells[1:]
+            box = _box(pred_boxes[p - 1], 1, pred.shape)
+            seeds = []
+            for t in ts:
+                y, x = _inner_point((pred[box] == p) & (truth[box] == t))
+                seeds.append([y + box[0].start, x + box[1].start])
+            if len({tuple(s) for s in seeds}) == len(seeds):
+                return key, "split", {"seeds": seeds, "label": p}
+            continue
+        if kind == "paint-new":
+            t = cells[0]
+            box = _box(true_boxes[t - 1], 1, truth.shape)
+            free = (truth[box] == t) & (pred[box] == 0)
+            if free.sum() < 0.5 * (truth[box] == t).sum():
+                continue  # other cells cover it: their own border fixes free it first
+            dist = ndi.distance_transform_edt(np.pad(free, 1))[1:-1, 1:-1]
+            y, x = np.unravel_index(int(np.argmax(dist)), free.shape)
+            radius = max(1, int(dist.max() * 0.6))
+            return key, "paint", {"label": int(pred.max()) + 1, "radius": radius,
+                                  "points": [[int(y) + box[0].start, int(x) + box[1].start]]}
+        p, t = cells
+        box = _box(_union(true_boxes[t - 1], pred_boxes[p - 1]), 2, truth.shape)
+        true_mask, pred_mask, window = truth[box] == t, pred[box] == p, pred[box]
+        missing = true_mask & ~pred_mask
+        # a stroke may only spill where it does no harm: overwriting, onto pixels already this cell's; in the
+        # default exclude mode (other cells protected), onto nothing but this cell; erasing, onto no true pixel
+        if kind == "grow":
+            mask, tool, params = missing & _clear_of(~true_mask & ~pred_mask), "paint", {"label": p, "overwrite": True}
+        elif kind == "grow-rim":
+            mask, tool, params = (missing & (window == 0) & _clear_of(~true_mask & (window == 0)), "paint",
+                                  {"label": p})
+        else:
+            mask, tool, params = pred_mask & ~true_mask & _clear_of(pred_mask & true_mask), "erase", {"label": p}
+        if mask.any():
+            stroke = max(_strokes(mask), key=len)
+            points = [[y + box[0].start, x + box[1].start] for y, x in stroke]
+            return key, tool, {**params, "radius": 1, "points": points}
+    return None
+
+
+def _union(a, b):
+    if b is None:
+        return a
+    return (slice(min(a[0].start, b[0].start), max(a[0].stop, b[0].stop)),
+            slice(min(a[1].start, b[1].start), max(a[1].stop, b[1].stop)))
+
+
+# --- through the API -----------------------------------------------------------------------------------------
+
+class TaskClient:
+    """One crowd task, driven through its token link like the browser editor does."""
+
+    def __init__(self, base_url: str, token: str):
+        self.http = _HTTP(base_url)
+        self.path = f"/api/task/{token}"
+        self.revision = None
+
+    def open(self) -> dict:
+        try:  # the editor's explicit open (newer servers); GET alone works on older ones
+            self.http.request("POST", self.path + "/open", {})
+        except APIError as exc:
+            if exc.status not in (404, 405):
+                raise
+        info = self.http.json("GET", self.path)
+        self.revision = info["revision"]
+        return info
+
+    def labels(self) -> np.ndarray:
+        _, headers, body = self.http.request("GET", self.path + "/labels")
+        self.revision = int(headers.get("X-Revision", self.revision))
+        return decode_npy(body)
+
+    def edit(self, labels: np.ndarray, tool: str, params: dict, layer: int) -> None:
+        """One edit; ``labels`` (the current labels) are brought up to date from the reply's patch."""
+        _, headers, body = self.http.request("POST", self.path + "/edit",
+                                             {"base_revision": self.revision, "tool": tool,
+                                              "params": {**params, "layer": layer}})
+        self.revision = int(headers.get("X-Revision", self.revision))
+        apply_patch(labels, body)
+
+    def submit(self) -> dict:
+        return self.http.json("POST", self.path + "/submit", {"base_revision": self.revision})
+
+
+def annotate(base_url: str, token: str, truth: np.ndarray, *, layers=(0,), target_iou: float = TARGET_IOU,
+             noise: float = 0.0, seed: int = 0, max_ops: int | None = None, submit: bool = True) -> Effort:
+    """Correct one task towards ``truth`` (the crop's (h, w, 2) or (h, w) ground truth) and submit it."""
+    rng = np.random.default_rng(seed)
+    truth = truth if truth.ndim == 3 else truth[..., None]
+    client = TaskClient(base_url, token)
+    client.open()
+    effort = Effort()
+    for layer in layers:
+        true_layer = truth[..., layer]
+        effort.cells += int(len(np.unique(true_layer)) - 1)
+        budget = max_ops if max_ops is not None else 12 * (int(true_layer.max()) + 5)
+        skip: set = set()
+        labels = client.labels()
+        while budget > 0:
+            fix = next_fix(labels[..., layer], true_layer, target_iou=target_iou, skip=frozenset(skip))
+            if fix is None:
+                break
+            key, tool, params = fix
+            skip.add(key)  # a fix is tried once; if it changed nothing it is not repeated
+            if noise and rng.random() < noise:
+                continue
+            before = labels[..., layer].copy()
+            client.edit(labels, tool, params, layer)
+            after = labels[..., layer]
+            changed = before != after
+            effort.ops[tool] += 1
+            effort.painted_px += int((changed & (after > 0)).sum())
+            effort.erased_px += int((changed & (after == 0)).sum())
+            if changed.any() and key[0] in ("grow", "grow-rim", "trim"):
+                skip.discard(key)  # borders take several strokes
+            budget -= 1
+    if submit:
+        client.submit()
+    return effort
+
+
+class Reviewer:
+    """An expert who logs in and approves (or rejects) submitted tasks through the review API."""
+
+    def __init__(self, base_url: str, username: str, password: str):
+        self.http = _HTTP(base_url)
+        csrf = self.http.json("GET", "/api/auth/me")["csrf_token"]
+        self.http.headers["X-CSRF-Token"] = csrf
+        reply = self.http.json("POST", "/api/auth/login", {"username": username, "password": password})
+        self.http.headers["X-CSRF-Token"] = reply.get("csrf_token", csrf)
+
+    def waiting(self) -> list[dict]:
+        return self.http.json("GET", "/api/review/tasks")["tasks"]
+
+    def approve_all(self) -> int:
+        n = 0
+        for task in self.waiting():
+            self.http.json("POST", f"/api/review/tasks/{task['id']}/approve", {})
+            n += 1
+        return n
+
+
+def annotate_batch(base_url: str, rows: list[dict], truths: dict, **options) -> Effort:
+    """Annotate every task of a published batch: ``rows`` are the publish CSV's rows (image, y0, x0, y1, x1,
+    url), ``truths`` the ground truth of each image by name."""
+    total = Effort()
+    for i, row in enumerate(rows):
+        y0, x0, y1, x1 = (int(row[k]) for k in ("y0", "x0", "y1", "x1"))
+        token = row["url"].rsplit("/task/", 1)[1]
+        truth = truths[row["image"]][y0:y1, x0:x1]
+        total.add(annotate(base_url, token, truth, seed=i, **options))
+    return total
