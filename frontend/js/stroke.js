@@ -2,6 +2,7 @@
 // MAX_POINTS per request) and rasterised locally exactly as the server does (backend/edits/brush.py:
 // every pixel within `radius` of a segment of the trace), so the preview matches the stored result.
 export const MAX_POINTS = 2000;
+export const MAX_LENGTH = 50000; // px of trace per request, half the least the server accepts
 
 // integer [row, col] points, consecutive duplicates dropped
 export function tracePoints(points) {
@@ -43,12 +44,23 @@ export function simplify(points, tolerance = 0.5) {
   return points.filter((_, i) => keep[i]);
 }
 
-// One edit request per chunk of at most `max` points; chunks share their end points so the trace stays
-// continuous across requests.
-export function chunks(points, max = MAX_POINTS) {
-  if (points.length <= max) return [points];
+// One edit request per chunk of at most `maxPoints` points and `maxLength` px of trace (the server bounds
+// both); chunks share their end points so the trace stays continuous across requests.
+export function chunks(points, maxPoints = MAX_POINTS, maxLength = MAX_LENGTH) {
   const out = [];
-  for (let start = 0; start < points.length - 1; start += max - 1) out.push(points.slice(start, start + max));
+  let current = [points[0]];
+  let length = 0;
+  for (let i = 1; i < points.length; i++) {
+    const step = Math.hypot(points[i][0] - points[i - 1][0], points[i][1] - points[i - 1][1]);
+    if (current.length >= maxPoints || (length + step > maxLength && current.length > 1)) {
+      out.push(current);
+      current = [points[i - 1]];
+      length = 0;
+    }
+    current.push(points[i]);
+    length += step;
+  }
+  out.push(current);
   return out;
 }
 

@@ -57,9 +57,10 @@ async function main() {
   const arrays = Promise.all([client.image(), client.labels()]);
   arrays.then(() => performance.mark('cellloop-arrays'), () => null); // a bad link fails info() below
   info = await client.info();
-  if (info.parent_origin) parentOrigin = info.parent_origin;
+  // POST open assigns the task and starts its clock; it answers the task JSON with the parent origin
   const opened = await client.open();
   if (opened && opened.state) info = { ...info, ...opened };
+  if (info.parent_origin) parentOrigin = info.parent_origin;
   showState();
   const readOnly = !EDITABLE.has(info.state);
   if (info.review && info.review.verdict === 'rejected' && EDITABLE.has(info.state)) {

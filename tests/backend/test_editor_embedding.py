@@ -23,25 +23,32 @@ def test_task_page_may_be_framed_only_by_configured_origins(world, monkeypatch):
 
 
 def test_parent_origin_is_the_configured_one_never_a_wildcard(world):
+    # the editor learns it when it opens the task
     token = world.tokens[world.task_ids[0]]
-    assert world.client.get(f"/api/task/{token}").get_json()["parent_origin"] is None
+
+    def parent():
+        resp = world.client.post(f"/api/task/{token}/open", json={})
+        assert resp.status_code == 200, resp.get_json()
+        return resp.get_json()["parent_origin"]
+
+    assert parent() is None
     world.config.frame_ancestors = (PARENT, "http://127.0.0.1:9000")
-    assert world.client.get(f"/api/task/{token}").get_json()["parent_origin"] == PARENT
+    assert parent() == PARENT
     world.config.parent_origin = "http://127.0.0.1:9000"
-    assert world.client.get(f"/api/task/{token}").get_json()["parent_origin"] == "http://127.0.0.1:9000"
+    assert parent() == "http://127.0.0.1:9000"
 
 
 @pytest.mark.parametrize("value", ["*", "https://ok.org; script-src *", "crowd.example.org", "https://a.org/path"])
 def test_a_bad_frame_ancestor_stops_the_server_from_starting(tmp_path, monkeypatch, value):
     monkeypatch.setenv("CELLLOOP_FRAME_ANCESTORS", f"{PARENT} {value}")
     with pytest.raises(ValueError, match="CELLLOOP_FRAME_ANCESTORS: not an origin"):
-        Config.from_env(instance_dir=tmp_path, secret_key="k" * 32)
+        Config.from_env(instance_dir=tmp_path, secret_key="a-long-enough-secret-key-for-tests")
 
 
 def test_env_origins_are_read(tmp_path, monkeypatch):
     monkeypatch.setenv("CELLLOOP_FRAME_ANCESTORS", f"{PARENT}  http://[::1]:8080")
     monkeypatch.setenv("CELLLOOP_PARENT_ORIGIN", "http://[::1]:8080")
-    config = Config.from_env(instance_dir=tmp_path, secret_key="k" * 32)
+    config = Config.from_env(instance_dir=tmp_path, secret_key="a-long-enough-secret-key-for-tests")
     assert config.frame_ancestors == (PARENT, "http://[::1]:8080")
     assert config.parent_origin == "http://[::1]:8080"
 

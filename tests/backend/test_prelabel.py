@@ -18,7 +18,7 @@ from pipeline.synthetic import make_tissue
 @pytest.fixture
 def project_world(tmp_path):
     config = Config.from_env(instance_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'db.sqlite'}",
-                             storage_url=str(tmp_path / "storage"), secret_key="test")
+                             storage_url=str(tmp_path / "storage"), secret_key="test-secret-key-" * 4)
     db.upgrade(config.database_url)
     session = db.make_sessionmaker(db.make_engine(config.database_url))()
     storage = storage_from_url(config.storage_url)

@@ -122,9 +122,8 @@ def test_a_long_stroke_goes_in_requests_of_at_most_2000_points(server, context):
     page.on("request", lambda r: sent.append(json.loads(r.post_data)) if r.url.endswith("/edit") else None)
     before = server.labels("long")
     label = page.evaluate("() => window.cellloop.editor.brushLabel")
-    # a zigzag no simplification can shorten: 4,500 corners, 40 px apart (each request's trace stays under the
-    # server's cap on stroke length, 100,000 px on a small task)
-    trace = [[10 + (i % 2) * 40, 5 + i // 40] for i in range(4500)]
+    # a zigzag no simplification can shorten: 4,500 corners, 20 px apart
+    trace = [[10 + (i % 2) * 20, 5 + i // 40] for i in range(4500)]
     page.evaluate("""(trace) => {
         const e = window.cellloop.editor;
         e.drag = { kind: 'stroke', tool: 'paint', points: trace, box: null };
@@ -144,6 +143,14 @@ def test_a_long_stroke_goes_in_requests_of_at_most_2000_points(server, context):
     expected[..., 0][covered & (before[..., 0] == 0)] = label
     np.testing.assert_array_equal(server.labels("long"), expected)
     assert server.info("long")["revision"] == 3
+    # a trace longer than the server takes in one request is cut by length too: 1,000 corners 120 px apart
+    lengths = page.evaluate("""async () => {
+        const { chunks } = await import('/static/js/stroke.js');
+        const trace = Array.from({ length: 1000 }, (_, i) => [(i % 2) * 120, i]);
+        return chunks(trace).map((part) => part.slice(1).reduce(
+            (sum, p, i) => sum + Math.hypot(p[0] - part[i][0], p[1] - part[i][1]), 0));
+    }""")
+    assert len(lengths) == 3 and max(lengths) <= 50_000 and sum(lengths) > 119_000
 
 
 def test_tools_through_their_keys(server, context):
