@@ -13,12 +13,13 @@ export class EditQueue {
     this.send = send;
     this.onDone = onDone;
     this.onRefused = onRefused;
+    this.refusing = 0;
     this.onChange = onChange || (() => {});
     this.waiters = [];
     this.offline = false;
   }
 
-  get length() { return this.items.length + (this.inFlight ? 1 : 0); }
+  get length() { return this.items.length + (this.inFlight ? 1 : 0) + this.refusing; }
 
   push(item) {
     item.queuedAt = performance.now();
@@ -66,7 +67,13 @@ export class EditQueue {
         return;
       }
       this.inFlight = null;
-      this.onRefused(item, err);
+      // a refusal may reload the labels: the queue is not idle until that is done
+      this.refusing += 1;
+      try {
+        await this.onRefused(item, err);
+      } finally {
+        this.refusing -= 1;
+      }
     }
     this.onChange();
     this.pump();
