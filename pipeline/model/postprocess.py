@@ -17,6 +17,7 @@ __all__ = [
     "NUCLEAR_DEFAULTS",
     "CALIBRATION_GRID",
     "calibrate",
+    "PUBLISHED_VARIANT",
 ]
 
 # Published Mesmer defaults (deepcell 0.12): the whole-cell distance map is flatter than the
@@ -40,6 +41,11 @@ NUCLEAR_DEFAULTS = dict(
     fill_holes_threshold=15,
 )
 
+
+MAXIMA_ALGORITHMS = ("peak_local_max", "h_maxima")
+FLOOD_SURFACES = ("distance", "interior")
+# deepcell-toolbox 0.12's deep_watershed: h-maxima markers, flooding the interior probability.
+PUBLISHED_VARIANT = dict(maxima_algorithm="h_maxima", flood="interior")
 
 # What ``calibrate`` tries: the thresholds and marker spacing a trained model is most sensitive to.
 CALIBRATION_GRID = dict(
@@ -133,6 +139,8 @@ def deep_watershed(
     small_objects_threshold: int = 15,
     fill_holes_threshold: int = 15,
     exclude_border: bool = False,
+    maxima_algorithm: str = "peak_local_max",
+    flood: str = "distance",
 ) -> np.ndarray:
     """Instance labels int32 (H, W) from an inner-distance map and a pixelwise map.
 
@@ -145,7 +153,16 @@ def deep_watershed(
     touching cells split along the valley between their distance peaks. Then objects under
     ``small_objects_threshold`` px are dropped and single-object holes under
     ``fill_holes_threshold`` px filled; ids are renumbered 1..n.
+
+    ``maxima_algorithm="h_maxima"`` and ``flood="interior"`` give the published deepcell-toolbox
+    variant (``PUBLISHED_VARIANT``): markers are the connected regional maxima at least
+    ``maxima_threshold`` high (``h_maxima`` with a disk of ``radius``, then ``label``, so touching
+    peaks make one seed) and the flood runs on the negative smoothed interior probability.
     """
+    if maxima_algorithm not in MAXIMA_ALGORITHMS:
+        raise ValueError(f"maxima_algorithm must be one of {', '.join(MAXIMA_ALGORITHMS)}, got {maxima_algorithm!r}")
+    if flood not in FLOOD_SURFACES:
+        raise ValueError(f"flood must be one of {', '.join(FLOOD_SURFACES)}, got {flood!r}")
     dist = np.asarray(inner_distance, dtype=np.float32)
     if dist.ndim == 3:
         dist = dist[..., 0]
@@ -163,20 +180,27 @@ def deep_watershed(
     mask = interior > interior_threshold
     if not mask.any():
         return np.zeros(dist.shape, np.int32)
-    coords = peak_local_max(
-        dist,
-        min_distance=max(int(radius), 1),
-        threshold_abs=maxima_threshold,
-        exclude_border=bool(exclude_border),
-    )
-    markers = np.zeros(dist.shape, np.int32)
-    if len(coords):
-        markers[coords[:, 0], coords[:, 1]] = np.arange(1, len(coords) + 1, dtype=np.int32)
+    if maxima_algorithm == "h_maxima":
+        from skimage.measure import label as cc_label
+        from skimage.morphology import disk, h_maxima
+
+        peaks = h_maxima(dist, maxima_threshold, footprint=disk(max(int(radius), 1))).astype(bool)
+        markers = cc_label(peaks).astype(np.int32)
+    else:
+        coords = peak_local_max(
+            dist,
+            min_distance=max(int(radius), 1),
+            threshold_abs=maxima_threshold,
+            exclude_border=bool(exclude_border),
+        )
+        markers = np.zeros(dist.shape, np.int32)
+        if len(coords):
+            markers[coords[:, 0], coords[:, 1]] = np.arange(1, len(coords) + 1, dtype=np.int32)
     # A marker outside the mask would seed nothing but still cost a label id.
     markers[~mask] = 0
     if not markers.any():
         return np.zeros(dist.shape, np.int32)
-    labels = watershed(-dist, markers, mask=mask)
+    labels = watershed(-(interior if flood == "interior" else dist), markers, mask=mask)
     labels = remove_small(labels, small_objects_threshold)
     labels = fill_small_holes(labels, fill_holes_threshold)
     return relabel_sequential(labels)
