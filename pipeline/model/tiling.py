@@ -53,7 +53,8 @@ def tile_predict(
     (B, tile, tile, k_i). Images smaller than a tile are zero-padded (zeros are what blank
     background looks like after normalisation) and cropped back. Outputs are weighted by
     ``spline_window`` and divided by the summed weights, so a prediction that agrees between
-    tiles comes back unchanged. ``progress(done, total)`` is called after each batch.
+    tiles comes back unchanged. ``progress(done, total)`` is called after each batch. When there is
+    more than one batch, every batch holds ``batch_size`` tiles (blank ones fill the last).
     Returns a list of float32 arrays (H, W, k_i).
     """
     X = np.asarray(X)
@@ -80,10 +81,14 @@ def tile_predict(
     for b0 in range(0, total, batch_size):
         chunk = boxes[b0 : b0 + batch_size]
         batch = np.stack([Xp[r : r + tile, q : q + tile] for r, q in chunk])
+        if total > batch_size and len(chunk) < batch_size:
+            # A short last batch would be a new input shape, which a compiled network traces again
+            # (seconds on CPU); blank tiles fill it and their outputs are dropped.
+            batch = np.concatenate([batch, np.zeros((batch_size - len(chunk),) + batch.shape[1:], batch.dtype)])
         outs = fn(batch)
         if isinstance(outs, np.ndarray) or not isinstance(outs, (list, tuple)):
             outs = [outs]
-        outs = [np.asarray(o, dtype=np.float32) for o in outs]
+        outs = [np.asarray(o, dtype=np.float32)[: len(chunk)] for o in outs]
         if accum is None:
             accum = [np.zeros((ph, pw, o.shape[-1]), dtype=np.float32) for o in outs]
         for o, acc in zip(outs, accum):

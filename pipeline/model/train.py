@@ -267,6 +267,7 @@ def train(
     val_split: float = 0.1,
     backbone: str = "resnet50",
     heads: str | None = None,
+    architecture: dict | None = None,
     from_version=None,
     epochs: int = 8,
     steps_per_epoch: int | None = None,
@@ -292,7 +293,8 @@ def train(
     checkpoint=None,
     calibration_data=None,
 ) -> TrainResult:
-    """Train a new model (``backbone`` and ``heads`` as in ``panoptic.build_panoptic``) or continue one
+    """Train a new model (``backbone``, ``heads`` and the other ``architecture`` keywords of
+    ``panoptic.build_panoptic``) or continue one
     (``from_version``); save it to ``out`` if given.
 
     ``data``/``val`` are ``.npz`` paths or (X, y) pairs; without ``val``, ``val_split`` of the images
@@ -358,8 +360,10 @@ def train(
         backbone = base_cfg.get("backbone") or backbone
     else:
         heads = heads or panoptic.default_heads(backbone)
-        model = panoptic.build_panoptic(X.shape[-1], backbone, heads=heads)
+        model = panoptic.build_panoptic(X.shape[-1], backbone, heads=heads, **(architecture or {}))
         base_cfg = saving.default_config(X.shape[-1], backbone=backbone, heads=heads)
+        if architecture:
+            base_cfg["architecture"] = dict(architecture)
     n_channels = int(model.inputs[0].shape[-1])
     if X.shape[-1] != n_channels:
         raise ValueError(f"the model takes {n_channels} channels, the training data has {X.shape[-1]}")
