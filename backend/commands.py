@@ -122,8 +122,12 @@ def publish_crops(session, storage, project, image, *, crop_size=270, overlap=30
 
         nuclear = _nuclear_index(project.channel_names)
         labels = nuclear_expansion(image.astype("float32"), nuclear_channel=nuclear)
+    elif prelabel == "starter":
+        from pipeline.model.starter import segment
+
+        labels = segment(image, project.channel_names)
     elif prelabel != "none":
-        raise _error(f"unknown prelabel method {prelabel!r} (none, baseline)")
+        raise _error(f"unknown prelabel method {prelabel!r} (none, baseline, starter)")
     batch = Batch(project=project, name=batch_name)
     session.add(batch)
     svc = TaskService(session, storage)
@@ -283,6 +287,12 @@ def cmd_demo(args) -> int:
     return serve(config, host=args.host, port=args.port, workers=args.workers)
 
 
+def _default_demo_prelabel() -> str:
+    from pipeline.model.starter import starter_model_dir
+
+    return "starter" if starter_model_dir() is not None else "baseline"
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     def common(p):
         p.add_argument("--instance", help="instance folder holding the SQLite file and local storage "
@@ -309,7 +319,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pixel-size", type=float, help="microns per pixel")
     p.add_argument("--crop", type=int, default=0, metavar="PX", help="also cut into PX-sized tasks (e.g. 270)")
     p.add_argument("--overlap", type=int, default=30, metavar="PX")
-    p.add_argument("--prelabel", default="none", choices=["none", "baseline"])
+    p.add_argument("--prelabel", default="none", choices=["none", "baseline", "starter"])
     p.set_defaults(func=cmd_ingest)
 
     p = common(sub.add_parser("links", help="print task links as CSV for a crowd platform"))
@@ -329,7 +339,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = serving(common(sub.add_parser("demo", help="create a demo project and serve it")))
     p.add_argument("--source", default="auto", help="auto (Vectra sample if present, else synthetic), "
                    "vectra, synthetic, or an image path")
-    p.add_argument("--prelabel", default="baseline", choices=["none", "baseline"])
+    p.add_argument("--prelabel", default=_default_demo_prelabel(), choices=["none", "baseline", "starter"])
     p.add_argument("--password", help="password for the demo reviewer/admin (default: random, printed)")
     p.add_argument("--no-serve", action="store_true", help="set up and print links, but do not serve")
     p.set_defaults(func=cmd_demo)

@@ -152,6 +152,151 @@ def cmd_train(args) -> int:
     return 0
 
 
+DIAMETER_CANDIDATES = (16.0, 20.0, 24.0, 28.0, 32.0)
+
+
+def calibration_images(data_dir: Path, recipe: dict):
+    """Labelled images the finishing step may tune on: the training images' real data at full size and
+    the synthetic validation tissues. Returns a list of (X, y (H, W, 2), layers annotated)."""
+    from pipeline import io
+
+    items = []
+    vectra = data_dir / "vectra"
+    X, _ = io.read_image(vectra / "image0.tif", channels=[1, 0])
+    cells = io.read_labels(vectra / "image0_wholecell.tif")[..., 0]
+    top = X.shape[0] // 2
+    items.append((X[:top].astype(np.float32), np.stack([cells[:top], np.zeros_like(cells[:top])], -1), (0,)))
+    dsb = data_dir / "dsb2018_nuclei"
+    img = _read_plane(dsb / "img2d.tif").astype(np.float32)
+    nuclei = _read_plane(dsb / "mask2d.tif").astype(np.int32)
+    items.append((np.stack([img, np.zeros_like(img)], -1), np.stack([nuclei, nuclei], -1), (1,)))
+    Xv, yv, _ = synthetic_data(recipe["n_validation"], recipe["validation_seed"])
+    items.extend((x, y, (0, 1)) for x, y in zip(Xv, yv))
+    return items
+
+
+def _at_diameter(X, y, diameter):
+    """X and y resampled so the median whole-cell (else nuclear) diameter of ``y`` is ``diameter`` px."""
+    from pipeline.model import autoscale, preprocess
+
+    layer = 0 if y[..., 0].any() else 1
+    d, _ = autoscale.median_diameter(y[..., layer])
+    if layer == 1:
+        d *= 1.8  # typical cell/nucleus diameter ratio: nuclei-only images sit where their cells would
+    factor = diameter / d
+    Xs = preprocess.resample(X, 1.0, 1.0 / factor)
+    return Xs, preprocess.resample_labels(y, Xs.shape[:2])
+
+
+def choose_cell_diameter(app, items):
+    """The whole-cell diameter (px) at which the model segments the calibration images best."""
+    from pipeline import metrics
+    from pipeline.model import postprocess
+
+    scores = {}
+    for d in DIAMETER_CANDIDATES:
+        truths, preds = [], []
+        for X, y, layers in items:
+            if 0 not in layers:
+                continue
+            Xs, ys = _at_diameter(X, y, d)
+            out = app.predict_outputs(Xs)
+            preds.append(postprocess.deep_watershed(out[0], out[1], **{**postprocess.WHOLE_CELL_DEFAULTS,
+                                                                       **(app.config.get("postprocess") or {}).get("whole_cell_kwargs", {})}))
+            truths.append(ys[..., 0])
+        scores[d] = float(metrics.evaluate(truths, preds)["pooled"]["f1"])
+        print(f"  cell diameter {d:.0f} px: whole-cell F1 {scores[d]:.3f}", flush=True)
+    best = max(scores, key=lambda k: scores[k])
+    return best, {str(k): round(v, 4) for k, v in scores.items()}
+
+
+def calibrate_both_variants(app, items, diameter):
+    """Deep-watershed parameters per layer, searched for the model's own and the published variant;
+    the better of the two (pooled F1 on ``items`` at ``diameter``) is kept, both are reported."""
+    from pipeline.model import postprocess
+
+    outs, truths = [], []
+    for X, y, layers in items:
+        Xs, ys = _at_diameter(X, y, diameter)
+        outs.append((app.predict_outputs(Xs), layers))
+        truths.append(ys)
+    chosen, report = {}, {}
+    for key, k, defaults in (("whole_cell_kwargs", 0, postprocess.WHOLE_CELL_DEFAULTS),
+                             ("nuclear_kwargs", 1, postprocess.NUCLEAR_DEFAULTS)):
+        use = [i for i, (_, layers) in enumerate(outs) if k in layers]
+        found = {}
+        for variant, extra in (("ours", {}), ("published", postprocess.PUBLISHED_VARIANT)):
+            found[variant] = postprocess.calibrate([outs[i][0][2 * k] for i in use], [outs[i][0][2 * k + 1] for i in use],
+                                                   [truths[i][..., k] for i in use], {**defaults, **extra})
+            print(f"  {key} {variant}: F1 {found[variant]['f1']:.3f} (defaults {found[variant]['default_f1']:.3f})",
+                  flush=True)
+        best = max(found, key=lambda v: found[v]["f1"])
+        chosen[key] = found[best]["kwargs"]
+        report[key] = {"kept": best, "n_images": len(use),
+                       **{v: {"f1": round(f["f1"], 4), "default_f1": round(f["default_f1"], 4), "kwargs": f["kwargs"]}
+                          for v, f in found.items()}}
+    return chosen, report
+
+
+def cmd_finish(args) -> int:
+    import csv
+
+    from pipeline.model import heldout, saving
+    from pipeline.model.predict import Mesmer
+
+    run, data_dir, out = Path(args.run), Path(args.data), Path(args.out)
+    meta = json.loads((run / "recipe.json").read_text())
+    recipe = meta["recipe"]
+    version = saving.load_model_version(run / "checkpoint")
+    app = Mesmer(version)
+    items = calibration_images(data_dir, recipe)
+    t0 = time.perf_counter()
+    diameter, diameter_scores = choose_cell_diameter(app, items)
+    print(f"cell diameter: {diameter:.0f} px", flush=True)
+    pp, pp_report = calibrate_both_variants(app, items, diameter)
+    with open(run / "history.csv") as f:
+        history = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    config = dict(version.config)
+    config.update(
+        name="starter",
+        cell_diameter=diameter,
+        postprocess=pp,
+        parent=None,
+        created=None,
+        training={
+            "recipe": recipe,
+            "command": "python -m pipeline.model.starter_recipe train --out RUN --minutes %g" % meta["minutes"],
+            "data": meta["sources"] + [{"name": "synthetic: pipeline.synthetic.make_varied_tissue",
+                                        "seeds": [recipe["synthetic_seed"], recipe["synthetic_seed"] + recipe["n_synthetic"] - 1],
+                                        "cell_diameter_px": list(SYNTHETIC_DIAMETERS)}],
+            "validation": {"synthetic_seeds": [recipe["validation_seed"], recipe["validation_seed"] + recipe["n_validation"] - 1]},
+            "not_used": ["mibi_tnbc (the cross-platform check)", "vectra image0 bottom half (held out)",
+                         "ImageNet weights (not obtainable here: trained from scratch)"],
+            "best_epoch": version.config.get("training", {}).get("checkpoint_epoch"),
+            "best_val_loss": version.config.get("training", {}).get("checkpoint_loss"),
+            "steps": (int(version.config.get("training", {}).get("checkpoint_epoch", 0)) + 1) * recipe["steps_per_epoch"],
+            "epochs_run": len(history),
+            "history": history,
+            "cell_diameter_scores": diameter_scores,
+            "postprocess_calibration": pp_report,
+        },
+    )
+    # Saved through a fresh load so the optimizer state of training is not shipped.
+    saving.save_model_version(version.model, out, config, overwrite=True)
+    finished = saving.load_model_version(out)
+    rows = []
+    for name in heldout.SETS:
+        row = heldout.evaluate(finished, name, data_dir)
+        if row is not None:
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    config["metrics"] = {r["case"].split(":", 1)[1]: {k: v for k, v in r.items() if k != "case"} for r in rows}
+    saving.save_model_version(finished.model, out, config, overwrite=True)
+    size = (out / saving.MODEL_FILE).stat().st_size
+    print(f"{out}: {size / 1e6:.1f} MB, finished in {time.perf_counter() - t0:.0f}s", flush=True)
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.model.starter_recipe", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="step", required=True)
@@ -160,6 +305,11 @@ def main(argv=None) -> int:
     t.add_argument("--minutes", type=float, default=40.0, help="wall-clock budget of the training loop")
     t.add_argument("--data", default="../shared/data", help="the shared sample data folder")
     t.set_defaults(func=cmd_train)
+    f = sub.add_parser("finish", help="fit scale and post-processing, measure, write the shipped model version")
+    f.add_argument("--run", required=True, help="run folder of a train step")
+    f.add_argument("--out", required=True, help="model version folder to write (e.g. pipeline/model/starter)")
+    f.add_argument("--data", default="../shared/data", help="the shared sample data folder")
+    f.set_defaults(func=cmd_finish)
     args = parser.parse_args(argv)
     return args.func(args)
 
