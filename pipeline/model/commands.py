@@ -24,7 +24,7 @@ def register(subparsers) -> None:
     p.add_argument("--nuclear", help="nuclear channel: name or index")
     p.add_argument("--membrane", help="membrane/cytoplasm channel: name or index")
     p.add_argument("--channels", help="comma-separated channels in the model's order (for models not of 2 channels)")
-    p.add_argument("--image-mpp", type=_mpp, default="auto",
+    p.add_argument("--image-mpp", default="auto",
                    help="µm per pixel of the image, or 'auto' (default): estimated from the image's cells")
     p.add_argument("--compartment", choices=("both", "whole-cell", "nuclear"), default="both")
     p.add_argument("--batch-size", type=int, default=8)
@@ -64,15 +64,16 @@ def register(subparsers) -> None:
     e.set_defaults(func=cmd_evaluate)
 
 
-def _mpp(text: str):
+def _image_mpp(text: str):
+    """'auto' or a positive number of µm per pixel, from the --image-mpp flag."""
     if text == "auto":
         return "auto"
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'auto' or a number of µm per pixel, got {text!r}") from None
+        value = float("nan")
     if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        raise _error(f"--image-mpp must be 'auto' or a positive number of µm per pixel, got {text!r}")
     return value
 
 
@@ -134,6 +135,7 @@ def cmd_predict(args) -> int:
 
     out = Path(args.out)
     _check_labels_suffix(out)
+    image_mpp = _image_mpp(args.image_mpp)
     if args.batch_size < 1:
         raise _error("--batch-size must be at least 1")
     paths = args.image[0] if len(args.image) == 1 else list(args.image)
@@ -150,7 +152,7 @@ def cmd_predict(args) -> int:
     app = Mesmer(version)
     labels = app.predict(
         image.astype("float32"),
-        image_mpp=args.image_mpp,
+        image_mpp=image_mpp,
         compartment=args.compartment,
         batch_size=args.batch_size,
         progress=_progress_bar("predict"),

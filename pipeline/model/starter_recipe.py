@@ -194,11 +194,10 @@ def choose_cell_diameter(app, items):
     from pipeline.model import postprocess
 
     scores = {}
+    whole_cell = [item for item in items if 0 in item[2]][:7]
     for d in DIAMETER_CANDIDATES:
         truths, preds = [], []
-        for X, y, layers in items:
-            if 0 not in layers:
-                continue
+        for X, y, layers in whole_cell:
             Xs, ys = _at_diameter(X, y, d)
             out = app.predict_outputs(Xs)
             preds.append(postprocess.deep_watershed(out[0], out[1], **{**postprocess.WHOLE_CELL_DEFAULTS,
