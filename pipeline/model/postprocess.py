@@ -221,9 +221,11 @@ def match_nuclei_to_cells(whole_cell: np.ndarray, nuclear: np.ndarray) -> np.nda
     nuc = relabel_sequential(nuclear)
     n_nuc = int(nuc.max())
     both = (nuc > 0) & (whole_cell > 0)
-    pairs, counts = np.unique(
-        np.stack([nuc[both].astype(np.int64), whole_cell[both].astype(np.int64)]), axis=1, return_counts=True
-    )
+    # One int64 key per (nucleus, cell) pair: a 1-D unique is several times faster than unique(axis=1)
+    # and gives the same pairs in the same order.
+    stride = int(whole_cell.max()) + 1
+    keys, counts = np.unique(nuc[both].astype(np.int64) * stride + whole_cell[both], return_counts=True)
+    pairs = np.stack([keys // stride, keys % stride])
     order = np.argsort(-counts, kind="stable")
     lut = np.zeros(n_nuc + 1, np.int64)
     taken: set[int] = set()
@@ -275,8 +277,14 @@ def postprocess_mesmer(
         return deep_watershed(nuc_d, nuc_p, **nuc_kw)[..., None]
     if compartment != "both":
         raise ValueError(f"compartment must be 'both', 'whole-cell' or 'nuclear', got {compartment!r}")
-    wc = deep_watershed(wc_d, wc_p, **wc_kw)
-    nuc = deep_watershed(nuc_d, nuc_p, **nuc_kw)
+    # The two layers are independent and the heavy steps (filters, flooding) release the GIL, so
+    # two threads use two cores; the labels are the same as one after the other.
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        wc_job = pool.submit(deep_watershed, wc_d, wc_p, **wc_kw)
+        nuc = deep_watershed(nuc_d, nuc_p, **nuc_kw)
+        wc = wc_job.result()
     if match_ids:
         nuc = match_nuclei_to_cells(wc, nuc)
     return np.stack([wc, nuc], axis=-1).astype(np.int32)
