@@ -5,7 +5,9 @@ splits or merges them. A model version records the typical whole-cell diameter i
 (``config["cell_diameter"]``, px at the model's pixel size). The estimate runs the model itself on a
 probe window of the image, measures the median diameter of the cells it finds, rescales the probe so
 that diameter matches the model's, and measures once more (the first pass at a wrong scale is biased
-towards the scale it ran at). The image's pixel size follows from the final factor.
+towards the scale it ran at). The image's pixel size follows from the final factor. Images whose
+second (membrane) channel is blank, nuclei-only stains, are measured by their nuclei instead
+(``config["nuclear_diameter"]``).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 DEFAULT_CELL_DIAMETER = 24.0  # px at 0.5 µm/px (~12 µm), for model versions that do not record theirs
+NUCLEUS_TO_CELL = 1 / 1.8  # typical nucleus/cell diameter ratio, when a model does not record its nuclear size
 PROBE = 384  # side of the probe window, in model pixels
 MIN_CELLS = 5
 FACTOR_LIMITS = (0.25, 4.0)  # resampling factors beyond these are not trusted (cells 6-96 px across)
@@ -80,31 +83,37 @@ def _probe_window(X: np.ndarray, side: int) -> np.ndarray:
     return X[r:r + sh, q:q + sw]
 
 
-def _measure(app, X: np.ndarray, factor: float):
-    """Median whole-cell diameter (px at the image's resolution) found by the model at ``factor``."""
+def _measure(app, X: np.ndarray, factor: float, layer: int = 0):
+    """Median diameter (px at the image's resolution) of the cells (``layer`` 0) or nuclei (1) the model
+    finds at ``factor``."""
     from pipeline.model import postprocess, preprocess
 
     side = int(math.ceil(PROBE / factor))
     window = _probe_window(X, side)
     scaled = window if factor == 1.0 else preprocess.resample(window, 1.0, 1.0 / factor)
     outputs = app.predict_outputs(scaled)
-    kwargs = {**postprocess.WHOLE_CELL_DEFAULTS, **((app.config.get("postprocess") or {}).get("whole_cell_kwargs") or {})}
-    labels = postprocess.deep_watershed(outputs[0], outputs[1], **kwargs)
+    key, defaults = (("whole_cell_kwargs", postprocess.WHOLE_CELL_DEFAULTS) if layer == 0
+                     else ("nuclear_kwargs", postprocess.NUCLEAR_DEFAULTS))
+    kwargs = {**defaults, **((app.config.get("postprocess") or {}).get(key) or {})}
+    labels = postprocess.deep_watershed(outputs[2 * layer], outputs[2 * layer + 1], **kwargs)
     diameter, n = median_diameter(labels)
     return (None if diameter is None else diameter / factor), n
 
 
 def estimate_image_mpp(app, X: np.ndarray) -> ScaleEstimate:
     """Estimate the pixel size of image ``X`` (H, W, C) for ``app`` (a ``predict.Mesmer``)."""
-    target = float(app.config.get("cell_diameter") or DEFAULT_CELL_DIAMETER)
+    cell = float(app.config.get("cell_diameter") or DEFAULT_CELL_DIAMETER)
+    membrane = np.asarray(X[..., 1]) if X.shape[-1] > 1 else None
+    layer = 1 if membrane is not None and not np.ptp(membrane) > 0 else 0
+    target = cell if layer == 0 else float(app.config.get("nuclear_diameter") or cell * NUCLEUS_TO_CELL)
     lo, hi = FACTOR_LIMITS
     factor, passes, found = 1.0, 0, []
-    diameter, n = _measure(app, X, 1.0)
+    diameter, n = _measure(app, X, 1.0, layer)
     passes += 1
     if n < MIN_CELLS:
         # Nothing recognisable at the native scale: try much smaller and much larger cells.
         for trial in (0.5, 2.0):
-            d, k = _measure(app, X, trial)
+            d, k = _measure(app, X, trial, layer)
             passes += 1
             found.append((k, d, trial))
         k, d, _ = max(found, key=lambda t: t[0])
@@ -112,7 +121,7 @@ def estimate_image_mpp(app, X: np.ndarray) -> ScaleEstimate:
             diameter, n = d, k
     if diameter is not None and n >= MIN_CELLS:
         factor = float(np.clip(target / diameter, lo, hi))
-        d2, n2 = _measure(app, X, factor)
+        d2, n2 = _measure(app, X, factor, layer)
         passes += 1
         if d2 is not None and n2 >= MIN_CELLS:
             diameter, n = d2, n2

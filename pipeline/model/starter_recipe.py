@@ -209,6 +209,20 @@ def choose_cell_diameter(app, items):
     return best, {str(k): round(v, 4) for k, v in scores.items()}
 
 
+def nuclear_diameter_at(items, diameter):
+    """Median nuclear diameter (px) of the labelled cells+nuclei images once their cells are ``diameter`` across."""
+    from pipeline.model import autoscale
+
+    ratios = []
+    for _, y, layers in items:
+        if layers == (0, 1):
+            cell, _ = autoscale.median_diameter(y[..., 0])
+            nuc, _ = autoscale.median_diameter(y[..., 1])
+            if cell and nuc:
+                ratios.append(nuc / cell)
+    return float(diameter * np.median(ratios)) if ratios else float(diameter * autoscale.NUCLEUS_TO_CELL)
+
+
 def calibrate_both_variants(app, items, diameter):
     """Deep-watershed parameters per layer, searched for the model's own and the published variant;
     the better of the two (pooled F1 on ``items`` at ``diameter``) is kept, both are reported."""
@@ -253,7 +267,8 @@ def cmd_finish(args) -> int:
     items = calibration_images(data_dir, recipe)
     t0 = time.perf_counter()
     diameter, diameter_scores = choose_cell_diameter(app, items)
-    print(f"cell diameter: {diameter:.0f} px", flush=True)
+    nuclear_diameter = nuclear_diameter_at(items, diameter)
+    print(f"cell diameter: {diameter:.0f} px, nuclei {nuclear_diameter:.1f} px", flush=True)
     pp, pp_report = calibrate_both_variants(app, items, diameter)
     with open(run / "history.csv") as f:
         history = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
@@ -261,6 +276,7 @@ def cmd_finish(args) -> int:
     config.update(
         name="starter",
         cell_diameter=diameter,
+        nuclear_diameter=nuclear_diameter,
         postprocess=pp,
         parent=None,
         created=None,
