@@ -328,6 +328,9 @@ def train(
     if X is None or y is None:
         raise ValueError("no training data: pass X and y or data")
     X, y = check_dataset(X, y, "training data")
+    for name, arr, shape in (("layer_weights", layer_weights, (len(X), 2)), ("sampling", sampling, (len(X),))):
+        if arr is not None and np.shape(arr) != shape:
+            raise ValueError(f"{name} must have shape {shape}, got {np.shape(arr)}")
     if not data_hashes:
         data_hashes.append({"path": None, "sha256": saving.sha256_arrays(X, y)})
 
@@ -370,9 +373,6 @@ def train(
     if Xv is not None and Xv.shape[-1] != n_channels:
         raise ValueError(f"the validation data has {Xv.shape[-1]} channels, the model takes {n_channels}")
 
-    for name, arr, shape in (("layer_weights", layer_weights, (len(X), 2)), ("sampling", sampling, (len(X),))):
-        if arr is not None and np.shape(arr) != shape:
-            raise ValueError(f"{name} must have shape {shape}, got {np.shape(arr)}")
     if nuclear_weight is None:
         nuclear_weight = 1.0 if bool(np.any(y[..., 1])) else 0.0
     loss_fns, loss_weights = losses.mesmer_losses(nuclear_weight)
