@@ -4,8 +4,8 @@ Users rarely know (or give) the µm per pixel the model needs, and a model fed c
 splits or merges them. A model version records the typical whole-cell diameter it segments best
 (``config["cell_diameter"]``, px at the model's pixel size). The estimate runs the model itself on a
 probe window of the image, measures the median diameter of the cells it finds, rescales the probe so
-that diameter matches the model's, and measures once more (the first pass at a wrong scale is biased
-towards the scale it ran at). The image's pixel size follows from the final factor. Images whose
+that diameter matches the model's, and measures again until the scale settles (a pass at a wrong scale
+is biased towards the scale it ran at), at most ``REFINEMENTS`` times. The image's pixel size follows from the final factor. Images whose
 second (membrane) channel is blank, nuclei-only stains, are measured by their nuclei instead
 (``config["nuclear_diameter"]``).
 """
@@ -20,6 +20,7 @@ DEFAULT_CELL_DIAMETER = 24.0  # px at 0.5 µm/px (~12 µm), for model versions t
 NUCLEUS_TO_CELL = 1 / 1.8  # typical nucleus/cell diameter ratio, when a model does not record its nuclear size
 PROBE = 384  # side of the probe window, in model pixels
 MIN_CELLS = 5
+REFINEMENTS = 3  # measurements after the first; each starts from the scale the previous one implied
 FACTOR_LIMITS = (0.25, 4.0)  # resampling factors beyond these are not trusted (cells 6-96 px across)
 
 
@@ -121,11 +122,17 @@ def estimate_image_mpp(app, X: np.ndarray) -> ScaleEstimate:
             diameter, n = d, k
     if diameter is not None and n >= MIN_CELLS:
         factor = float(np.clip(target / diameter, lo, hi))
-        d2, n2 = _measure(app, X, factor, layer)
-        passes += 1
-        if d2 is not None and n2 >= MIN_CELLS:
+        for _ in range(REFINEMENTS):
+            d2, n2 = _measure(app, X, factor, layer)
+            passes += 1
+            if d2 is None or n2 < MIN_CELLS:
+                break
             diameter, n = d2, n2
-            factor = float(np.clip(target / diameter, lo, hi))
+            new = float(np.clip(target / diameter, lo, hi))
+            if abs(new / factor - 1) < 0.03:
+                factor = new
+                break
+            factor = new
     reliable = diameter is not None and n >= MIN_CELLS
     if not reliable:
         factor = 1.0
