@@ -7,7 +7,8 @@
 (d) ``synthetic``: domain-randomised tissue with seeds (and so settings) never used in training.
 
 Everything runs at default settings: no pixel size given (``image_mpp="auto"``). Each set is scored
-with the model's own post-processing and with the published deep-watershed variant on the same
+with the model's post-processing and with the other deep-watershed variant (ours: peak markers flooding
+the distance map; published: deepcell-toolbox's h-maxima markers flooding the interior) on the same
 network outputs. Object matching is ``pipeline.metrics`` (IoU > 0.6), pooled F1.
 """
 from __future__ import annotations
@@ -66,18 +67,31 @@ def load_set(name: str, data_dir: Path, quick: bool = False):
     raise ValueError(f"unknown held-out set {name!r}; choose from {', '.join(SETS)}")
 
 
-def _variant_kwargs(config: dict) -> dict:
+def _variant(kwargs: dict) -> str:
+    return "published" if kwargs.get("flood") == "interior" else "ours"
+
+
+def other_postprocess(config: dict) -> tuple[str, dict]:
+    """The deep-watershed variant the model does not use, with its calibrated parameters when the
+    model's config records them (``training.postprocess_calibration``), else the model's own with only
+    the variant switched."""
     from pipeline.model import postprocess
 
     pp = config.get("postprocess") or {}
-    return {
-        "whole_cell_kwargs": {**(pp.get("whole_cell_kwargs") or {}), **postprocess.PUBLISHED_VARIANT},
-        "nuclear_kwargs": {**(pp.get("nuclear_kwargs") or {}), **postprocess.PUBLISHED_VARIANT},
-    }
+    calibration = (config.get("training") or {}).get("postprocess_calibration") or {}
+    kept = _variant(pp.get("whole_cell_kwargs") or {})
+    other = "ours" if kept == "published" else "published"
+    switch = postprocess.PUBLISHED_VARIANT if other == "published" else {"maxima_algorithm": "peak_local_max",
+                                                                         "flood": "distance"}
+    kwargs = {}
+    for key in ("whole_cell_kwargs", "nuclear_kwargs"):
+        found = (calibration.get(key) or {}).get(other, {}).get("kwargs")
+        kwargs[key] = dict(found) if found else {**(pp.get(key) or {}), **switch}
+    return other, kwargs
 
 
 def evaluate(version, name: str, data_dir: Path, quick: bool = False) -> dict | None:
-    """One JSON-able row: F1 of ``version`` (a ModelVersion or folder), of the published post-processing
+    """One JSON-able row: F1 of ``version`` (a ModelVersion or folder), of the other post-processing
     variant, and of the baseline on held-out set ``name``; None when its data is missing."""
     from pipeline import baseline, metrics
     from pipeline.model.predict import Mesmer
@@ -88,13 +102,14 @@ def evaluate(version, name: str, data_dir: Path, quick: bool = False) -> dict | 
     images, truths, layer, what = loaded
     app = Mesmer(version)
     t0 = time.perf_counter()
-    preds, published, estimates = [], [], []
+    other, other_kwargs = other_postprocess(app.config)
+    preds, alternative, estimates = [], [], []
     for X in images:
         preds.append(app.predict(X, image_mpp="auto")[..., layer])
         estimates.append(app.scale_estimates[0])
-        # Same network maps and scale, the published flood/markers instead of the model's own.
-        pub = app.predict(X, image_mpp=estimates[-1].image_mpp, postprocess_kwargs=_variant_kwargs(app.config))
-        published.append(pub[..., layer])
+        # Same network maps and scale, the other deep-watershed variant.
+        alt = app.predict(X, image_mpp=estimates[-1].image_mpp, postprocess_kwargs=other_kwargs)
+        alternative.append(alt[..., layer])
     seconds = time.perf_counter() - t0
     base = [baseline.nuclear_expansion(X)[..., layer] for X in images]
 
@@ -102,7 +117,9 @@ def evaluate(version, name: str, data_dir: Path, quick: bool = False) -> dict | 
         return round(float(metrics.evaluate(list(truths), pred)["pooled"]["f1"]), 4)
 
     return {
-        "case": f"accuracy:{name}", "f1": f1(preds), "f1_published_postprocess": f1(published),
+        "case": f"accuracy:{name}", "f1": f1(preds),
+        "postprocess": _variant((app.config.get("postprocess") or {}).get("whole_cell_kwargs") or {}),
+        f"f1_{other}_postprocess": f1(alternative),
         "baseline_f1": f1(base), "layer": "whole-cell" if layer == 0 else "nuclear", "n_images": len(images),
         "cells_true": int(sum(len(np.unique(t)) - 1 for t in truths)),
         "cells_found": int(sum(len(np.unique(p)) - 1 for p in preds)),
