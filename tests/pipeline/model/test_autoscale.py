@@ -49,9 +49,7 @@ def test_same_cells_at_half_native_and_double_resolution(app):
         assert estimate.reliable
         mpps[factor] = estimate.image_mpp
     print("cells", counts, "estimated µm/px", mpps)
-    # The target is 10%; the shipped starter reaches 12% (178 / 199 / 179 cells): resampled copies
-    # come out ~13% smaller in the estimate than the original, so this holds it to 15% and the report says so.
-    assert max(counts.values()) <= 1.15 * min(counts.values()), counts
+    assert max(counts.values()) <= 1.1 * min(counts.values()), counts
     # The estimated pixel size follows the resampling: half the pixels, twice the µm per pixel.
     assert mpps[0.5] == pytest.approx(2 * mpps[1.0], rel=0.2)
     assert mpps[2.0] == pytest.approx(0.5 * mpps[1.0], rel=0.2)
