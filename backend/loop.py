@@ -127,7 +127,7 @@ def _mesmer(folder: str):
 
 
 def segment_image_job(storage_url: str, image_key: str, labels_key: str, method: str, channels: list[int],
-                      model: tuple[str, str] | None, cache_root: str, image_mpp: float | None) -> tuple[str, int]:
+                      model: tuple[str, str] | None, cache_root: str, image_mpp: float | str | None) -> tuple[str, int]:
     """Segment one whole stored image and store its labels: the unit of work of `prelabel`, run in this process
     or on a Dask worker (it reads and writes storage itself, so only keys travel)."""
     from backend.storage import storage_from_url
@@ -205,12 +205,15 @@ def prelabel_batch(session: Session, storage: Storage, config, batch: Batch, mod
     channels = model_channel_indices(project)
     cache_root = str(Path(config.instance_dir) / "model-cache")
     model_ref = None if choice.version is None else (choice.version.name, choice.version.path)
+    # the generalist starter model estimates an unknown pixel size from the cells themselves; a project's own
+    # versions were trained on its images at their native scale
+    unknown_mpp = "auto" if choice.version is not None and choice.version.name == registry.STARTER_NAME else None
     for image, _ in todo:
         if choice.kind == registry.NO_MODEL:
             continue
         key = f"projects/{project.id}/images/{image.id}/prelabels/{batch.id}-{secrets.token_hex(4)}.npy.gz"
-        jobs.append((config.storage_url, image.image_key, key, choice.kind, channels, model_ref, cache_root,
-                     image.pixel_size_um))
+        mpp = image.pixel_size_um if image.pixel_size_um is not None else unknown_mpp
+        jobs.append((config.storage_url, image.image_key, key, choice.kind, channels, model_ref, cache_root, mpp))
     results = _run_jobs(jobs, scheduler, workers, f"prelabel {batch.name} ({choice.label})") if jobs else []
     by_image = {job[1]: result for job, result in zip(jobs, results)}
     crops = 0

@@ -2,17 +2,21 @@
 
     python bench/model.py                   # all speed cases (CPU heavy: several minutes)
     python bench/model.py --quick           # small images, fewer repetitions
-    python bench/model.py --case accuracy   # train light models on Vectra and synthetic data, report F1
+    python bench/model.py --case accuracy   # the shipped starter model on the held-out sets, next to the baseline
+    python bench/model.py --case scratch_accuracy   # train light models from scratch on Vectra / synthetic data
     python bench/model.py --case predict@2048:light --case postprocess@1024
 
-One JSON line per case. ``predict@SIZE:BACKBONE`` runs the whole Mesmer application on a
-SIZE x SIZE 2-channel synthetic tissue and reports megapixels per second with the pre-processing,
-network and post-processing seconds separately (untrained weights: network time does not depend
-on them; post-processing is timed separately on realistic maps by ``postprocess@1024``).
+One JSON line per case. ``predict@SIZE:light`` runs the whole Mesmer application with the shipped
+starter model (trained weights, so post-processing sees real cells) on a SIZE x SIZE 2-channel
+synthetic tissue and reports megapixels per second with the pre-processing, network and
+post-processing seconds separately; ``predict@SIZE:resnet50`` uses an untrained ResNet50 PanopticNet
+(network time does not depend on the weights). ``predict@SIZE:light:auto`` adds the automatic scale
+estimate (``image_mpp="auto"``) and reports its seconds. ``accuracy:*`` cases: see
+``pipeline.model.heldout``.
 ``train_step@256x8:BACKBONE`` is the median time of one optimiser step on a batch of 8 256² crops.
 ``synthetic@SIZE`` times the synthetic tissue generator (the test data of the model).
-``accuracy:*`` cases train a light model from scratch and compare whole-cell F1 on held-out images
-with ``pipeline.baseline.nuclear_expansion``.
+``scratch_accuracy`` trains light models from scratch (the accuracy tests' recipe) and compares
+whole-cell F1 on held-out images with ``pipeline.baseline.nuclear_expansion``.
 """
 from __future__ import annotations
 
@@ -48,18 +52,23 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def bench_predict(size: int, backbone: str, label: str, reps: int) -> None:
+def bench_predict(size: int, backbone: str, label: str, reps: int, image_mpp=None) -> None:
     from pipeline import synthetic
     from pipeline.model import panoptic
     from pipeline.model.predict import Mesmer
+    from pipeline.model.starter import starter_model_dir
 
     X, _ = synthetic.make_tissue((size, size), seed=0)
-    app = Mesmer(panoptic.build_panoptic(2, backbone))
-    app.predict(X[:256, :256])  # trace the network once; not part of the timing
+    weights = "untrained"
+    if backbone == panoptic.LIGHT_BACKBONE and starter_model_dir() is not None:
+        app, weights = Mesmer(starter_model_dir()), "starter"
+    else:
+        app = Mesmer(panoptic.build_panoptic(2, backbone))
+    app.predict(X[:512, :512], image_mpp=image_mpp)  # trace the network once; not part of the timing
     totals, stages = [], []
     for _ in range(reps):
         t0 = time.perf_counter()
-        labels = app.predict(X)
+        labels = app.predict(X, image_mpp=image_mpp)
         totals.append(time.perf_counter() - t0)
         stages.append(dict(app.timings))
     i = int(np.argsort(totals)[len(totals) // 2])
@@ -68,8 +77,8 @@ def bench_predict(size: int, backbone: str, label: str, reps: int) -> None:
         "case": f"predict@{size}:{label}", "backbone": backbone, "n": reps,
         "median_ms": round(total * 1000, 1), "mp_per_s": round(size * size / 1e6 / total, 3),
         "preprocess_s": round(stages[i]["preprocess_s"], 2), "network_s": round(stages[i]["network_s"], 2),
-        "postprocess_s": round(stages[i]["postprocess_s"], 2), "weights": "untrained",
-        "cells": int(labels[..., 0].max()),
+        "postprocess_s": round(stages[i]["postprocess_s"], 2), "scale_s": round(stages[i].get("scale_s", 0.0), 2),
+        "weights": weights, "cells": int(labels[..., 0].max()),
     })
 
 
@@ -153,6 +162,23 @@ def _score(model, X, truth):
             metrics.evaluate(truth, base, layer=0)["pooled"]["f1"])
 
 
+def bench_starter_accuracy(quick: bool) -> None:
+    from pipeline.model import heldout, saving
+    from pipeline.model.starter import starter_model_dir
+
+    folder = starter_model_dir()
+    if folder is None:
+        _log("no starter model in pipeline/model/starter: skipping accuracy")
+        return
+    version = saving.load_model_version(folder)
+    for name in heldout.SETS:
+        row = heldout.evaluate(version, name, DATA, quick=quick)
+        if row is None:
+            _log(f"shared data for {name} not found: skipping accuracy:{name}")
+            continue
+        _emit({**row, "model": "starter", "training_s": version.config.get("training", {}).get("seconds")})
+
+
 def bench_accuracy(quick: bool) -> None:
     from pipeline import synthetic
     from pipeline.model import train
@@ -207,12 +233,16 @@ def main(argv=None) -> int:
         f"synthetic@{size}": lambda: bench_synthetic(size, 3),
         "train_step@256x8:resnet50": lambda: bench_train_step("resnet50", "resnet50", 2 if args.quick else 3),
         "train_step@256x8:light": lambda: bench_train_step("mobilenetv2", "light", 2 if args.quick else 3),
-        "accuracy": lambda: bench_accuracy(args.quick),
+        f"predict@{size}:light:auto": lambda: bench_predict(size, "mobilenetv2", "light:auto", reps, "auto"),
+        "accuracy": lambda: bench_starter_accuracy(args.quick),
+        "scratch_accuracy": lambda: bench_accuracy(args.quick),
     }
-    wanted = args.case or [name for name in cases if name != "accuracy"]
+    opt_in = ("accuracy", "scratch_accuracy")
+    wanted = args.case or [name for name in cases if name not in opt_in]
     ran = 0
     for name, fn in cases.items():
-        if any(name.startswith(w) or w.startswith(name) for w in wanted):
+        # An exact case name runs that case only; any other string runs the cases it begins.
+        if any(name == w or (w not in cases and name.startswith(w) and name not in opt_in) for w in wanted):
             _log(f"running {name}")
             fn()
             ran += 1

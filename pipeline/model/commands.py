@@ -20,11 +20,12 @@ def _error(message: str):
 def register(subparsers) -> None:
     p = subparsers.add_parser("predict", help="segment an image with a model version (whole-cell and nuclear)")
     p.add_argument("image", nargs="+", help="image file (TIFF/OME-TIFF/NPZ/PNG), or one file per channel")
-    p.add_argument("--model", required=True, help="model version folder or .keras file")
+    p.add_argument("--model", help="model version folder or .keras file (default: the shipped starter model)")
     p.add_argument("--nuclear", help="nuclear channel: name or index")
     p.add_argument("--membrane", help="membrane/cytoplasm channel: name or index")
     p.add_argument("--channels", help="comma-separated channels in the model's order (for models not of 2 channels)")
-    p.add_argument("--image-mpp", type=float, default=None, help="µm per pixel of the image (default: the model's)")
+    p.add_argument("--image-mpp", default="auto",
+                   help="µm per pixel of the image, or 'auto' (default): estimated from the image's cells")
     p.add_argument("--compartment", choices=("both", "whole-cell", "nuclear"), default="both")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--out", required=True, help="labels file: .tif/.ome.tif (OME-TIFF) or .npz")
@@ -61,6 +62,31 @@ def register(subparsers) -> None:
     e.add_argument("--batch-size", type=int, default=8)
     e.add_argument("--json", dest="json_out", help="write the metrics as JSON here")
     e.set_defaults(func=cmd_evaluate)
+
+
+def _image_mpp(text: str):
+    """'auto' or a positive number of µm per pixel, from the --image-mpp flag."""
+    if text == "auto":
+        return "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise _error(f"--image-mpp must be 'auto' or a positive number of µm per pixel, got {text!r}")
+    return value
+
+
+def _model_path(requested):
+    """The model the user named, or the shipped starter model when none was named."""
+    if requested:
+        return requested
+    from pipeline.model.starter import starter_model_dir
+
+    found = starter_model_dir()
+    if found is None:
+        raise _error("no --model given and this installation has no starter model; name a model version")
+    return found
 
 
 def _progress_bar(desc: str):
@@ -109,8 +135,7 @@ def cmd_predict(args) -> int:
 
     out = Path(args.out)
     _check_labels_suffix(out)
-    if args.image_mpp is not None and not args.image_mpp > 0:
-        raise _error("--image-mpp must be positive")
+    image_mpp = _image_mpp(args.image_mpp)
     if args.batch_size < 1:
         raise _error("--batch-size must be at least 1")
     paths = args.image[0] if len(args.image) == 1 else list(args.image)
@@ -121,13 +146,13 @@ def cmd_predict(args) -> int:
     from pipeline.model import saving
     from pipeline.model.predict import Mesmer
 
-    version = saving.load_model_version(args.model)
+    version = saving.load_model_version(_model_path(args.model))
     wanted = _channel_request(args, len(version.channels), version.channels)
     image, picked = io.read_image(paths, channels=wanted)
     app = Mesmer(version)
     labels = app.predict(
         image.astype("float32"),
-        image_mpp=args.image_mpp,
+        image_mpp=image_mpp,
         compartment=args.compartment,
         batch_size=args.batch_size,
         progress=_progress_bar("predict"),
@@ -137,9 +162,12 @@ def cmd_predict(args) -> int:
     n_cells = int(len(set(labels[..., 0].ravel().tolist()) - {0}))
     n_nuc = int(len(set(labels[..., 1].ravel().tolist()) - {0}))
     t = app.timings
+    for estimate in app.scale_estimates:
+        print(f"scale: {estimate.describe()}")
     print(
         f"{out}: {n_cells} cells, {n_nuc} nuclei from channels {', '.join(picked)} "
-        f"(pre {t['preprocess_s']:.1f}s, network {t['network_s']:.1f}s, post {t['postprocess_s']:.1f}s)"
+        f"(scale {t.get('scale_s', 0.0):.1f}s, pre {t['preprocess_s']:.1f}s, network {t['network_s']:.1f}s, "
+        f"post {t['postprocess_s']:.1f}s)"
     )
     return 0
 

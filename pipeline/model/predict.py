@@ -45,6 +45,7 @@ class Mesmer:
         self.model_mpp = version.mpp
         self.n_channels = int(self.model.inputs[0].shape[-1])
         self.timings = {"preprocess_s": 0.0, "network_s": 0.0, "postprocess_s": 0.0}
+        self.scale_estimates: list = []
 
     def _network(self, batch: np.ndarray):
         return self.model.predict_on_batch(batch)
@@ -90,16 +91,19 @@ class Mesmer:
     ) -> np.ndarray:
         """Labels int32 (H, W, 2) [whole-cell, nuclear] for X (H, W, C), or (N, H, W, 2) for a batch.
 
-        ``image_mpp`` is the image's µm per pixel (None: already at the model's). With
+        ``image_mpp`` is the image's µm per pixel (None: already at the model's; ``"auto"``: estimated
+        from the image's own cells by ``autoscale.estimate_image_mpp``, one estimate per image, kept in
+        ``scale_estimates``). With
         ``compartment`` "whole-cell" or "nuclear" only that layer is computed; the other stays 0,
         so the result keeps the (H, W, 2) layout.
         """
         if compartment not in COMPARTMENTS:
             raise ValueError(f"compartment must be one of {', '.join(COMPARTMENTS)}, got {compartment!r}")
-        if image_mpp is not None and not float(image_mpp) > 0:
-            raise ValueError(f"image_mpp must be positive, got {image_mpp}")
+        if image_mpp is not None and image_mpp != "auto" and not float(image_mpp) > 0:
+            raise ValueError(f"image_mpp must be positive or 'auto', got {image_mpp}")
         X = self._check(X)
-        self.timings = {"preprocess_s": 0.0, "network_s": 0.0, "postprocess_s": 0.0}
+        self.timings = {"preprocess_s": 0.0, "network_s": 0.0, "postprocess_s": 0.0, "scale_s": 0.0}
+        self.scale_estimates = []
         if X.ndim == 4:
             return np.stack(
                 [self._predict_one(x, image_mpp, compartment, batch_size, progress, postprocess_kwargs) for x in X]
@@ -108,6 +112,16 @@ class Mesmer:
 
     def _predict_one(self, X, image_mpp, compartment, batch_size, progress, postprocess_kwargs):
         h, w = X.shape[:2]
+        if image_mpp == "auto":
+            from pipeline.model import autoscale
+
+            t0 = time.perf_counter()
+            saved = dict(self.timings)
+            estimate = autoscale.estimate_image_mpp(self, X)
+            # The probe passes count as scale estimation, not as this image's pre/network time.
+            self.timings = {**saved, "scale_s": saved.get("scale_s", 0.0) + time.perf_counter() - t0}
+            self.scale_estimates.append(estimate)
+            image_mpp = estimate.image_mpp
         outputs = self.predict_outputs(X, image_mpp, batch_size, progress)
         t0 = time.perf_counter()
         kwargs = {**(self.config.get("postprocess") or {}), **(postprocess_kwargs or {})}

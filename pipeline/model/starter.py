@@ -13,3 +13,40 @@ def starter_model_dir() -> Path | None:
     if (STARTER_DIR / "model.keras").is_file() and (STARTER_DIR / "config.json").is_file():
         return STARTER_DIR
     return None
+
+
+NUCLEAR_NAMES = {"nuclear", "nuclei", "nucleus", "dapi", "hoechst", "hh3", "histone", "draq5"}
+
+
+def pick_channels(names) -> tuple[int, int]:
+    """(nuclear, membrane) indices from channel names: the first name that reads as a nuclear stain
+    (channel 0 when none does), and the first other channel as membrane/cytoplasm."""
+    names = [str(n).lower() for n in names]
+    if not names:
+        raise ValueError("the image has no channels")
+    nuclear = next((i for i, n in enumerate(names) if n in NUCLEAR_NAMES), 0)
+    membrane = next((i for i in range(len(names)) if i != nuclear), nuclear)
+    return nuclear, membrane
+
+
+def segment(image, channel_names=None, *, nuclear=None, membrane=None, image_mpp="auto", compartment="both"):
+    """Labels (H, W, 2) [whole-cell, nuclear] for ``image`` (H, W, C) from the starter model.
+
+    Channels are the indices ``nuclear``/``membrane`` when given, else picked from ``channel_names`` by
+    ``pick_channels``. ``image_mpp`` is "auto" (estimated from the cells) or µm per pixel. Raises
+    FileNotFoundError when this installation has no starter model.
+    """
+    import numpy as np
+
+    from pipeline.model.predict import Mesmer
+
+    folder = starter_model_dir()
+    if folder is None:
+        raise FileNotFoundError("no starter model in this installation (pipeline/model/starter/)")
+    image = np.asarray(image)
+    names = channel_names if channel_names is not None else [f"channel_{i}" for i in range(image.shape[-1])]
+    picked = pick_channels(names)
+    nuclear = picked[0] if nuclear is None else int(nuclear)
+    membrane = picked[1] if membrane is None else int(membrane)
+    X = image[..., [nuclear, membrane]].astype(np.float32)
+    return Mesmer(folder).predict(X, image_mpp=image_mpp, compartment=compartment)

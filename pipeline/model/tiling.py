@@ -53,7 +53,9 @@ def tile_predict(
     (B, tile, tile, k_i). Images smaller than a tile are zero-padded (zeros are what blank
     background looks like after normalisation) and cropped back. Outputs are weighted by
     ``spline_window`` and divided by the summed weights, so a prediction that agrees between
-    tiles comes back unchanged. ``progress(done, total)`` is called after each batch.
+    tiles comes back unchanged. ``progress(done, total)`` is called after each batch. When there is
+    more than one batch, every batch holds ``batch_size`` tiles (blank ones fill the last); a single
+    batch is filled up to a power of two.
     Returns a list of float32 arrays (H, W, k_i).
     """
     X = np.asarray(X)
@@ -80,10 +82,16 @@ def tile_predict(
     for b0 in range(0, total, batch_size):
         chunk = boxes[b0 : b0 + batch_size]
         batch = np.stack([Xp[r : r + tile, q : q + tile] for r, q in chunk])
+        # Every new batch shape makes a compiled network trace again (seconds on CPU): blank tiles fill
+        # a short batch up to the full batch size, or up to a power of two when the image needs only
+        # one batch, and their outputs are dropped.
+        fill = batch_size if total > batch_size else 1 << (len(chunk) - 1).bit_length()
+        if len(chunk) < fill:
+            batch = np.concatenate([batch, np.zeros((fill - len(chunk),) + batch.shape[1:], batch.dtype)])
         outs = fn(batch)
         if isinstance(outs, np.ndarray) or not isinstance(outs, (list, tuple)):
             outs = [outs]
-        outs = [np.asarray(o, dtype=np.float32) for o in outs]
+        outs = [np.asarray(o, dtype=np.float32)[: len(chunk)] for o in outs]
         if accum is None:
             accum = [np.zeros((ph, pw, o.shape[-1]), dtype=np.float32) for o in outs]
         for o, acc in zip(outs, accum):

@@ -86,9 +86,12 @@ def _make_dataset_class():
     class MesmerDataset(keras.utils.PyDataset):
         """Batches (x, [4 targets]) from normalised images; random views when ``augment``."""
 
-        def __init__(self, X, y, batch_size, crop_size, augment, seed, steps=None, zoom=DEFAULTS["zoom"], **kw):
+        def __init__(self, X, y, batch_size, crop_size, augment, seed, steps=None, zoom=DEFAULTS["zoom"],
+                     layer_weights=None, sampling=None, **kw):
             super().__init__(**kw)
             self.X, self.y = X, y
+            self.layer_weights = None if layer_weights is None else np.asarray(layer_weights, np.float32)
+            self.sampling = None if sampling is None else np.asarray(sampling, np.float64) / np.sum(sampling)
             self.batch_size = int(batch_size)
             self.augment = augment
             self.seed = int(seed)
@@ -112,23 +115,40 @@ def _make_dataset_class():
         def __getitem__(self, idx):
             if self.augment:
                 rng = np.random.default_rng([self.seed, self.epoch, int(idx)])
-                picks = rng.integers(0, len(self.X), self.batch_size)
+                if self.sampling is None:
+                    picks = rng.integers(0, len(self.X), self.batch_size)
+                else:
+                    picks = rng.choice(len(self.X), self.batch_size, p=self.sampling)
                 pairs = [augment_pair(rng, self.X[i], self.y[i], self.crop, self.zoom) for i in picks]
                 xb = np.stack([p[0] for p in pairs])
                 yb = np.stack([p[1] for p in pairs])
             else:
                 sl = slice(idx * self.batch_size, (idx + 1) * self.batch_size)
                 h, w = self.X.shape[1:3]
+                picks = np.arange(len(self.X))[sl]
                 xb = self.X[sl, : h - h % 32, : w - w % 32]
                 yb = self.y[sl, : h - h % 32, : w - w % 32]
-            return xb, tuple(transforms.make_targets(yb))
+            targets = tuple(transforms.make_targets(yb))
+            if self.layer_weights is None:
+                return xb, targets
+            # Per-image loss weights [whole-cell, nuclear] for each head: an image annotated in one
+            # layer only (nuclei-only data, whole-cell-only data) teaches nothing wrong to the other.
+            # Shaped (B, 1, 1) so they broadcast over the per-pixel losses.
+            w = self.layer_weights[picks][:, None, None, :]
+            return xb, targets, (w[..., 0], w[..., 0], w[..., 1], w[..., 1])
 
     return MesmerDataset
 
 
-def make_dataset(X, y, *, batch_size=8, crop_size=256, augment=True, seed=0, steps=None, zoom=DEFAULTS["zoom"]):
-    """A ``keras.utils.PyDataset`` over already-normalised X and labels y."""
-    return _make_dataset_class()(X, y, batch_size, crop_size, augment, seed, steps=steps, zoom=zoom)
+def make_dataset(X, y, *, batch_size=8, crop_size=256, augment=True, seed=0, steps=None, zoom=DEFAULTS["zoom"],
+                 layer_weights=None, sampling=None):
+    """A ``keras.utils.PyDataset`` over already-normalised X and labels y.
+
+    ``layer_weights`` (N, 2): per-image loss weights of the whole-cell and nuclear heads (batches
+    then carry sample weights); ``sampling`` (N,): relative chance of each image being drawn.
+    """
+    return _make_dataset_class()(X, y, batch_size, crop_size, augment, seed, steps=steps, zoom=zoom,
+                                 layer_weights=layer_weights, sampling=sampling)
 
 
 def _batchnorm_layers(layer) -> list:
@@ -163,7 +183,8 @@ def recalibrate_batchnorm(model, batches) -> int:
     return n
 
 
-def _callbacks(lr: float, lr_decay: float, monitor: str, csv_path: Path | None, calibration=None):
+def _callbacks(lr: float, lr_decay: float, monitor: str, csv_path: Path | None, calibration=None,
+               max_seconds: float | None = None, checkpoint=None):
     import keras
 
     class PreciseBatchNorm(keras.callbacks.Callback):
@@ -193,13 +214,27 @@ def _callbacks(lr: float, lr_decay: float, monitor: str, csv_path: Path | None, 
             if value is not None and value < self.best:
                 self.best, self.best_epoch = float(value), epoch
                 self.best_weights = self.model.get_weights()
+                if checkpoint is not None:
+                    checkpoint(self.model, epoch, self.best)
 
         def on_train_end(self, logs=None):
             if self.best_weights is not None:
                 self.model.set_weights(self.best_weights)
 
+    class WallClock(keras.callbacks.Callback):
+        """Stop after the first epoch that ends past ``max_seconds`` of training."""
+
+        def on_train_begin(self, logs=None):
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            if time.perf_counter() - self.start > max_seconds:
+                self.model.stop_training = True
+
     keep = KeepBest()
     cbs = [keras.callbacks.LearningRateScheduler(lambda epoch, _: lr * lr_decay**epoch)]
+    if max_seconds:
+        cbs.append(WallClock())
     if calibration is not None:
         cbs.append(PreciseBatchNorm(*calibration))
     cbs.append(keep)
@@ -232,6 +267,7 @@ def train(
     val_split: float = 0.1,
     backbone: str = "resnet50",
     heads: str | None = None,
+    architecture: dict | None = None,
     from_version=None,
     epochs: int = 8,
     steps_per_epoch: int | None = None,
@@ -251,8 +287,14 @@ def train(
     log_csv=None,
     bn_batches: int = 8,
     calibrate: bool = True,
+    layer_weights=None,
+    sampling=None,
+    max_seconds: float | None = None,
+    checkpoint=None,
+    calibration_data=None,
 ) -> TrainResult:
-    """Train a new model (``backbone`` and ``heads`` as in ``panoptic.build_panoptic``) or continue one
+    """Train a new model (``backbone``, ``heads`` and the other ``architecture`` keywords of
+    ``panoptic.build_panoptic``) or continue one
     (``from_version``); save it to ``out`` if given.
 
     ``data``/``val`` are ``.npz`` paths or (X, y) pairs; without ``val``, ``val_split`` of the images
@@ -262,7 +304,13 @@ def train(
     ``bn_batches`` training batches re-estimate the batch-norm statistics at the end of every epoch
     (see ``recalibrate_batchnorm``); 0 keeps Keras' moving averages. With ``calibrate`` the
     deep-watershed parameters saved with the model are chosen on the validation images (the training
-    images when there are none) by ``calibrate_postprocess``.
+    images when there are none, or ``calibration_data`` (X, y) when given) by ``calibrate_postprocess``.
+
+    For mixed data: ``layer_weights`` (N, 2) weighs each image's whole-cell and nuclear losses (0 where
+    a layer is not annotated) and ``sampling`` (N,) sets how often each image is drawn. ``max_seconds``
+    stops training after the first epoch that ends past it; ``checkpoint`` is a folder where every
+    new best model is saved as a model version as soon as it is found (default post-processing), so a
+    long run that is stopped still leaves a usable model.
     """
     import keras
 
@@ -280,6 +328,9 @@ def train(
     if X is None or y is None:
         raise ValueError("no training data: pass X and y or data")
     X, y = check_dataset(X, y, "training data")
+    for name, arr, shape in (("layer_weights", layer_weights, (len(X), 2)), ("sampling", sampling, (len(X),))):
+        if arr is not None and np.shape(arr) != shape:
+            raise ValueError(f"{name} must have shape {shape}, got {np.shape(arr)}")
     if not data_hashes:
         data_hashes.append({"path": None, "sha256": saving.sha256_arrays(X, y)})
 
@@ -296,6 +347,8 @@ def train(
         n_val = min(len(X) - 1, max(1, int(round(len(X) * float(val_split)))))
         Xv, yv = X[order[:n_val]], y[order[:n_val]]
         X, y = X[order[n_val:]], y[order[n_val:]]
+        layer_weights = None if layer_weights is None else np.asarray(layer_weights)[order[n_val:]]
+        sampling = None if sampling is None else np.asarray(sampling)[order[n_val:]]
     else:
         Xv = yv = None
 
@@ -310,8 +363,10 @@ def train(
         backbone = base_cfg.get("backbone") or backbone
     else:
         heads = heads or panoptic.default_heads(backbone)
-        model = panoptic.build_panoptic(X.shape[-1], backbone, heads=heads)
+        model = panoptic.build_panoptic(X.shape[-1], backbone, heads=heads, **(architecture or {}))
         base_cfg = saving.default_config(X.shape[-1], backbone=backbone, heads=heads)
+        if architecture:
+            base_cfg["architecture"] = dict(architecture)
     n_channels = int(model.inputs[0].shape[-1])
     if X.shape[-1] != n_channels:
         raise ValueError(f"the model takes {n_channels} channels, the training data has {X.shape[-1]}")
@@ -329,13 +384,21 @@ def train(
 
     Xn = preprocess.normalize(X)
     train_ds = make_dataset(Xn, y, batch_size=batch_size, crop_size=crop_size, augment=True, seed=seed,
-                            steps=steps_per_epoch, zoom=zoom)
+                            steps=steps_per_epoch, zoom=zoom, layer_weights=layer_weights, sampling=sampling)
     val_ds = None
     if Xv is not None:
         val_ds = make_dataset(preprocess.normalize(Xv), yv, batch_size=batch_size, augment=False)
     monitor = "val_loss" if val_ds is not None else "loss"
     calibration = (train_ds, int(bn_batches)) if bn_batches else None
-    callbacks, keep = _callbacks(lr, lr_decay, monitor, Path(log_csv) if log_csv else None, calibration)
+    save_best = None
+    if checkpoint is not None:
+        def save_best(model_, epoch, loss):
+            cfg = {**base_cfg, "backbone": backbone, "mpp": float(mpp or base_cfg.get("mpp") or saving.DEFAULT_MPP),
+                   "channels": channels or base_cfg.get("channels"), "parent": parent,
+                   "training": {"checkpoint_epoch": epoch, "checkpoint_loss": loss, "monitor": monitor}}
+            saving.save_model_version(model_, checkpoint, cfg, overwrite=True)
+    callbacks, keep = _callbacks(lr, lr_decay, monitor, Path(log_csv) if log_csv else None, calibration,
+                                 max_seconds=max_seconds, checkpoint=save_best)
 
     t0 = time.perf_counter()
     hist = model.fit(train_ds, validation_data=val_ds, epochs=int(epochs), callbacks=callbacks, verbose=verbose)
@@ -348,7 +411,11 @@ def train(
         "whole_cell_kwargs": dict(postprocess.WHOLE_CELL_DEFAULTS), "nuclear_kwargs": dict(postprocess.NUCLEAR_DEFAULTS)}
     pp_report = None
     if calibrate:
-        on, (Xc, yc) = ("validation", (Xv, yv)) if Xv is not None else ("training", (X, y))
+        if calibration_data is not None:
+            # Images of any size: a list of (H, W, C) images and (H, W, 2) labels is fine here.
+            on, (Xc, yc) = "calibration", calibration_data
+        else:
+            on, (Xc, yc) = ("validation", (Xv, yv)) if Xv is not None else ("training", (X, y))
         pp_config, pp_report = calibrate_postprocess(model, Xc, yc, pp_config, nuclear=nuclear_weight > 0)
         pp_report["on"] = on
 
@@ -365,7 +432,7 @@ def train(
             "data": data_hashes,
             "n_train": int(len(X)),
             "n_val": int(0 if Xv is None else len(Xv)),
-            "epochs": int(epochs),
+            "epochs": len(history),
             "steps_per_epoch": len(train_ds),
             "batch_size": int(batch_size),
             "crop_size": int(train_ds.crop),
@@ -401,8 +468,8 @@ def calibrate_postprocess(model, X, y, pp_config: dict, *, nuclear: bool, max_im
     from pipeline.model.predict import Mesmer
 
     app = Mesmer(model)
-    outs = [app.predict_outputs(x) for x in X[:max_images]]
-    truths = y[:max_images]
+    outs = [app.predict_outputs(np.asarray(x, np.float32)) for x in X[:max_images]]
+    truths = [np.asarray(t) for t in y[:max_images]]
     new = {k: dict(v) for k, v in pp_config.items()}
     report = {"n_images": len(outs)}
     layers = [("whole_cell_kwargs", 0, postprocess.WHOLE_CELL_DEFAULTS)]
@@ -410,8 +477,12 @@ def calibrate_postprocess(model, X, y, pp_config: dict, *, nuclear: bool, max_im
         layers.append(("nuclear_kwargs", 1, postprocess.NUCLEAR_DEFAULTS))
     for key, k, defaults in layers:
         start = {**defaults, **new.get(key, {})}
-        found = postprocess.calibrate([o[2 * k] for o in outs], [o[2 * k + 1] for o in outs],
-                                      [t[..., k] for t in truths], start)
+        # Images annotated in the other layer only say nothing about this one.
+        use = [i for i, t in enumerate(truths) if t[..., k].any()]
+        if not use:
+            continue
+        found = postprocess.calibrate([outs[i][2 * k] for i in use], [outs[i][2 * k + 1] for i in use],
+                                      [truths[i][..., k] for i in use], start)
         new[key] = found["kwargs"]
         report[key] = {"f1": round(found["f1"], 4), "default_f1": round(found["default_f1"], 4), "tried": found["tried"]}
     return new, report

@@ -1,8 +1,19 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from pipeline.synthetic import make_dataset, make_tissue
+from pipeline.synthetic import (
+    CHANNEL_FAULTS,
+    KNOBS,
+    VALUE_RANGES,
+    contact_sheet,
+    make_dataset,
+    make_tissue,
+    make_varied_tissue,
+    random_settings,
+)
 
 
 @pytest.fixture(scope="module")
@@ -104,3 +115,122 @@ def test_large_tissue():
     # How long it takes: `python bench/model.py --case synthetic@2048`.
     X, y = make_tissue((2048, 2048), seed=0)
     assert X.shape == (2048, 2048, 2) and y[..., 0].max() > 3000
+
+
+# --- domain randomisation ------------------------------------------------------------------------
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+
+
+def _check_label_invariants(y):
+    cell, nuc = y[..., 0], y[..., 1]
+    ids = np.unique(cell)[1:]
+    assert np.array_equal(ids, np.arange(1, len(ids) + 1))
+    assert np.all(nuc[nuc > 0] == cell[nuc > 0])
+    assert np.bincount(cell.ravel())[1:].min() >= 15
+    for i, sl in enumerate(ndi.find_objects(cell)):
+        if sl is not None:
+            assert ndi.label(cell[sl] == i + 1)[1] == 1
+
+
+def test_random_settings_are_seeded_listed_and_varied():
+    a, b = random_settings(3), random_settings(3)
+    assert a == b and set(a) == set(KNOBS)
+    draws = [random_settings(s) for s in range(200)]
+    diam = np.array([d["nucleus_diameter"] * d["cell_scale"] for d in draws])
+    assert diam.min() < 9 and diam.max() > 45  # 6-60 px cells by default
+    assert {d["value_range"] for d in draws} == set(VALUE_RANGES)
+    assert {d["channel_fault"] for d in draws} == set(CHANNEL_FAULTS)
+    assert any(d["cytoplasm"] == 1.0 for d in draws) and any(d["cytoplasm"] == 0.0 for d in draws)
+    assert any(d["elongation"] > 2 for d in draws)
+
+
+def test_varied_tissues_keep_the_label_invariants_and_sheet_is_written():
+    samples = []
+    for seed in range(10):
+        X, y, settings = make_varied_tissue((160, 192), seed=seed)
+        assert X.shape == (160, 192, 2) and y.shape == (160, 192, 2) and y.dtype == np.int32
+        assert X.dtype == {"unit": np.float32, "float": np.float32, "uint8": np.uint8, "uint16": np.uint16}[
+            settings["value_range"]]
+        assert np.isfinite(X.astype(np.float64)).all()
+        _check_label_invariants(y)
+        samples.append((X, y))
+    ARTIFACTS.mkdir(exist_ok=True)
+    sheet = ARTIFACTS / "synthetic_sheet.png"
+    contact_sheet(samples, sheet, tile=160)
+    from PIL import Image
+
+    assert Image.open(sheet).size == (4 * 160, 10 * 164)
+
+
+def _median_aspect(cell):
+    from skimage.measure import regionprops
+
+    props = [p for p in regionprops(cell) if p.area > 50 and p.axis_minor_length > 0]
+    return np.median([p.axis_major_length / p.axis_minor_length for p in props])
+
+
+def test_elongation_and_size_knobs():
+    _, round_ = make_tissue((256, 256), seed=2)
+    _, long_ = make_tissue((256, 256), seed=2, elongation=2.5)
+    assert _median_aspect(long_[..., 0]) > 1.5 * _median_aspect(round_[..., 0])
+    _check_label_invariants(long_)
+    for nd, cs, lo, hi in ((4.0, 1.5, 4, 10), (30.0, 2.0, 40, 75)):
+        _, y = make_tissue((384, 384), seed=1, nucleus_diameter=nd, cell_scale=cs)
+        areas = np.bincount(y[..., 0].ravel())[1:]
+        diam = 2 * np.sqrt(np.median(areas) / np.pi)
+        assert lo <= diam <= hi, (nd, diam)
+        _check_label_invariants(y)
+
+
+def test_nucleus_knobs():
+    _, y0 = make_tissue((256, 256), seed=4)
+    _, ym = make_tissue((256, 256), seed=4, missing_nuclei=0.3)
+    share = lambda y: np.mean(np.bincount(y[..., 1].ravel(), minlength=y[..., 0].max() + 1)[1:] > 0)  # noqa: E731
+    assert share(ym) < share(y0) - 0.15
+    _, yo = make_tissue((256, 256), seed=4, nucleus_offset=0.5)
+
+    def offset(y):
+        ids = np.arange(1, y[..., 0].max() + 1)
+        has = np.bincount(y[..., 1].ravel(), minlength=len(ids) + 1)[1:] > 0
+        c = np.array(ndi.center_of_mass(y[..., 0] > 0, y[..., 0], ids[has]))
+        n = np.array(ndi.center_of_mass(y[..., 1] > 0, y[..., 1], ids[has]))
+        return np.median(np.hypot(*(c - n).T))
+
+    assert offset(yo) > 1.3 * offset(y0)
+    Xd, yd = make_tissue((256, 256), seed=4, dim_nuclei=1.0)
+    X0, _ = make_tissue((256, 256), seed=4)
+    assert np.array_equal(yd, y0)  # out of focus: still labelled
+    nuc = y0[..., 1] > 0
+    assert Xd[..., 0][nuc].mean() / Xd[..., 0][~nuc].mean() < 0.6 * X0[..., 0][nuc].mean() / X0[..., 0][~nuc].mean()
+
+
+def test_stain_and_instrument_knobs():
+    X0, y = make_tissue((256, 256), seed=6, noise=0.0, debris=0.0)
+    Xc, _ = make_tissue((256, 256), seed=6, noise=0.0, debris=0.0, cytoplasm=1.0)
+    from skimage.segmentation import find_boundaries
+
+    border = find_boundaries(y[..., 0], mode="inner")
+    inside = (y[..., 0] > 0) & ~border & (y[..., 1] == 0)
+    ratio = lambda X: X[..., 1][inside].mean() / X[..., 1][border].mean()  # noqa: E731
+    assert ratio(Xc) > 2 * ratio(X0)  # a fill, not an outline
+    Xi, _ = make_tissue((256, 256), seed=6, illumination=0.7)
+    bg = y[..., 0] == 0
+    q = lambda X: [X[:128][bg[:128]].mean(), X[128:][bg[128:]].mean(), X[:, :128][bg[:, :128]].mean(), X[:, 128:][bg[:, 128:]].mean()]  # noqa: E731
+    assert np.ptp(q(Xi[..., 0])) > 2 * np.ptp(q(make_tissue((256, 256), seed=6)[0][..., 0]))
+    Xb, _ = make_tissue((256, 256), seed=6, bleed=0.3)
+    nuc = y[..., 1] > 0
+    assert Xb[..., 1][nuc].mean() > 1.5 * make_tissue((256, 256), seed=6)[0][..., 1][nuc].mean()
+    X8, _ = make_tissue((128, 128), seed=6, value_range="uint8")
+    X16, _ = make_tissue((128, 128), seed=6, value_range="uint16")
+    assert X8.dtype == np.uint8 and X16.dtype == np.uint16 and X16.max() > 255
+    Xe, _ = make_tissue((128, 128), seed=6, channel_fault="empty-membrane")
+    assert Xe[..., 1].std() < 0.05 * Xe[..., 0].std()
+    Xs, _ = make_tissue((128, 128), seed=6, channel_fault="saturated-nuclear")
+    assert np.mean(Xs[..., 0] == Xs[..., 0].max()) > 0.1
+    Xa, _ = make_tissue((256, 256), seed=6, artefacts=4.0, debris=0.0)
+    assert (Xa > 1.5).sum() > (make_tissue((256, 256), seed=6, debris=0.0)[0] > 1.5).sum() + 20
+    with pytest.raises(ValueError, match="value_range"):
+        make_tissue((64, 64), value_range="int8")
+    with pytest.raises(ValueError, match="channel_fault"):
+        make_tissue((64, 64), channel_fault="broken")

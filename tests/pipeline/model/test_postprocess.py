@@ -4,6 +4,7 @@ import pytest
 from pipeline.metrics import object_accuracy
 from pipeline.model.postprocess import (
     NUCLEAR_DEFAULTS,
+    PUBLISHED_VARIANT,
     calibrate,
     WHOLE_CELL_DEFAULTS,
     deep_watershed,
@@ -159,3 +160,39 @@ def test_calibrate_keeps_the_defaults_unless_something_is_better(tissue):
     # With perfect maps both radii find every cell: the defaults stay.
     found = calibrate([t[0]], [t[1]], [y[..., 0]], dict(WHOLE_CELL_DEFAULTS), grid={"radius": (1, 2)})
     assert found["kwargs"] == WHOLE_CELL_DEFAULTS and found["f1"] == found["default_f1"]
+
+
+def test_published_variant_floods_the_interior_and_merges_touching_peaks():
+    # Two cells whose distance valley (column 30) and interior valley (column 38) disagree: the
+    # boundary follows the surface that is flooded.
+    rows, cols = np.mgrid[0:20, 0:60].astype(np.float32)
+    dist = sum(np.exp(-0.5 * (((cols - c) / 10) ** 2 + ((rows - 10) / 10) ** 2)) for c in (15, 45))
+    interior = np.full((20, 60), 0.9, np.float32)
+    interior[:, 38] = 0.3
+    published = deep_watershed(dist, interior, interior_smooth=0, **PUBLISHED_VARIANT)
+    ours = deep_watershed(dist, interior, interior_smooth=0)
+    assert published.max() == ours.max() == 2
+    assert published[10, 34] == published[10, 15] != published[10, 45]  # split at the interior valley
+    assert ours[10, 34] == ours[10, 45] != ours[10, 15]  # split at the distance valley
+    # Two peaks 8 px apart, the lower one rising less than the maxima threshold above the saddle:
+    # h-maxima keeps only peaks that stand out by the threshold (one seed), peak_local_max keeps
+    # both (two objects).
+    rows, cols = np.mgrid[0:30, 0:50].astype(np.float32)
+    twin = 0.6 * np.exp(-0.5 * (((cols - 25) / 12) ** 2 + ((rows - 15) / 8) ** 2))
+    for c, height in ((21, 0.3), (29, 0.27)):
+        twin = twin + height * np.exp(-0.5 * (((cols - c) / 3) ** 2 + ((rows - 15) / 3) ** 2))
+    mask = (twin > 0.05).astype(np.float32)
+    assert deep_watershed(twin, mask, interior_smooth=0, **PUBLISHED_VARIANT).max() == 1
+    assert deep_watershed(twin, mask, interior_smooth=0).max() == 2
+
+
+def test_published_variant_recovers_noisy_targets(tissue):
+    y, t = tissue
+    rng = np.random.default_rng(0)
+    noisy = [a + rng.normal(0, 0.02, a.shape).astype(np.float32) for a in t]
+    out = postprocess_mesmer(noisy, whole_cell_kwargs=PUBLISHED_VARIANT, nuclear_kwargs=PUBLISHED_VARIANT)
+    assert object_accuracy(y[..., 0], out[..., 0])["f1"] > 0.95
+    with pytest.raises(ValueError, match="maxima_algorithm"):
+        deep_watershed(t[0], t[1], maxima_algorithm="hmax")
+    with pytest.raises(ValueError, match="flood"):
+        deep_watershed(t[0], t[1], flood="border")

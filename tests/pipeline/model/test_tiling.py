@@ -80,3 +80,21 @@ def test_images_smaller_than_a_tile():
 def test_bad_fn_output_shape_is_reported():
     with pytest.raises(ValueError):
         tile_predict(lambda b: [b[:, :10, :10]], np.zeros((300, 300, 1), np.float32))
+
+
+def test_every_batch_has_the_same_shape_and_fill_tiles_are_dropped():
+    X = np.random.default_rng(2).random((700, 500, 1)).astype(np.float32)
+    shapes = []
+
+    def fn(b):
+        shapes.append(b.shape)
+        return _conv(b)
+
+    out = tile_predict(fn, X, batch_size=5)[0]
+    n_tiles = len(tile_starts(700, 256, 192)) * len(tile_starts(500, 256, 192))
+    assert n_tiles % 5 != 0 and set(shapes) == {(5, 256, 256, 1)}
+    np.testing.assert_allclose(out, tile_predict(_conv, X, batch_size=1)[0], atol=1e-6)
+    shapes.clear()
+    tile_predict(fn, X[:300, :300], batch_size=8)  # 4 tiles, one batch: as is
+    tile_predict(fn, X[:300, :500], batch_size=8)  # 6 tiles, one batch: filled up to 8
+    assert shapes == [(4, 256, 256, 1), (8, 256, 256, 1)]

@@ -112,3 +112,29 @@ def test_whole_cell_only_labels_switch_off_the_nuclear_heads():
     result = train.train(X, y, val_split=0.5, backbone="mobilenetv2", epochs=1, steps_per_epoch=1,
                          batch_size=2, crop_size=64, verbose=0, bn_batches=1)
     assert result.config["training"]["nuclear_weight"] == 0.0
+
+
+def test_mixed_annotations_sampling_and_masks():
+    X, y = synthetic.make_dataset(3, (96, 96), seed=4)
+    weights = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], np.float32)
+    ds = train.make_dataset(X, y, batch_size=4, crop_size=64, steps=2, layer_weights=weights, sampling=[0, 1, 0])
+    xb, targets, sample_weights = ds[0]
+    assert xb.shape == (4, 64, 64, 2) and len(targets) == 4 and len(sample_weights) == 4
+    # Only image 1 (nuclei only) is drawn: whole-cell heads weigh 0, nuclear heads 1, per sample.
+    for w, expected in zip(sample_weights, (0.0, 0.0, 1.0, 1.0)):
+        assert w.shape == (4, 1, 1) and np.all(w == expected)
+
+
+def test_wall_clock_budget_and_best_checkpoint(tmp_path):
+    X, y = synthetic.make_dataset(3, (96, 96), seed=5)
+    result = train.train(X, y, val=(X[:1], y[:1]), backbone="mobilenetv2", epochs=5, steps_per_epoch=1,
+                         batch_size=2, crop_size=64, verbose=0, bn_batches=0, calibrate=False,
+                         architecture=dict(pyramid_filters=32, head_filters=8, location=False),
+                         layer_weights=np.ones((3, 2)), max_seconds=1e-3, checkpoint=tmp_path / "ckpt")
+    assert len(result.history) == 1  # stopped after the first epoch past the budget
+    saved = saving.load_model_version(tmp_path / "ckpt")
+    assert saved.config["training"]["checkpoint_epoch"] == 0
+    assert saved.config["architecture"] == {"pyramid_filters": 32, "head_filters": 8, "location": False}
+    assert not any("location" in layer.name for layer in saved.model.layers)
+    with pytest.raises(ValueError, match="layer_weights"):
+        train.train(X, y, backbone="mobilenetv2", epochs=1, steps_per_epoch=1, layer_weights=np.ones((2, 2)))
