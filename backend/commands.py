@@ -155,9 +155,17 @@ def _add_images(session, storage, *, paths, channels=None, project_name, image_n
     project = session.scalar(select(Project).where(Project.name == project_name))
     wanted = channels if channels is not None else (project.channel_names if project is not None else None)
     rows = []
+    units = []  # (files, index in a stack, image name, tags)
     for group in groups:
+        stack = _npz_stack(group[0]) if len(group) == 1 else None
+        if stack is None:
+            units.append((group, None, image_name or _image_stem(group[0]), {}))
+        else:  # TissueNet's layout: one .npz holding N images, with their tissue and platform lists
+            units.extend((group, i, f"{_image_stem(group[0])}-{i}", tags) for i, tags in enumerate(stack))
+    for group, index, name, tags in units:
         try:
-            pixels, names = read_image(group if len(group) > 1 else group[0], wanted, max_pixels=max_pixels)
+            pixels, names = read_image(group if len(group) > 1 else group[0], wanted, max_pixels=max_pixels,
+                                       index=index)
         except ValueError as exc:
             hint = "" if channels is not None or project is None else (
                 f" (project {project.name!r} has channels {', '.join(project.channel_names)}; "
@@ -168,10 +176,37 @@ def _add_images(session, storage, *, paths, channels=None, project_name, image_n
         elif len(names) != len(project.channel_names):
             raise _error(f"{group[0]}: {len(names)} channels, project {project.name!r} has "
                          f"{len(project.channel_names)} ({', '.join(project.channel_names)})")
-        name = image_name or _image_stem(group[0])
-        rows.append(add_image(session, storage, project, pixels, name=name, pixel_size_um=pixel_size, tissue=tissue,
-                              platform=platform, source_path=str(group[0])))
+        rows.append(add_image(session, storage, project, pixels, name=name, pixel_size_um=pixel_size,
+                              tissue=tissue or tags.get("tissue"), platform=platform or tags.get("platform"),
+                              source_path=str(group[0]) + ("" if index is None else f"[{index}]")))
     return project, rows
+
+
+def _npz_stack(path: Path) -> list[dict] | None:
+    """Per-image tags of an .npz whose X is a stack (N, H, W, C) of images; None for any other file."""
+    import zipfile
+
+    import numpy as np
+
+    if path.suffix.lower() != ".npz":
+        return None
+    try:
+        with zipfile.ZipFile(path) as archive, archive.open("X.npy") as member:
+            version = np.lib.format.read_magic(member)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape = read_header(member)[0]
+    except (KeyError, OSError, ValueError, zipfile.BadZipFile):
+        return None  # not this layout: the reader gives the precise error
+    if len(shape) != 4:
+        return None
+    tags = [{} for _ in range(shape[0])]
+    with np.load(path, allow_pickle=False) as npz:
+        for key, tag in (("tissue_list", "tissue"), ("platform_list", "platform")):
+            if key in npz.files and npz[key].shape == (shape[0],):
+                for t, value in zip(tags, npz[key].tolist()):
+                    t[tag] = str(value)
+    return tags
 
 
 def _image_stem(path: Path) -> str:

@@ -218,7 +218,7 @@ def prelabel_batch(session: Session, storage: Storage, config, batch: Batch, mod
     by_image = {job[1]: result for job, result in zip(jobs, results)}
     crops = 0
     for image, pending in todo:
-        whole = None
+        whole, replaced = None, []
         if image.image_key in by_image:
             whole = decode_array(storage.get(by_image[image.image_key][0]), max_pixels=None)
         for task, first in pending:
@@ -227,14 +227,15 @@ def prelabel_batch(session: Session, storage: Storage, config, batch: Batch, mod
             key = f"projects/{project.id}/tasks/{task.id}/labels/000000-{secrets.token_hex(6)}.npy.gz"
             storage.put(key, encode_array(labels))
             # revision 0 is the crop's starting point; nobody has seen it yet (checked above), so it is replaced
+            replaced.append(first.labels_key)
             first.labels_key = key
             first.action = "prelabel"
             first.params = {"prelabel": choice.label}
             task.state = TaskState.prelabeled if labels.any() else TaskState.new
             crops += 1
         session.commit()
-        if image.image_key in by_image:
-            storage.delete(by_image[image.image_key][0])
+        for key in replaced + ([by_image[image.image_key][0]] if image.image_key in by_image else []):
+            storage.delete(key)
     batch.prelabel = choice.label
     batch.model_version_id = choice.version.id if choice.version is not None else None
     batch.prelabeled_at = utcnow()

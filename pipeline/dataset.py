@@ -73,8 +73,8 @@ def cut_tiles(image: np.ndarray, labels: np.ndarray, coverage: np.ndarray, *, si
 
 def assign_splits(existing: dict, new_keys: list, ratios: dict = RATIOS, seed: int = 0) -> dict:
     """Splits for ``new_keys`` given the frozen ``existing`` {key: split}: each new tile goes to the split
-    furthest below its share of the total, in an order shuffled by ``seed`` (deterministic), test first on
-    ties so a first small dataset still gets a test tile once it has three."""
+    furthest below its share of the total, in an order shuffled by ``seed`` (deterministic); a small first
+    dataset gets its first test tile at three tiles and its first validation tile at four."""
     counts = {s: sum(1 for v in existing.values() if v == s) for s in SPLITS}
     order = sorted(new_keys, key=lambda k: hashlib.sha256(f"{seed}:{k}".encode()).hexdigest())
     assigned = {}
@@ -84,6 +84,10 @@ def assign_splits(existing: dict, new_keys: list, ratios: dict = RATIOS, seed: i
         deficit = {s: ratios[s] * total - counts[s] for s in SPLITS}
         if counts["train"] == 0:
             choice = "train"  # the first tile trains; a model needs something to learn from
+        elif total >= 3 and counts["test"] == 0:
+            choice = "test"  # without a test tile nothing can be promoted
+        elif total >= 4 and counts["val"] == 0:
+            choice = "val"
         else:
             choice = max(("test", "val", "train"), key=lambda s: deficit[s])
         assigned[key] = choice

@@ -211,7 +211,10 @@ def _candidates(pred: np.ndarray, truth: np.ndarray, target_iou: float):
         for t in np.flatnonzero(has_t & (hosted < 0.5 * area_t)):
             yield ("paint-new", int(t)), "paint-new", (int(t),)
         iou = hosted / np.maximum(area_p[host] + area_t - hosted, 1)
-        for t in np.flatnonzero(has_t & (hosted > 0) & (iou < target_iou)):
+        # borders are fixed only between a true cell and a predicted cell that are each other's main match:
+        # two true cells fixing one shared predicted cell would undo each other's strokes
+        mutual = main_t[host] == np.arange(table.shape[1])
+        for t in np.flatnonzero(has_t & (hosted > 0) & (iou < target_iou) & mutual):
             for kind in ("grow", "grow-rim", "trim"):
                 yield (kind, int(t)), kind, (int(host[t]), int(t))
     else:
