@@ -152,9 +152,6 @@ def cmd_train(args) -> int:
     return 0
 
 
-DIAMETER_CANDIDATES = (16.0, 20.0, 24.0, 28.0, 32.0)
-
-
 def calibration_images(data_dir: Path, recipe: dict):
     """Labelled images the finishing step may tune on: the training images' real data at full size and
     the synthetic validation tissues. Returns a list of (X, y (H, W, 2), layers annotated)."""
@@ -188,27 +185,6 @@ def _at_diameter(X, y, diameter):
     return Xs, preprocess.resample_labels(y, Xs.shape[:2])
 
 
-def choose_cell_diameter(app, items):
-    """The whole-cell diameter (px) at which the model segments the calibration images best."""
-    from pipeline import metrics
-    from pipeline.model import postprocess
-
-    scores = {}
-    whole_cell = [item for item in items if 0 in item[2]][:7]  # Vectra and 6 synthetic tissues
-    for d in DIAMETER_CANDIDATES:
-        truths, preds = [], []
-        for X, y, layers in whole_cell:
-            Xs, ys = _at_diameter(X, y, d)
-            out = app.predict_outputs(Xs)
-            preds.append(postprocess.deep_watershed(out[0], out[1], **{**postprocess.WHOLE_CELL_DEFAULTS,
-                                                                       **(app.config.get("postprocess") or {}).get("whole_cell_kwargs", {})}))
-            truths.append(ys[..., 0])
-        scores[d] = float(metrics.evaluate(truths, preds)["pooled"]["f1"])
-        print(f"  cell diameter {d:.0f} px: whole-cell F1 {scores[d]:.3f}", flush=True)
-    best = max(scores, key=lambda k: scores[k])
-    return best, {str(k): round(v, 4) for k, v in scores.items()}
-
-
 def scale_targets(app, items):
     """The cell and nucleus diameters automatic scale aims for: what the model itself measures on its
     real training images (Vectra whole cells, DSB nuclei) at the scale they were trained at.
@@ -223,20 +199,6 @@ def scale_targets(app, items):
     cell, _ = autoscale._measure(app, Xv, 1.0, 0)
     nucleus, _ = autoscale._measure(app, Xd, 1.0, 1)
     return float(cell), float(nucleus)
-
-
-def nuclear_diameter_at(items, diameter):
-    """Median nuclear diameter (px) of the labelled cells+nuclei images once their cells are ``diameter`` across."""
-    from pipeline.model import autoscale
-
-    ratios = []
-    for _, y, layers in items:
-        if layers == (0, 1):
-            cell, _ = autoscale.median_diameter(y[..., 0])
-            nuc, _ = autoscale.median_diameter(y[..., 1])
-            if cell and nuc:
-                ratios.append(nuc / cell)
-    return float(diameter * np.median(ratios)) if ratios else float(diameter * autoscale.NUCLEUS_TO_CELL)
 
 
 def calibrate_both_variants(app, items, diameter):
@@ -283,7 +245,6 @@ def cmd_finish(args) -> int:
     items = calibration_images(data_dir, recipe)
     t0 = time.perf_counter()
     diameter, nuclear_diameter = scale_targets(app, items)
-    diameter_scores = None
     print(f"cell diameter: {diameter:.1f} px, nuclei {nuclear_diameter:.1f} px", flush=True)
     pp, pp_report = calibrate_both_variants(app, items, diameter)
     with open(run / "history.csv") as f:
@@ -310,7 +271,6 @@ def cmd_finish(args) -> int:
             "steps": (int(version.config.get("training", {}).get("checkpoint_epoch", 0)) + 1) * recipe["steps_per_epoch"],
             "epochs_run": len(history),
             "history": history,
-            "cell_diameter_scores": diameter_scores,
             "postprocess_calibration": pp_report,
         },
     )
