@@ -21,6 +21,7 @@ from backend.localserver import serving
 from backend.models import Batch, DatasetTile, Image, ModelVersion, Task, TaskState
 from backend.storage import storage_from_url
 from pipeline import metrics, simulate
+from pipeline.model.starter import starter_model_dir
 from pipeline.synthetic import make_tissue
 
 PASSWORD = "correct horse battery"
@@ -56,8 +57,10 @@ def test_one_cycle_end_to_end_then_a_fine_tuned_second_version(instance, tmp_pat
     assert main(["batch", "create", "b1", "--project", "syn", "--images", "img0,img1", "--size", "160",
                  "--overlap", "32"]) == 0  # idempotent: nothing new
     assert "0 made now" in capsys.readouterr().out
-    assert main(["prelabel", "--batch", "b1"]) == 0  # current model of a new project: the baseline
-    assert "prelabelled with baseline" in capsys.readouterr().out
+    # the current model of a new project: the shipped starter model (the baseline where none is shipped)
+    starter = "starter" if starter_model_dir() is not None else "baseline"
+    assert main(["prelabel", "--batch", "b1"]) == 0
+    assert f"prelabelled with {starter}" in capsys.readouterr().out
     assert main(["publish", "--batch", "b1", "--out", str(tmp_path / "b1.csv"), "--base-url", "https://x.org"]) == 0
     assert "8 task links written" in capsys.readouterr().out
     rows = list(csv.DictReader(open(tmp_path / "b1.csv")))
@@ -89,10 +92,11 @@ def test_one_cycle_end_to_end_then_a_fine_tuned_second_version(instance, tmp_pat
         pooled = metrics.evaluate(truths[name][..., 0], labels[..., 0])["pooled"]
         assert pooled["f1"] >= 0.95 and pooled["mean_iou"] >= 0.8, pooled
     assert record["splits"]["test"] >= 1 and record["splits"]["train"] >= 4
-    assert record["current"] == "baseline" and record["candidate"] == "syn-v1"
+    assert record["current"] == starter and record["candidate"] == "syn-v1"
     assert record["promoted"] == (record["candidate_f1"] >= record["current_f1"])
     v1 = session.scalar(select(ModelVersion).where(ModelVersion.name == "syn-v1"))
-    assert v1.parent_id is None and v1.config["dataset"]["train"]
+    # fine-tuned from the current model (trained from scratch when that is the baseline)
+    assert (v1.parent.name if v1.parent else "baseline") == starter and v1.config["dataset"]["train"]
     test_tiles = {(t.image_id, t.y0, t.x0) for t in session.scalars(select(DatasetTile).where(DatasetTile.split == "test"))}
 
     if not record["promoted"]:  # the admin may overrule: promotion is never automatic when worse
@@ -112,7 +116,7 @@ def test_one_cycle_end_to_end_then_a_fine_tuned_second_version(instance, tmp_pat
     assert "syn-v2 on the test split: F1" in capsys.readouterr().out
     assert main(["models", "show", "syn-v2"]) == 0
     shown = json.loads(capsys.readouterr().out)
-    assert shown["lineage"] == ["syn-v2", "syn-v1"] and any(k.startswith("test:") for k in shown["metrics"])
+    assert shown["lineage"] == ["syn-v2", "syn-v1"] + ([starter] if starter != "baseline" else []) and any(k.startswith("test:") for k in shown["metrics"])
     assert main(["models", "promote", "syn-v2"]) == 0
     session.expire_all()
     assert registry.current_model(session, storage, b2.project).label == "syn-v2"

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import baseline, cli, io, metrics
+from backend import cli
+from pipeline import baseline, io, metrics
 from pipeline.model import saving, starter
 from pipeline.model.predict import Mesmer
 
