@@ -21,6 +21,7 @@ import argparse
 import csv
 import io
 import json
+import secrets
 import statistics
 import sys
 import tempfile
@@ -30,6 +31,26 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def _fresh_instance(case: str, project_name: str, channel_names: list[str]):
+    """A migrated SQLite instance in a temporary folder with a reviewer and an empty project:
+    (config, session, storage, project). The secret key is random and long enough for the hardened config."""
+    from backend import db
+    from backend.commands import create_user
+    from backend.config import Config
+    from backend.projects import create_project
+    from backend.storage import storage_from_url
+
+    work = Path(tempfile.mkdtemp(prefix=f"cellloop-bench-{case}-"))
+    config = Config.from_env(instance_dir=work, database_url=f"sqlite:///{work / 'db.sqlite'}",
+                             storage_url=str(work / "storage"), secret_key=secrets.token_urlsafe(32))
+    db.upgrade(config.database_url)
+    session = db.make_sessionmaker(db.make_engine(config.database_url))()
+    storage = storage_from_url(config.storage_url)
+    create_user(session, "rev", "bench-password-1", "reviewer")
+    project = create_project(session, name=project_name, channel_names=channel_names)
+    return config, session, storage, project
 
 
 def emit(record: dict) -> None:
@@ -65,13 +86,10 @@ def crop_stitch_case(size: int, repeats: int) -> dict:
 
 
 def loop_cases(quick: bool) -> list[dict]:
-    from backend import db, loop, registry
+    from backend import loop, registry
     from backend.app import create_app
-    from backend.commands import create_user
-    from backend.config import Config
     from backend.localserver import serving
-    from backend.projects import add_image, create_project
-    from backend.storage import storage_from_url
+    from backend.projects import add_image
     from pipeline import simulate
     from pipeline.synthetic import make_tissue
 
@@ -79,14 +97,7 @@ def loop_cases(quick: bool) -> list[dict]:
     per_batch = 2 if quick else 3
     train_options = dict(epochs=2 if quick else 4, steps_per_epoch=10 if quick else 25, batch_size=4,
                          crop_size=128, seed=0)
-    work = Path(tempfile.mkdtemp(prefix="cellloop-bench-loop-"))
-    config = Config.from_env(instance_dir=work, database_url=f"sqlite:///{work / 'db.sqlite'}",
-                             storage_url=str(work / "storage"), secret_key="bench")
-    db.upgrade(config.database_url)
-    session = db.make_sessionmaker(db.make_engine(config.database_url))()
-    storage = storage_from_url(config.storage_url)
-    create_user(session, "rev", "bench-password-1", "reviewer")
-    project = create_project(session, name="bench", channel_names=["DAPI", "CD45"])
+    config, session, storage, project = _fresh_instance("loop", "bench", ["DAPI", "CD45"])
     truths, records, datasets = {}, [], []
     cases = ["scratch", "cycle1", "cycle2", "cycle3"]
     with serving(create_app(config)) as url:
@@ -140,13 +151,10 @@ def loop_cases(quick: bool) -> list[dict]:
 def vectra_case(quick: bool) -> dict:
     import tifffile
 
-    from backend import db, loop, registry
+    from backend import loop, registry
     from backend.app import create_app
-    from backend.commands import create_user
-    from backend.config import Config
     from backend.localserver import serving
-    from backend.projects import add_image, create_project
-    from backend.storage import storage_from_url
+    from backend.projects import add_image
     from pipeline import metrics, simulate
     from pipeline.baseline import nuclear_expansion
 
@@ -156,14 +164,7 @@ def vectra_case(quick: bool) -> dict:
     image3 = np.moveaxis(tifffile.imread(data / "image3.tif"), 0, -1)[..., ::-1].astype(np.float32)
     truth = tifffile.imread(data / "image0_wholecell.tif").astype(np.int32)
     half = image0.shape[0] // 2
-    work = Path(tempfile.mkdtemp(prefix="cellloop-bench-vectra-"))
-    config = Config.from_env(instance_dir=work, database_url=f"sqlite:///{work / 'db.sqlite'}",
-                             storage_url=str(work / "storage"), secret_key="bench")
-    db.upgrade(config.database_url)
-    session = db.make_sessionmaker(db.make_engine(config.database_url))()
-    storage = storage_from_url(config.storage_url)
-    create_user(session, "rev", "bench-password-1", "reviewer")
-    project = create_project(session, name="vectra", channel_names=["nuclear", "membrane"])
+    config, session, storage, project = _fresh_instance("vectra", "vectra", ["nuclear", "membrane"])
     top = add_image(session, storage, project, image0[:half], name="image0-top", tissue="unknown", platform="vectra")
     session.commit()
     batch, _ = loop.create_batch(session, storage, project, "b1", images=[top], size=128, overlap=32)
@@ -181,7 +182,7 @@ def vectra_case(quick: bool) -> dict:
                            crop_size=128, seed=0)
     train_s = time.perf_counter() - t0
     version = registry.get_version(session, cycle["candidate"])
-    folder = registry.local_folder(storage, version, work / "model-cache")
+    folder = registry.local_folder(storage, version, Path(config.instance_dir) / "model-cache")
     pred = loop._mesmer(str(folder)).predict(image0[half:], image_mpp=None)
     f1 = metrics.evaluate(truth[half:], pred[..., 0])["pooled"]["f1"]
     base = metrics.evaluate(truth[half:], nuclear_expansion(image0[half:], nuclear_channel=0)[..., 0])["pooled"]["f1"]
