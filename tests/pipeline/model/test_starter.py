@@ -1,5 +1,5 @@
 """The shipped generalist starter model: it loads, it is what predict and demo use by default, and it
-segments the real Vectra sample better than the classic baseline. One short prediction, no training.
+segments the held-out half of the real Vectra sample better than the classic baseline. One short prediction, no training.
 
 Its full accuracy table: ``python bench/model.py --case accuracy``; how it was made:
 ``python -m pipeline.model.starter_recipe`` (recorded in its config.json).
@@ -12,7 +12,7 @@ import pytest
 
 from backend import cli
 from pipeline import baseline, io, metrics
-from pipeline.model import saving, starter
+from pipeline.model import heldout, saving, starter
 from pipeline.model.predict import Mesmer
 
 VECTRA = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "vectra"
@@ -38,19 +38,19 @@ def test_starter_is_small_and_says_how_it_was_made(version):
 
 
 @pytest.mark.skipif(not (VECTRA / "image0.tif").exists(), reason="needs ../shared/data/vectra (real sample data)")
-def test_segments_the_vectra_sample_better_than_nuclear_expansion(version):
-    # The whole labelled sample at default settings (automatic scale). Its top half is among the starter's
-    # training images; on the held-out bottom half alone the starter does NOT yet beat the baseline
-    # (F1 0.29 vs 0.37, `python bench/model.py --case accuracy`), which is why this checks the sample and
-    # that figure is reported, not asserted.
-    X, _ = io.read_image(VECTRA / "image0.tif", channels=[1, 0])
-    truth = io.read_labels(VECTRA / "image0_wholecell.tif")[..., 0]
-    X = X.astype(np.float32)
-    labels = Mesmer(version).predict(X, image_mpp="auto")
-    model_f1 = metrics.evaluate(truth, labels, layer=0)["pooled"]["f1"]
-    base_f1 = metrics.evaluate(truth, baseline.nuclear_expansion(X), layer=0)["pooled"]["f1"]
-    print(f"Vectra image0 whole-cell F1: starter {model_f1:.3f}, baseline {base_f1:.3f}")
-    assert model_f1 > base_f1
+def test_segments_held_out_vectra_better_than_nuclear_expansion(version):
+    # The bottom half of the labelled Vectra sample, which the starter never trained on, at default
+    # settings (automatic scale), scored as the accuracy bench scores it (`python bench/model.py --case
+    # accuracy`), next to the classic baseline on the same pixels.
+    images, truths, layer, _ = heldout.load_set("vectra", VECTRA.parent)
+    X, truth = images[0], truths[0]
+    app = Mesmer(version)
+    labels = app.predict(X, image_mpp="auto")[..., layer]
+    model_f1 = metrics.evaluate([truth], [labels])["pooled"]["f1"]
+    base_f1 = metrics.evaluate([truth], [baseline.nuclear_expansion(X)[..., layer]])["pooled"]["f1"]
+    print(f"Vectra image0 bottom half whole-cell F1: starter {model_f1:.3f}, baseline {base_f1:.3f}; "
+          f"{app.scale_estimates[0].describe()}")
+    assert model_f1 > base_f1 + 0.05
 
 
 def test_predict_without_a_model_uses_the_starter(tmp_path, capsys):
