@@ -230,7 +230,8 @@ def _layer_score(maps, k, kwargs):
 
 def calibrate_both_variants(maps, current: dict):
     """Deep-watershed parameters per layer, searched over ``FINISH_GRID`` for the model's own and the
-    published variant on ``maps`` (from ``auto_maps``); the better of the two is kept, both reported."""
+    published variant on ``maps`` (from ``auto_maps``); ours is kept unless the published one beats it by
+    more than ``PUBLISHED_MARGIN``; both are reported."""
     import itertools
 
     from pipeline.model import postprocess

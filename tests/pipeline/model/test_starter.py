@@ -75,3 +75,24 @@ def test_segment_picks_channels_by_name():
     assert starter.pick_channels(["membrane", "other"]) == (0, 1)
     X = np.zeros((64, 64, 3), np.float32)
     assert starter.segment(X, ["CD45", "HH3", "x"]).shape == (64, 64, 2)
+
+
+def test_finish_scores_each_kind_of_image_and_keeps_ours_unless_clearly_beaten():
+    # The finishing step's searches on maps made from the true labels (what a perfect network predicts):
+    # every kind is scored on its own, both variants reach F1 1, and the tie keeps our faster post-processing.
+    from pipeline import synthetic
+    from pipeline.model import starter_recipe, transforms
+
+    maps = []
+    for seed, kind in ((1, "vectra"), (2, "synthetic"), (3, "synthetic")):
+        _, y = synthetic.make_tissue((96, 96), seed=seed)
+        targets = [t[0] for t in transforms.make_targets(y[None])]
+        maps.append((targets, y, (0, 1), kind))
+    scores = starter_recipe._kind_scores(maps, 0, {"interior_threshold": 0.3, "maxima_threshold": 0.1})
+    assert set(scores) == {"vectra", "synthetic"} and min(scores.values()) > 0.9
+    assert max(starter_recipe._kind_scores(maps, 0, {"interior_threshold": 0.99}).values()) < 0.5  # cells eroded
+    chosen, report = starter_recipe.calibrate_both_variants(maps, {})
+    for key in ("whole_cell_kwargs", "nuclear_kwargs"):
+        assert report[key]["ours"]["f1"] > 0.9 and report[key]["kept"] == "ours"
+        assert chosen[key]["flood"] == "distance"
+        assert report[key]["published"]["f1"] <= report[key]["ours"]["f1"] + starter_recipe.PUBLISHED_MARGIN
