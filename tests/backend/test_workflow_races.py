@@ -169,6 +169,18 @@ def _serve(world):
     return server, f"http://127.0.0.1:{server.server_port}"
 
 
+def _run_all(server, fn, n):
+    """``fn(0)`` .. ``fn(n - 1)`` in ``n`` threads at once, all joined, then ``server`` stopped."""
+    threads = [threading.Thread(target=fn, args=(i,)) for i in range(n)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        server.shutdown()
+
+
 def _post(url, body, headers=None):
     req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
                                  headers={"Content-Type": "application/json", **(headers or {})})
@@ -198,14 +210,7 @@ def test_concurrent_edits_and_submits_over_http(race_world):
             results[i] = ("edit", *_post(f"{base}/api/task/{token}/edit",
                                          {"base_revision": 0, "tool": "paint", "params": params}))
 
-    threads = [threading.Thread(target=act, args=(i,)) for i in range(n)]
-    try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        server.shutdown()
+    _run_all(server, act, n)
     codes = [code for _, code, _ in results]
     assert set(codes) <= {200, 409}, results
     assert codes.count(200) == 1, results  # edits and submits all named revision 0: only one can win
@@ -233,14 +238,7 @@ def test_concurrent_verdicts_over_http(race_world):
         action = "approve" if i % 2 else "reject"
         results[i] = _post(f"{base}/api/review/tasks/{tid}/{action}", {"comment": "no"}, clients[i])[0]
 
-    threads = [threading.Thread(target=verdict, args=(i,)) for i in range(len(clients))]
-    try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        server.shutdown()
+    _run_all(server, verdict, len(clients))
     assert sorted(results) == [200] + [409] * (len(clients) - 1), results
     with race_world.session() as s:
         assert len(s.scalars(select(Review).where(Review.task_id == tid)).all()) == 1
