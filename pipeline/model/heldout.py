@@ -81,8 +81,7 @@ def other_postprocess(config: dict) -> tuple[str, dict]:
     calibration = (config.get("training") or {}).get("postprocess_calibration") or {}
     kept = _variant(pp.get("whole_cell_kwargs") or {})
     other = "ours" if kept == "published" else "published"
-    switch = postprocess.PUBLISHED_VARIANT if other == "published" else {"maxima_algorithm": "peak_local_max",
-                                                                         "flood": "distance"}
+    switch = postprocess.PUBLISHED_VARIANT if other == "published" else postprocess.OUR_VARIANT
     kwargs = {}
     for key in ("whole_cell_kwargs", "nuclear_kwargs"):
         found = (calibration.get(key) or {}).get(other, {}).get("kwargs")

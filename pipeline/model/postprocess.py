@@ -18,6 +18,7 @@ __all__ = [
     "CALIBRATION_GRID",
     "calibrate",
     "PUBLISHED_VARIANT",
+    "OUR_VARIANT",
 ]
 
 # Published Mesmer defaults (deepcell 0.12): the whole-cell distance map is flatter than the
@@ -46,6 +47,8 @@ MAXIMA_ALGORITHMS = ("peak_local_max", "h_maxima")
 FLOOD_SURFACES = ("distance", "interior")
 # deepcell-toolbox 0.12's deep_watershed: h-maxima markers, flooding the interior probability.
 PUBLISHED_VARIANT = dict(maxima_algorithm="h_maxima", flood="interior")
+# deep_watershed's own defaults, spelled out to switch a published-variant setting back.
+OUR_VARIANT = dict(maxima_algorithm="peak_local_max", flood="distance")
 
 # What ``calibrate`` tries: the thresholds and marker spacing a trained model is most sensitive to.
 CALIBRATION_GRID = dict(

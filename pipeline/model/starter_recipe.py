@@ -241,7 +241,7 @@ def calibrate_both_variants(maps, current: dict):
                              ("nuclear_kwargs", 1, postprocess.NUCLEAR_DEFAULTS)):
         found = {}
         start = {**defaults, **(current.get(key) or {})}
-        for variant, extra in (("ours", {"maxima_algorithm": "peak_local_max", "flood": "distance"}),
+        for variant, extra in (("ours", postprocess.OUR_VARIANT),
                                ("published", postprocess.PUBLISHED_VARIANT)):
             base = {**start, **extra}
             best_kwargs, best = base, _layer_score(maps, k, base)
