@@ -3,6 +3,6 @@
 
 def create_app(*args, **kwargs):
     # imported lazily so `backend.edits` and friends stay usable without Flask machinery loaded
-    from backend.app import create_app as _create_app
+    from backend.web.app import create_app as _create_app
 
     return _create_app(*args, **kwargs)

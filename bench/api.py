@@ -32,13 +32,14 @@ def _folder_bytes(root: Path) -> int:
 
 
 def bench(size: int, reps: int) -> dict:
-    from backend import db as dbmod
-    from backend.app import create_app
-    from backend.auth import make_task_token
+    from backend.store import db as dbmod
+    from backend.web.app import create_app
+    from backend.web.auth import make_task_token
     from backend.config import Config
     from backend.edits import apply_edit
-    from backend.models import Batch
-    from backend.tasks import TaskService, create_project
+    from backend.store.models import Batch
+    from backend.store.projects import project_from_image
+    from backend.tasks import TaskService
     from pipeline import synthetic
 
     X, y = synthetic.make_tissue((size, size), seed=0)
@@ -50,7 +51,7 @@ def bench(size: int, reps: int) -> dict:
         app = create_app(config)
         session = app.extensions["cellloop.sessionmaker"]()
         storage = app.extensions["cellloop.storage"]
-        project = create_project(session, storage, name="bench", image=X, channel_names=["nuclear", "membrane"])
+        project = project_from_image(session, storage, name="bench", image=X, channel_names=["nuclear", "membrane"])
         batch = Batch(project=project, name="b")
         session.add(batch)
         task = TaskService(session, storage).create_task(batch, (0, 0, size, size), X, y)

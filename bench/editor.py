@@ -60,12 +60,13 @@ def tissue(size: int, cells: int, channels: int, seed: int = 0) -> tuple[np.ndar
 
 
 def setup(tmp: Path, quick: bool) -> tuple[dict, dict]:
-    from backend import db as dbmod
-    from backend.app import create_app
-    from backend.auth import make_task_token
+    from backend.store import db as dbmod
+    from backend.web.app import create_app
+    from backend.web.auth import make_task_token
     from backend.config import Config
-    from backend.models import Batch
-    from backend.tasks import TaskService, create_project
+    from backend.store.models import Batch
+    from backend.store.projects import project_from_image
+    from backend.tasks import TaskService
 
     config = Config.from_env(instance_dir=tmp, database_url=f"sqlite:///{tmp / 'db.sqlite'}",
                              storage_url=str(tmp / "storage"), secret_key=BENCH_SECRET)
@@ -76,7 +77,7 @@ def setup(tmp: Path, quick: bool) -> tuple[dict, dict]:
     tokens = {}
     for name, (size, cells, channels) in {"270": (270, 70, 2), "2048": (2048, 4000, 8)}.items():
         image, labels = tissue(size, cells, channels)
-        project = create_project(session, storage, name=f"bench{name}", image=image,
+        project = project_from_image(session, storage, name=f"bench{name}", image=image,
                                  channel_names=[f"ch{c}" for c in range(channels)])
         batch = Batch(project=project, name="b")
         session.add(batch)
@@ -250,7 +251,7 @@ def main(argv=None) -> int:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         server = subprocess.Popen([sys.executable, "-m", "gunicorn", "--workers", "1", "--bind", f"127.0.0.1:{port}",
-                                   "backend.app:create_app()"], env=env, cwd=REPO,
+                                   "backend.web.app:create_app()"], env=env, cwd=REPO,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         base = f"http://127.0.0.1:{port}"
         try:

@@ -86,8 +86,8 @@ def production_stack(tmp: Path, workers: int):
     config and the server's base URL; everything is torn down afterwards."""
     import psycopg
 
-    from backend import db as dbmod
-    from backend.commands import gunicorn_argv
+    from backend.store import db as dbmod
+    from backend.cli.admin_commands import gunicorn_argv
     from backend.config import Config
 
     os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
@@ -131,17 +131,18 @@ def production_stack(tmp: Path, workers: int):
 
 def make_tasks(config, n: int, seed: int) -> list[tuple[int, str]]:
     """n prelabeled 270-px crowd tasks cut from synthetic tissue; (task id, link token) each."""
-    from backend.app import create_app
-    from backend.auth import make_task_token
-    from backend.models import Batch
-    from backend.tasks import TaskService, create_project
+    from backend.web.app import create_app
+    from backend.web.auth import make_task_token
+    from backend.store.models import Batch
+    from backend.store.projects import project_from_image
+    from backend.tasks import TaskService
     from pipeline import synthetic
 
     app = create_app(config)
     session = app.extensions["cellloop.sessionmaker"]()
     storage = app.extensions["cellloop.storage"]
     image, labels = synthetic.make_tissue((2 * TASK_SIZE, 2 * TASK_SIZE), seed=seed)
-    project = create_project(session, storage, name=f"load-{seed}-{n}", image=image,
+    project = project_from_image(session, storage, name=f"load-{seed}-{n}", image=image,
                              channel_names=["nuclear", "membrane"])
     batch = Batch(project=project, name="crowd")
     session.add(batch)
@@ -199,7 +200,7 @@ def _stroke(rng: random.Random, max_label: int) -> tuple[str, dict]:
 async def annotate(client, rec: Recorder, token: str, *, strokes: int, pause: tuple[float, float],
                    rng: random.Random, deadline: float) -> dict:
     """One annotator's session; returns what the server acknowledged and the labels it served at the end."""
-    from backend.arrays import decode_array
+    from backend.store.arrays import decode_array
 
     base = f"/api/task/{token}"
     acked: dict[int, tuple[str, dict]] = {}
@@ -263,11 +264,11 @@ def count_lost(config, task_ids: list[int], results: list[dict]) -> int:
     labels differ from the replay of that history."""
     from sqlalchemy import select
 
-    from backend.arrays import decode_array
-    from backend.db import make_engine, make_sessionmaker
+    from backend.store.arrays import decode_array
+    from backend.store.db import make_engine, make_sessionmaker
     from backend.edits import Patch
-    from backend.models import Revision
-    from backend.storage import storage_from_url
+    from backend.store.models import Revision
+    from backend.store.storage import storage_from_url
 
     engine = make_engine(config.database_url)
     storage = storage_from_url(config.storage_url)
@@ -378,9 +379,9 @@ def _timed_edits(config, reps: int, seed: int) -> dict:
     encoding, SQL statements), the whole edit, and this process's CPU per edit; in process, on one task."""
     from sqlalchemy import event
 
-    from backend import tasks as tasks_mod
-    from backend.app import create_app
-    from backend.storage import S3Storage
+    from backend.tasks import revisions as tasks_mod
+    from backend.web.app import create_app
+    from backend.store.storage import S3Storage
 
     # rate limits off: this loop is one client editing as fast as it can
     app = create_app(dataclasses.replace(config, ratelimit_enabled=False))
@@ -446,7 +447,7 @@ def _timed_edits(config, reps: int, seed: int) -> dict:
 def edit_breakdown(config, reps: int) -> dict:
     """Where one crowd edit's server time goes on this stack (PostgreSQL + S3), now and with the previous
     storage policy (a labels snapshot with every revision of a task up to 1 MP) measured in the same run."""
-    from backend import tasks as tasks_mod
+    from backend.tasks import revisions as tasks_mod
 
     now = _timed_edits(config, reps, seed=99)
     policy = tasks_mod.SNAPSHOT_ALWAYS_PIXELS

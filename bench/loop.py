@@ -36,11 +36,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 def _fresh_instance(case: str, project_name: str, channel_names: list[str]):
     """A migrated SQLite instance in a temporary folder with a reviewer and an empty project:
     (config, session, storage, project). The secret key is random and long enough for the hardened config."""
-    from backend import db
-    from backend.commands import create_user
+    from backend.store import db
+    from backend.cli.admin_commands import create_user
     from backend.config import Config
-    from backend.projects import create_project
-    from backend.storage import storage_from_url
+    from backend.store.projects import create_project
+    from backend.store.storage import storage_from_url
 
     work = Path(tempfile.mkdtemp(prefix=f"cellloop-bench-{case}-"))
     config = Config.from_env(instance_dir=work, database_url=f"sqlite:///{work / 'db.sqlite'}",
@@ -86,10 +86,11 @@ def crop_stitch_case(size: int, repeats: int) -> dict:
 
 
 def loop_cases(quick: bool) -> list[dict]:
-    from backend import loop, registry
-    from backend.app import create_app
-    from backend.localserver import serving
-    from backend.projects import add_image
+    from backend import loop
+    from backend.loop import registry
+    from backend.web.app import create_app
+    from backend.web.localserver import serving
+    from backend.store.projects import add_image
     from pipeline import simulate
     from pipeline.synthetic import make_tissue
 
@@ -151,10 +152,11 @@ def loop_cases(quick: bool) -> list[dict]:
 def vectra_case(quick: bool) -> dict:
     import tifffile
 
-    from backend import loop, registry
-    from backend.app import create_app
-    from backend.localserver import serving
-    from backend.projects import add_image
+    from backend import loop
+    from backend.loop import registry
+    from backend.web.app import create_app
+    from backend.web.localserver import serving
+    from backend.store.projects import add_image
     from pipeline import metrics, simulate
     from pipeline.baseline import nuclear_expansion
 
@@ -183,7 +185,7 @@ def vectra_case(quick: bool) -> dict:
     train_s = time.perf_counter() - t0
     version = registry.get_version(session, cycle["candidate"])
     folder = registry.local_folder(storage, version, Path(config.instance_dir) / "model-cache")
-    pred = loop._mesmer(str(folder)).predict(image0[half:], image_mpp=None)
+    pred = loop.load_mesmer(str(folder)).predict(image0[half:], image_mpp=None)
     f1 = metrics.evaluate(truth[half:], pred[..., 0])["pooled"]["f1"]
     base = metrics.evaluate(truth[half:], nuclear_expansion(image0[half:], nuclear_channel=0)[..., 0])["pooled"]["f1"]
     unlabelled = add_image(session, storage, project, image3, name="image3", platform="vectra")

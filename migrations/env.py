@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from backend.models import Base
+from backend.store.models import Base
 
 config = context.config
 target_metadata = Base.metadata
@@ -27,7 +27,7 @@ def run_migrations_offline() -> None:
 
 
 def run_migrations_online() -> None:
-    from backend.db import make_engine
+    from backend.store.db import make_engine
 
     engine = make_engine(_url())
     try:

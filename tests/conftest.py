@@ -84,6 +84,6 @@ def s3_bucket(s3_server) -> str:
 @pytest.fixture
 def s3_storage(s3_server, s3_bucket):
     """An S3Storage on a fresh bucket of the moto server."""
-    from backend.storage import S3Storage
+    from backend.store.storage import S3Storage
 
     return S3Storage(s3_bucket, endpoint_url=s3_server, region_name="us-east-1", create_bucket=True)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from backend import db as dbmod
+from backend.store import db as dbmod
 from backend.config import Config
 
 PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -79,11 +79,12 @@ class World:
 
 
 def make_world(tmp_path, database_url=None, storage_url=None, n_tasks=2) -> World:
-    from backend.app import create_app
-    from backend.auth import make_task_token
-    from backend.commands import create_user
-    from backend.models import Batch
-    from backend.tasks import TaskService, create_project
+    from backend.web.app import create_app
+    from backend.web.auth import make_task_token
+    from backend.cli.admin_commands import create_user
+    from backend.store.models import Batch
+    from backend.store.projects import project_from_image
+    from backend.tasks import TaskService
 
     config = Config.from_env(
         instance_dir=tmp_path / "instance",
@@ -105,7 +106,7 @@ def make_world(tmp_path, database_url=None, storage_url=None, n_tasks=2) -> Worl
     create_user(session, "rev", PASSWORD, "reviewer")
     create_user(session, "boss", PASSWORD, "admin")
     create_user(session, "ann", PASSWORD, "annotator")
-    project = create_project(session, storage, name="p", image=image, channel_names=["dna", "mem", "cd45"])
+    project = project_from_image(session, storage, name="p", image=image, channel_names=["dna", "mem", "cd45"])
     batch = Batch(project=project, name="b1")
     session.add(batch)
     svc = TaskService(session, storage)

@@ -11,7 +11,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from backend.commands import gunicorn_argv
+from backend.cli.admin_commands import gunicorn_argv
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

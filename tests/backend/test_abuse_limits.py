@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from backend.api import limits
-from backend.arrays import encode_array
-from backend.models import Revision
+from backend.web import request_limits as limits
+from backend.store.arrays import encode_array
+from backend.store.models import Revision
 
 from .conftest import PASSWORD, login, make_world
 
@@ -144,7 +144,7 @@ def test_edit_rate_limit_per_link(tmp_path, monkeypatch):
 def test_login_limits_count_failures_per_username_before_hashing(tmp_path, monkeypatch):
     monkeypatch.setenv("CELLLOOP_RATELIMIT_LOGIN_USER", "3 per minute; 10 per hour")
     world = make_world(tmp_path)
-    import backend.api.session_routes as routes
+    import backend.web.session as routes
 
     hashed = []
     real_verify = routes.verify_password

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from backend.arrays import decode_array, encode_array
-from backend.cache import ArrayCache
+from backend.store.arrays import decode_array, encode_array
+from backend.store.cache import ArrayCache
 from backend.edits import Patch
 
 from .conftest import login
@@ -223,7 +223,7 @@ def test_review_workflow_and_audit(world):
 
     from sqlalchemy import select
 
-    from backend.models import Revision, TaskEvent
+    from backend.store.models import Revision, TaskEvent
 
     s = world.session()
     events = s.scalars(select(TaskEvent).where(TaskEvent.task_id == tid).order_by(TaskEvent.id)).all()

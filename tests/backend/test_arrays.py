@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from backend.arrays import (
+from backend.store.arrays import (
     MAX_PIXELS_DEFAULT,
     ArrayError,
     decode_array,

@@ -59,7 +59,7 @@ def test_ingest_with_crops_and_links(instance, tmp_path, capsys):
     boxes = {(int(r["y0"]), int(r["x0"]), int(r["y1"]), int(r["x1"])) for r in rows}
     assert boxes == {(0, 0, 270, 270), (0, 230, 270, 500), (30, 0, 300, 270), (30, 230, 300, 500)}
     assert all("/task/" in r["url"] for r in rows)
-    from backend.arrays import decode_array
+    from backend.store.arrays import decode_array
 
     stored = [p for p in _storage_files(instance) if p.name == "image.npy.gz" and "tasks" not in p.parts]
     np.testing.assert_array_equal(decode_array(stored[0].read_bytes()), np.moveaxis(image, 0, -1)[..., [2, 0]])
@@ -133,7 +133,7 @@ def test_demo_serves_a_task_over_http(tmp_path):
         assert info["shape"] == [270, 270] and info["channels"] == ["nuclear", "membrane"]
         assert info["state"] == "prelabeled"  # reading a task never assigns it
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/task/{token}/labels", timeout=10) as r:
-            from backend.arrays import decode_array
+            from backend.store.arrays import decode_array
 
             labels = decode_array(r.read())
         # the baseline pre-labelled the crop: the annotator corrects rather than draws from scratch

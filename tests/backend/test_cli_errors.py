@@ -9,7 +9,7 @@ import pytest
 import tifffile
 from sqlalchemy import create_engine, text
 
-from backend import projects
+from backend.store import projects
 from backend.tasks import TaskService
 from backend.cli import main
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from werkzeug.serving import make_server
 
-from backend import tasks
-from backend.arrays import decode_array
+from backend.tasks import revisions as tasks
+from backend.store.arrays import decode_array
 
 from .conftest import make_world
 

@@ -18,7 +18,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from backend import db
+from backend.store import db
 
 from .served import free_port
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from backend.config import Config
-from backend.models import Revision
+from backend.store.models import Revision
 from .conftest import login
 
 PARENT = "https://crowd.example.org"

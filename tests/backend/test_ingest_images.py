@@ -8,9 +8,9 @@ import tifffile
 from sqlalchemy import select
 
 from backend.cli import main
-from backend.commands import _session
+from backend.cli.admin_commands import _session
 from backend.config import Config
-from backend.models import Image, Project
+from backend.store.models import Image, Project
 from pipeline.synthetic import make_dataset
 
 
@@ -57,8 +57,8 @@ def test_many_images_per_project(instance, capsys):
     images = {i.name: i for i in project.images}
     assert list(images) == ["a", "b", "c", "d", "e"] and project.channel_names == ["DAPI", "CD45"]
     assert images["a"].tissue == "tonsil" and images["a"].pixel_size_um == 0.5 and images["c"].tissue is None
-    from backend.projects import read_image
-    from backend.storage import storage_from_url
+    from backend.store.projects import read_image
+    from backend.store.storage import storage_from_url
 
     storage = storage_from_url(Config.from_env().storage_url)
     assert np.allclose(read_image(storage, images["c"]), X[2])  # put back into the project's channel order

@@ -12,14 +12,15 @@ import pytest
 import tifffile
 from sqlalchemy import select
 
-from backend import loop, registry
-from backend.app import create_app
+from backend import loop
+from backend.loop import registry
+from backend.web.app import create_app
 from backend.cli import main
 from backend.config import Config
-from backend.db import make_engine, make_sessionmaker
-from backend.localserver import serving
-from backend.models import Batch, DatasetTile, Image, ModelVersion, Task, TaskState
-from backend.storage import storage_from_url
+from backend.store.db import make_engine, make_sessionmaker
+from backend.web.localserver import serving
+from backend.store.models import Batch, DatasetTile, Image, ModelVersion, Task, TaskState
+from backend.store.storage import storage_from_url
 from pipeline import metrics, simulate
 from pipeline.model.starter import starter_model_dir
 from pipeline.synthetic import make_tissue

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import text
 
-from backend import db
+from backend.store import db
 
 
 def _seed_0002(url: str) -> None:

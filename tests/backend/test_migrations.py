@@ -7,8 +7,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
 
-from backend import db
-from backend.models import Base
+from backend.store import db
+from backend.store.models import Base
 
 
 def _check_round_trip(url: str) -> None:

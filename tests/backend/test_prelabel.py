@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from backend import db, loop
+from backend.store import db
+from backend import loop
 from backend.config import Config
-from backend.models import Task, TaskState
-from backend.projects import add_image, create_project
-from backend.storage import storage_from_url
+from backend.store.models import Task, TaskState
+from backend.store.projects import add_image, create_project
+from backend.store.storage import storage_from_url
 from backend.tasks import Actor, TaskService
 from pipeline.synthetic import make_tissue
 

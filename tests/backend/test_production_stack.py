@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from backend.arrays import decode_array
+from backend.store.arrays import decode_array
 
 from .conftest import login, make_world
 

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from backend import db as dbmod
-from backend import tasks as tasks_mod
-from backend.arrays import decode_array
-from backend.cache import ArrayCache
+from backend.store import db as dbmod
+from backend.tasks import revisions as tasks_mod
+from backend.store.arrays import decode_array
+from backend.store.cache import ArrayCache
 from backend.edits import apply_edit
-from backend.models import Revision
+from backend.store.models import Revision
 
 from .conftest import make_world
 
@@ -86,7 +86,7 @@ def test_patch_only_revisions_replay_exactly_with_and_without_cache(big):
 
     # Every past revision rebuilds from its snapshot plus patches to what it was.
     with big.session() as s:
-        svc = tasks_mod.TaskService(s, big.storage())
+        svc = tasks_mod.RevisionStore(s, big.storage())
         task = s.get(tasks_mod.Task, tid)
         for number in range(0, 10):
             got = svc._rebuild(task, svc._revision(task, number))
@@ -161,7 +161,7 @@ def test_small_tasks_keep_a_snapshot_per_revision(tmp_path, monkeypatch):
 def test_a_worker_behind_catches_up_with_patches_not_snapshots(big):
     """Two workers take turns on one task: each brings its cached copy forward with the other's patches, never
     rereading a snapshot, and both always serve exactly the labels the edits made."""
-    from backend.app import create_app
+    from backend.web.app import create_app
 
     tid = big.task_ids[0]
     token = big.tokens[tid]

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from backend.config import Config, ConfigError
-from backend.logmask import mask_tokens
+from backend.web.log_masking import mask_tokens
 
 from .conftest import PASSWORD, login
 

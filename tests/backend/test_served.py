@@ -11,9 +11,9 @@ import time
 import numpy as np
 from sqlalchemy import select
 
-from backend.arrays import decode_array
+from backend.store.arrays import decode_array
 from backend.edits import Patch
-from backend.models import Revision, Task
+from backend.store.models import Revision, Task
 
 from .conftest import make_world
 from .served import Served

@@ -4,7 +4,7 @@ import threading
 import boto3
 import pytest
 
-from backend.storage import (
+from backend.store.storage import (
     InvalidKey,
     LocalStorage,
     NotFound,

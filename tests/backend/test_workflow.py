@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from backend.models import TaskState as S
-from backend.workflow import TRANSITIONS, TransitionError, check_editable, next_state
+from backend.store.models import TaskState as S
+from backend.tasks.states import TRANSITIONS, TransitionError, check_editable, next_state
 
 
 def test_happy_path_follows_design():

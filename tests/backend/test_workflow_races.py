@@ -17,9 +17,9 @@ import pytest
 from sqlalchemy import select
 from werkzeug.serving import make_server
 
-from backend.models import Review, Revision, Task, TaskEvent, TaskState, User
+from backend.store.models import Review, Revision, Task, TaskEvent, TaskState, User
 from backend.tasks import Actor, StaleRevision, TaskService
-from backend.workflow import TransitionError
+from backend.tasks.states import TransitionError
 
 from .conftest import login, make_world
 

@@ -57,7 +57,7 @@ class Server:
             return resp.read(), dict(resp.headers)
 
     def labels(self, name: str) -> np.ndarray:
-        from backend.arrays import decode_array
+        from backend.store.arrays import decode_array
 
         return decode_array(self.api(name, "/labels")[0])
 
@@ -66,13 +66,13 @@ class Server:
 
     def state(self, name: str) -> str:
         """The task's state, read from the database (GET on the task link would open it)."""
-        from backend.models import Task
+        from backend.store.models import Task
 
         with self.session() as db:
             return db.get(Task, self.tasks[name][0]).state.value
 
     def session(self):
-        from backend.db import make_engine, make_sessionmaker
+        from backend.store.db import make_engine, make_sessionmaker
 
         return make_sessionmaker(make_engine(self.env["CELLLOOP_DATABASE_URL"]))()
 
@@ -87,13 +87,14 @@ TASK_BOXES = {
 
 
 def _build(instance: Path, data: Path, secret: str) -> tuple[dict, np.ndarray]:
-    from backend import db as dbmod
-    from backend.app import create_app
-    from backend.auth import make_task_token
-    from backend.commands import create_user
+    from backend.store import db as dbmod
+    from backend.web.app import create_app
+    from backend.web.auth import make_task_token
+    from backend.cli.admin_commands import create_user
     from backend.config import Config
-    from backend.models import Batch
-    from backend.tasks import TaskService, create_project
+    from backend.store.models import Batch
+    from backend.store.projects import project_from_image
+    from backend.tasks import TaskService
     from pipeline.io import read_image
 
     image, _ = read_image(data / "vectra" / "image0.tif")
@@ -107,7 +108,7 @@ def _build(instance: Path, data: Path, secret: str) -> tuple[dict, np.ndarray]:
     session = app.extensions["cellloop.sessionmaker"]()
     storage = app.extensions["cellloop.storage"]
     create_user(session, "reviewer", PASSWORD, "reviewer")
-    project = create_project(session, storage, name="vectra", image=image, channel_names=["nuclear", "membrane"])
+    project = project_from_image(session, storage, name="vectra", image=image, channel_names=["nuclear", "membrane"])
     batch = Batch(project=project, name="browser")
     session.add(batch)
     svc = TaskService(session, storage)
@@ -116,7 +117,7 @@ def _build(instance: Path, data: Path, secret: str) -> tuple[dict, np.ndarray]:
         made[name] = svc.create_task(batch, (y0, x0, y1, x1), image[y0:y1, x0:x1], labels[y0:y1, x0:x1])
     # 16-bit data, as most multiplexed platforms write it: the editor must keep every level
     image16 = np.clip(image * 3000, 0, 65535).astype(np.uint16)
-    project16 = create_project(session, storage, name="vectra16", image=image16, channel_names=["nuclear", "membrane"])
+    project16 = project_from_image(session, storage, name="vectra16", image=image16, channel_names=["nuclear", "membrane"])
     batch16 = Batch(project=project16, name="browser16")
     session.add(batch16)
     made["sixteen"] = svc.create_task(batch16, (0, 0, 64, 64), image16[:64, :64], labels[:64, :64])
@@ -169,7 +170,7 @@ def server(tmp_path_factory, shared_data):
            "CELLLOOP_STORAGE_URL": str(instance / "storage"), "CELLLOOP_FRAME_ANCESTORS": parent_url,
            "PYTHONPATH": str(REPO_ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "--workers", "2", "--bind", f"127.0.0.1:{port}",
-                             "backend.app:create_app()"], env=env, cwd=REPO_ROOT,
+                             "backend.web.app:create_app()"], env=env, cwd=REPO_ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -362,7 +362,7 @@ def test_a_refused_stroke_is_rolled_back_and_the_reason_shown(server, context):
 
 
 def test_task_in_an_iframe_posts_submitted_to_its_parent(server, context):
-    from backend.models import Revision
+    from backend.store.models import Revision
 
     src = server.task_url("frame", "?worker=W42")
     page = context.new_page()

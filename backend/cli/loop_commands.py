@@ -11,14 +11,14 @@ from pipeline.cli import CLIError
 
 
 def _open(args):
-    from backend.commands import _config, _session, _storage
+    from backend.cli.admin_commands import _config, _session, _storage
 
     config = _config(args)
     return config, _session(config), _storage(config)
 
 
 def _project(session, name):
-    from backend.projects import get_project
+    from backend.store.projects import get_project
 
     try:
         return get_project(session, name)
@@ -55,7 +55,7 @@ def cmd_batch_create(args) -> int:
     from sqlalchemy import select
 
     from backend import loop
-    from backend.models import Image
+    from backend.store.models import Image
 
     config, session, storage = _open(args)
     project = _project(session, args.project)
@@ -108,7 +108,7 @@ def cmd_status(args) -> int:
     from sqlalchemy import select
 
     from backend import loop
-    from backend.models import Batch
+    from backend.store.models import Batch
 
     config, session, storage = _open(args)
     if args.batch:
@@ -164,7 +164,7 @@ def cmd_dataset(args) -> int:
 
 
 def _version_row(v, session) -> dict:
-    from backend.models import ModelVersion
+    from backend.store.models import ModelVersion
 
     parent = session.get(ModelVersion, v.parent_id) if v.parent_id else None
     test = [m for k, m in (v.metrics or {}).items() if k.startswith("test:")]
@@ -174,7 +174,7 @@ def _version_row(v, session) -> dict:
 
 
 def cmd_models(args) -> int:
-    from backend import registry
+    from backend.loop import registry
 
     config, session, storage = _open(args)
     if args.models_action == "list":
@@ -194,7 +194,7 @@ def cmd_models(args) -> int:
                 "metrics": version.metrics, "created_at": version.created_at}
         print(json.dumps(info, indent=1, default=str))
         return 0
-    from backend.models import Project
+    from backend.store.models import Project
 
     project = session.get(Project, version.project_id) if version.project_id else None
     if project is None:
@@ -250,7 +250,8 @@ def _registry_train(args) -> int:
 
 
 def _registry_evaluate(args) -> int:
-    from backend import loop, registry
+    from backend import loop
+    from backend.loop import registry
 
     config, session, storage = _open(args)
     project = _project(session, args.project)

@@ -1,10 +1,9 @@
-"""What happens to a task: its arrays in storage, its revisions, and its workflow, in one place that the
-crowd routes, the review routes and the CLI all call. No Flask here.
+"""The revision store: a task's arrays in storage and its revisions. No Flask here.
 
 Every label change is a new revision holding its own patch, written under fresh keys before the database
 row commits, so a request that loses a race (or crashes half way) never overwrites what another wrote. The
-row is then committed only if the task is still at the base revision the editor saw (optimistic locking);
-otherwise the caller gets `StaleRevision`.
+row is then committed only if the task is still at the base revision the editor saw (optimistic locking, through
+`backend.tasks.transitions`); otherwise the caller gets `StaleRevision`.
 
 A task stores a full labels snapshot on creation and replacement and then every SNAPSHOT_EVERY revisions; a
 revision between them is its last snapshot plus the patches after it, so an edit writes only its patch. With
@@ -15,20 +14,19 @@ date with those revisions' patches instead of rebuilding from the snapshot.
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
-from datetime import datetime, timezone
 
 import numpy as np
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
-from sqlalchemy.orm.attributes import set_committed_value
 
-from backend import workflow
-from backend.arrays import decode_array, encode_array, validate_labels
-from backend.cache import ArrayCache
 from backend.edits import EditError, LabelIndex, Patch, apply_edit
-from backend.models import Batch, Project, Review, Revision, Task, TaskEvent, TaskState, User, utcnow
-from backend.storage import NotFound, Storage
+from backend.store.arrays import decode_array, encode_array, validate_labels
+from backend.store.cache import ArrayCache
+from backend.store.models import Batch, Revision, Task, TaskState
+from backend.store.storage import NotFound, Storage
+from backend.tasks import states
+from backend.tasks.transitions import (Actor, StaleRevision, conditional_update, now, raise_lost_race, set_columns,
+                                       transition)
 
 EDIT_ACTIONS = "edit"
 # tasks up to this size store a snapshot with every revision (0: none). On S3 a second PUT per edit costs
@@ -36,15 +34,8 @@ EDIT_ACTIONS = "edit"
 # revisions catches up from their small patches.
 SNAPSHOT_ALWAYS_PIXELS = 0
 SNAPSHOT_EVERY = 16
-
-
-class StaleRevision(Exception):
-    """The edit was based on an older revision than the task's current one (the API answers 409)."""
-
-    def __init__(self, base: int | None, current: int):
-        super().__init__(f"revision {base} is stale: the task is at revision {current}")
-        self.base = base
-        self.current = current
+# states in which nobody has touched a crop: machine work may still replace its first revision
+UNTOUCHED = (TaskState.new, TaskState.prelabeled)
 
 
 class NothingToUndo(Exception):
@@ -56,30 +47,7 @@ class CorruptHistory(Exception):
     client's, so the API answers 500 and changes nothing."""
 
 
-@dataclass(frozen=True)
-class Actor:
-    """Who acts: a logged-in user, or a crowd worker known only by the platform's reference."""
-
-    user: User | None = None
-    ref: str | None = None
-
-    @property
-    def reviewer(self) -> bool:
-        return self.user is not None and self.user.role.value in ("reviewer", "admin")
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def _aware(ts: datetime | None) -> datetime | None:
-    # SQLite hands back naive datetimes even for timezone=True columns
-    if ts is not None and ts.tzinfo is None:
-        return ts.replace(tzinfo=timezone.utc)
-    return ts
-
-
-class TaskService:
+class RevisionStore:
     def __init__(self, session: Session, storage: Storage, cache: ArrayCache | None = None):
         self.db = session
         self.storage = storage
@@ -262,7 +230,7 @@ class TaskService:
             raise StaleRevision(base_revision, task.revision)
 
     def _check_editable(self, task: Task, actor: Actor) -> None:
-        workflow.check_editable(task.state, reviewer=actor.reviewer and task.state is TaskState.in_review)
+        states.check_editable(task.state, reviewer=actor.reviewer and task.state is TaskState.in_review)
 
     def _wants_snapshot(self, task: Task, labels: np.ndarray, patch: Patch | None, number: int) -> bool:
         if patch is None or labels.shape[0] * labels.shape[1] <= SNAPSHOT_ALWAYS_PIXELS:
@@ -287,22 +255,18 @@ class TaskService:
             self.storage.put(labels_key, encode_array(labels))
         # one conditional update decides the race: the task must still be at the base revision and in a state
         # this actor may edit, so an edit that loses to a submit or another edit changes nothing
-        editable = workflow.editable_states(reviewer=actor.reviewer)
-        moved = self.db.execute(
-            update(Task).where(Task.id == task.id, Task.revision == base, Task.state.in_(editable))
-            .values(revision=number).execution_options(synchronize_session=False)
-        ).rowcount
-        if moved != 1:
+        editable = states.editable_states(reviewer=actor.reviewer)
+        if not conditional_update(self.db, task, [Task.revision == base, Task.state.in_(editable)],
+                                  {"revision": number}):
             self.db.rollback()
             for key in (labels_key, patch_key):
                 if key is not None:
                     self.storage.delete(key)
-            self._raise_lost_race(task, "edit", base)
-        set_committed_value(task, "revision", number)
-        if actor.user is None and task.state in workflow.UNASSIGNED:
-            self._transition(task, "assign", actor)
+            raise_lost_race(self.db, task, "edit", base)
+        if actor.user is None and task.state in states.UNASSIGNED:
+            transition(self.db, task, "assign", actor)
         if actor.user is None and task.opened_at is None:
-            self._set(task, opened_at=_now())  # the first edit starts the clock when the page never said "open"
+            set_columns(self.db, task, opened_at=now())  # the first edit starts the clock when the page never said "open"
         rev = Revision(task_id=task.id, number=number, action=action, params=params, target=target,
                        labels_key=labels_key, patch_key=patch_key,
                        author_id=actor.user.id if actor.user else None, author_ref=actor.ref)
@@ -393,113 +357,26 @@ class TaskService:
             raise CorruptHistory(f"task {task.id}: cannot {action} revision {target}: {exc}") from exc
         return rev, patch
 
-    # --- workflow ----------------------------------------------------------------------------------------
-    def _set(self, task: Task, **values) -> None:
-        """Write columns of a task whose row this transaction already holds (no condition needed), and
-        mirror them on the loaded object without marking it dirty."""
-        self.db.execute(update(Task).where(Task.id == task.id).values(**values)
-                        .execution_options(synchronize_session=False))
-        for name, value in values.items():
-            set_committed_value(task, name, value)
-
-    def _raise_lost_race(self, task: Task, action: str, base_revision: int | None) -> None:
-        """After a conditional update matched no row: say what the task looks like now (409 either way)."""
-        state, revision = self.db.execute(select(Task.state, Task.revision).where(Task.id == task.id)).one()
-        set_committed_value(task, "state", state)
-        set_committed_value(task, "revision", revision)
-        if base_revision is not None and revision != base_revision:
-            raise StaleRevision(base_revision, revision)
-        raise workflow.TransitionError(action, state)
-
-    def _transition(self, task: Task, action: str, actor: Actor, *, base_revision: int | None = None,
-                    **detail) -> None:
-        """Move the task by one workflow step with a conditional update: it happens only if the row is still
-        in the state this request saw (and at ``base_revision`` when given), so of two racing transitions
-        exactly one wins and the other gets TransitionError / StaleRevision (409). Not committed here."""
-        before = task.state
-        target = workflow.next_state(action, before)
-        now = _now()
-        values: dict = {"state": target}
-        time_open = None
-        if action == "assign":
-            values["assigned_at"] = now
-            if actor.user is not None:
-                values["assignee_id"] = actor.user.id
-            elif actor.ref:
-                values["assignee_ref"] = actor.ref
-        if action == "submit":
-            values["submitted_at"] = now
-            opened = _aware(task.opened_at)
-            if opened is not None:
-                time_open = (now - opened).total_seconds()
-                values["time_open_s"] = (task.time_open_s or 0.0) + time_open
-                values["opened_at"] = None
-        if action in ("approve", "reject"):
-            values["reviewed_at"] = now
-        condition = [Task.id == task.id, Task.state == before]
-        if base_revision is not None:
-            condition.append(Task.revision == base_revision)
-        moved = self.db.execute(update(Task).where(*condition).values(**values)
-                                .execution_options(synchronize_session=False)).rowcount
-        if moved != 1:
+    # --- machine work ------------------------------------------------------------------------------------------
+    def write_prelabel(self, task: Task, labels: np.ndarray, label: str) -> bool:
+        """Make ``labels`` the crop's first revision (made by model ``label``), only if nobody has opened or edited
+        the crop when the write lands: one conditional update on the task row decides, like every transition.
+        Returns False (and stores nothing) when a person got there first."""
+        labels = validate_labels(labels, shape=task.shape)
+        key = self._key(task, "labels", 0)
+        self.storage.put(key, encode_array(labels))
+        state = TaskState.prelabeled if labels.any() else TaskState.new
+        first = self._revision(task, 0)
+        old_key = first.labels_key
+        if not conditional_update(self.db, task, [Task.revision == 0, Task.state.in_(UNTOUCHED),
+                                                  Task.opened_at.is_(None)], {"state": state}):
             self.db.rollback()
-            self._raise_lost_race(task, action, base_revision)
-        for name, value in values.items():
-            set_committed_value(task, name, value)
-        self.db.add(TaskEvent(task_id=task.id, action=action, from_state=before.value, to_state=target.value,
-                              actor_id=actor.user.id if actor.user else None, actor_ref=actor.ref,
-                              time_open_s=time_open, detail=detail))
-
-    def open(self, task: Task, actor: Actor) -> None:
-        """An annotator opened the task page (POST, never GET): assign it if still unassigned and start its
-        clock. Idempotent: opening again, or an already running clock, changes nothing."""
-        if task.state in workflow.UNASSIGNED:
-            self._transition(task, "assign", actor)
-        if task.state is TaskState.assigned and task.opened_at is None:
-            # conditional: of two racing opens, the first one's time stands
-            self.db.execute(update(Task).where(Task.id == task.id, Task.opened_at.is_(None)).values(opened_at=_now())
-                            .execution_options(synchronize_session=False))
+            self.storage.delete(key)
+            return False
+        first.labels_key = key
+        first.action = "prelabel"
+        first.params = {"prelabel": label}
         self.db.commit()
-        self.db.refresh(task)
-
-    def submit(self, task: Task, actor: Actor, base_revision: int | None) -> None:
-        self._check_base(task, base_revision)
-        if task.state in workflow.UNASSIGNED:
-            self._transition(task, "assign", actor, base_revision=base_revision)
-        self._transition(task, "submit", actor, base_revision=base_revision, revision=base_revision)
-        self.db.commit()
-
-    def start_review(self, task: Task, reviewer: Actor) -> None:
-        if task.state is not TaskState.in_review:
-            self._transition(task, "start_review", reviewer)
-        self.db.commit()
-
-    def review(self, task: Task, reviewer: Actor, verdict: str, comment: str = "") -> Review:
-        if verdict not in ("approve", "reject"):
-            raise ValueError("verdict must be 'approve' or 'reject'")
-        if verdict == "reject" and not comment.strip():
-            raise ValueError("a rejection needs a comment for the annotator")
-        if task.state is TaskState.submitted:
-            self._transition(task, "start_review", reviewer)
-        self._transition(task, verdict, reviewer, comment=comment)
-        review = Review(task_id=task.id, reviewer_id=reviewer.user.id, verdict=task.state.value,
-                        comment=comment, revision=task.revision)
-        self.db.add(review)
-        self.db.commit()
-        return review
-
-    def last_review(self, task: Task) -> Review | None:
-        return self.db.scalar(select(Review).where(Review.task_id == task.id).order_by(Review.id.desc()).limit(1))
-
-
-def create_project(session: Session, storage: Storage, *, name: str, image: np.ndarray, channel_names: list[str],
-                   pixel_size_um: float | None = None, source_path: str | None = None) -> Project:
-    """A project holding one image (named after the project); see `backend.projects` for more images."""
-    from backend import projects
-
-    if image.ndim != 3 or image.shape[2] != len(channel_names):
-        raise ValueError(f"image of shape {image.shape} does not match {len(channel_names)} channel names")
-    project = projects.create_project(session, name=name, channel_names=channel_names)
-    projects.add_image(session, storage, project, image, name=name, pixel_size_um=pixel_size_um,
-                       source_path=source_path)
-    return project
+        if old_key is not None and old_key != key:
+            self.storage.delete(old_key)
+        return True

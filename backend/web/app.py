@@ -10,18 +10,18 @@ from pathlib import Path
 from flask import Flask, jsonify, send_from_directory
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from backend.api import common
-from backend.api.limits import cap_request_body
-from backend.auth import init_login
-from backend.cache import ArrayCache
+from backend.web import common
+from backend.web.request_limits import cap_request_body
+from backend.web.auth import init_login
+from backend.store.cache import ArrayCache
 from backend.config import Config
-from backend.db import make_engine, make_sessionmaker
-from backend.logmask import install_token_masking
-from backend.ratelimit import init_rate_limits
-from backend.security import init_security_headers
-from backend.storage import storage_from_url
+from backend.store.db import make_engine, make_sessionmaker
+from backend.web.log_masking import install_token_masking
+from backend.web.rate_limits import init_rate_limits
+from backend.web.security_headers import init_security_headers
+from backend.store.storage import storage_from_url
 
-FRONTEND_DIR = Path(__file__).resolve().parent.parent / "frontend"
+FRONTEND_DIR = Path(__file__).resolve().parents[2] / "frontend"
 
 
 def create_app(config: Config | None = None, **overrides) -> Flask:
@@ -52,7 +52,7 @@ def create_app(config: Config | None = None, **overrides) -> Flask:
     app.extensions["cellloop.storage"] = storage_from_url(config.storage_url)
     app.extensions["cellloop.cache"] = ArrayCache(config.array_cache_mb * 1024 * 1024)
 
-    from backend.api import crowd, review, session_routes
+    from backend.web import crowd, review, session as session_routes
 
     app.teardown_appcontext(common.close_db)
     app.before_request(cap_request_body)

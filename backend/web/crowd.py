@@ -6,12 +6,12 @@ import re
 from flask import Blueprint, abort, current_app, jsonify, request, send_from_directory
 from sqlalchemy.orm import joinedload
 
-from backend.api import common
-from backend.api.common import (ARRAY_MIMETYPE, PATCH_MIMETYPE, base_revision, binary, edit_request, json_body,
+from backend.web import common
+from backend.web.common import (ARRAY_MIMETYPE, PATCH_MIMETYPE, base_revision, binary, edit_request, json_body,
                                 service)
-from backend.auth import read_task_token
-from backend.models import Task
-from backend.security import PAGE_CSP
+from backend.web.auth import read_task_token
+from backend.store.models import Task
+from backend.web.security_headers import PAGE_CSP
 from backend.tasks import Actor
 
 bp = Blueprint("crowd", __name__)

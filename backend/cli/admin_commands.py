@@ -9,7 +9,7 @@ import secrets
 import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 
@@ -23,7 +23,7 @@ def _config(args):
 
 
 def _session(config):
-    from backend.db import make_engine, make_sessionmaker
+    from backend.store.db import make_engine, make_sessionmaker
 
     _check_migrated(config.database_url)
     return make_sessionmaker(make_engine(config.database_url))()
@@ -34,7 +34,7 @@ def _check_migrated(url: str) -> None:
     from alembic.script import ScriptDirectory
     from sqlalchemy.exc import SQLAlchemyError
 
-    from backend import db
+    from backend.store import db
 
     try:
         current = db.current_revision(url)
@@ -48,7 +48,7 @@ def _check_migrated(url: str) -> None:
 
 
 def _storage(config):
-    from backend.storage import StorageError, storage_from_url
+    from backend.store.storage import StorageError, storage_from_url
 
     storage = storage_from_url(config.storage_url)
     try:
@@ -68,7 +68,7 @@ def _error(message: str):
 # --- db ------------------------------------------------------------------------------------------------------
 
 def cmd_db(args) -> int:
-    from backend import db
+    from backend.store import db
 
     config = _config(args)
     if args.action == "upgrade":
@@ -89,8 +89,8 @@ def cmd_db(args) -> int:
 def create_user(session, username: str, password: str, role: str):
     from sqlalchemy import select
 
-    from backend.auth import hash_password
-    from backend.models import Role, User
+    from backend.web.auth import hash_password
+    from backend.store.models import Role, User
 
     try:
         role_value = Role(role)
@@ -123,7 +123,7 @@ def ingest(session, storage, **options):
     """Add images to a project (made on first use with the channels of its first image): one image per file,
     or all files together as one image's channels with ``per_channel``. Returns (project, new image rows).
     All or nothing: a failure before the rows commit takes back every object this ingest stored."""
-    from backend.storage import WriteLog
+    from backend.store.storage import WriteLog
 
     writes = WriteLog(storage)
     try:
@@ -142,8 +142,8 @@ def _add_images(session, storage, *, paths, channels=None, project_name, image_n
 
     from pipeline.io import read_image
 
-    from backend.models import Project
-    from backend.projects import add_image, create_project
+    from backend.store.models import Project
+    from backend.store.projects import add_image, create_project
 
     paths = [Path(p) for p in (paths if isinstance(paths, (list, tuple)) else [paths])]
     for p in paths:
@@ -230,7 +230,7 @@ def publish_crops(session, storage, config, project, images, *, crop_size=270, o
 def project_tasks(session, project_name: str | None = None):
     from sqlalchemy import select
 
-    from backend.models import Batch, Project, Task
+    from backend.store.models import Batch, Project, Task
 
     query = select(Task).join(Batch).join(Project).order_by(Task.id)
     if project_name:
@@ -240,15 +240,13 @@ def project_tasks(session, project_name: str | None = None):
 
 def print_links(config, tasks, out=None) -> None:
     """Task links as CSV (the format crowd platforms import)."""
-    from backend.app import create_app
-    from backend.auth import make_task_token
+    from backend.tasks.links import sign_task_token
 
-    app = create_app(config)
     out = out or sys.stdout
-    with app.app_context():
-        print("task_id,y0,x0,y1,x1,url", file=out)
-        for t in tasks:
-            print(f"{t.id},{t.y0},{t.x0},{t.y1},{t.x1},{config.base_url}/task/{make_task_token(t)}", file=out)
+    print("task_id,y0,x0,y1,x1,url", file=out)
+    for t in tasks:
+        token = sign_task_token(config.secret_key, t.id, t.token_nonce)
+        print(f"{t.id},{t.y0},{t.x0},{t.y1},{t.x1},{config.base_url}/task/{token}", file=out)
 
 
 def cmd_ingest(args) -> int:
@@ -301,7 +299,7 @@ def gunicorn_argv(*, host: str, port: int, workers: int, extra: tuple[str, ...] 
         raise _error(f"CELLLOOP_THREADS must be a positive integer, got {threads!r}")
     return [sys.executable, "-m", "gunicorn", "--workers", str(workers), "--worker-class", "gthread",
             "--threads", threads, "--bind", f"{host}:{port}", "--access-logfile", "-",
-            "--logger-class", "backend.logmask.TokenMaskingGunicornLogger", *extra, "backend.app:create_app()"]
+            "--logger-class", "backend.web.log_masking.TokenMaskingGunicornLogger", *extra, "backend.web.app:create_app()"]
 
 
 def serve(config, *, host: str, port: int, workers: int) -> int:
@@ -317,7 +315,7 @@ def serve(config, *, host: str, port: int, workers: int) -> int:
 
 def cmd_serve(args) -> int:
     config = _config(args)
-    from backend import db
+    from backend.store import db
 
     db.upgrade(config.database_url)
     return serve(config, host=args.host, port=args.port, workers=args.workers)
@@ -345,8 +343,8 @@ def demo_image(source: str):
 def cmd_demo(args) -> int:
     from sqlalchemy import select
 
-    from backend import db
-    from backend.models import Project, User
+    from backend.store import db
+    from backend.store.models import Project, User
 
     config = _config(args)
     config.base_url = f"http://{args.host}:{args.port}"
@@ -363,9 +361,9 @@ def cmd_demo(args) -> int:
     project = session.scalar(select(Project).where(Project.name == "demo"))
     if project is None:
         image, names, what = demo_image(args.source)
-        from backend.tasks import create_project
+        from backend.store.projects import project_from_image
 
-        project = create_project(session, storage, name="demo", image=image, channel_names=names, pixel_size_um=0.5,
+        project = project_from_image(session, storage, name="demo", image=image, channel_names=names, pixel_size_um=0.5,
                                  source_path=what)
         session.commit()
         tasks = publish_crops(session, storage, config, project, list(project.images), crop_size=270, overlap=30,

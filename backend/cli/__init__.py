@@ -1,6 +1,6 @@
 """The `cellloop` command: one entry point for admins.
 
-The only place that composes the application's subcommands (`backend.commands`, `backend.loop_commands`) with
+The only place that composes the application's subcommands (`backend.cli.admin_commands`, `backend.cli.loop_commands`) with
 the science library's (`pipeline.model.commands`), and that turns expected failures into one clear line on stderr
 and exit status 2. Subcommand modules must not import heavy libraries (TensorFlow) at import time, so
 `cellloop --help` stays fast.
@@ -18,8 +18,8 @@ EXPECTED_LIBRARY_ERRORS = (ValueError, FileNotFoundError, PermissionError, IsADi
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from backend import commands as backend_commands
-    from backend import loop_commands
+    from backend.cli import admin_commands as backend_commands
+    from backend.cli import loop_commands
     from pipeline.model import commands as model_commands
 
     parser = argparse.ArgumentParser(prog="cellloop", description=__doc__.splitlines()[0])

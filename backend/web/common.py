@@ -5,11 +5,11 @@ from flask import Response, current_app, g, jsonify, request
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 
-from backend.api import limits
-from backend.arrays import ArrayError
+from backend.web import request_limits as limits
+from backend.store.arrays import ArrayError
 from backend.edits import EditError
 from backend.tasks import CorruptHistory, NothingToUndo, StaleRevision, TaskService
-from backend.workflow import TransitionError
+from backend.tasks.states import TransitionError
 
 # ids are 32-bit integer columns: a larger id is no row (and PostgreSQL would refuse to compare it)
 MAX_ID = 2**31 - 1

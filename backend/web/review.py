@@ -6,13 +6,13 @@ import numpy as np
 from flask_login import current_user
 from sqlalchemy import select, update
 
-from backend.api.common import (ARRAY_MIMETYPE, MAX_ID, BadRequest, base_revision, binary, db, edit_request, json_body,
+from backend.web.common import (ARRAY_MIMETYPE, MAX_ID, BadRequest, base_revision, binary, db, edit_request, json_body,
                                 service)
-from backend.api.limits import enforce_body_limit, label_upload_limit
-from backend.api.crowd import edit_reply, task_summary
-from backend.arrays import decode_array
-from backend.auth import make_task_token, require_role
-from backend.models import Batch, Project, Role, Task, TaskState
+from backend.web.request_limits import enforce_body_limit, label_upload_limit
+from backend.web.crowd import edit_reply, task_summary
+from backend.store.arrays import decode_array
+from backend.web.auth import make_task_token, require_role
+from backend.store.models import Batch, Project, Role, Task, TaskState
 from backend.tasks import Actor
 
 bp = Blueprint("review", __name__, url_prefix="/api/review")

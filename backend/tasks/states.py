@@ -4,7 +4,7 @@ new → prelabeled → assigned → submitted → in_review → approved | rejec
 """
 from __future__ import annotations
 
-from backend.models import TaskState as S
+from backend.store.models import TaskState as S
 
 
 class TransitionError(Exception):

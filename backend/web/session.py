@@ -5,10 +5,10 @@ from flask import Blueprint, abort, jsonify, session
 from flask_login import current_user, logout_user
 from sqlalchemy import select
 
-from backend.api.common import db, json_body
-from backend.auth import (check_csrf, csrf_token, end_all_sessions, hash_password, set_password, start_session,
+from backend.web.common import db, json_body
+from backend.web.auth import (check_csrf, csrf_token, end_all_sessions, hash_password, set_password, start_session,
                           verify_password)
-from backend.models import User
+from backend.store.models import User
 
 bp = Blueprint("session", __name__, url_prefix="/api/auth")
 

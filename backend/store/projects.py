@@ -6,9 +6,9 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backend.arrays import encode_array, validate_image
-from backend.models import Image, Project
-from backend.storage import Storage
+from backend.store.arrays import encode_array, validate_image
+from backend.store.models import Image, Project
+from backend.store.storage import Storage
 
 # channel names that mean "nuclear stain" when a project does not say which channels feed the model
 NUCLEAR_NAMES = {"nuclear", "dapi", "hh3", "hoechst", "nuclei", "nucleus", "dna", "h3"}
@@ -60,7 +60,7 @@ def add_image(session: Session, storage: Storage, project: Project, image: np.nd
 
 
 def read_image(storage: Storage, row: Image) -> np.ndarray:
-    from backend.arrays import decode_array
+    from backend.store.arrays import decode_array
 
     return decode_array(storage.get(row.image_key), max_pixels=None)
 
@@ -76,3 +76,13 @@ def model_channel_indices(project: Project, n_model_channels: int = 2) -> list[i
     others = [i for i in range(len(names)) if i != nuclear]
     # a one-channel panel feeds its nuclear stain twice rather than inventing a membrane channel
     return [nuclear, others[0] if others else nuclear]
+
+
+def project_from_image(session: Session, storage: Storage, *, name: str, image: np.ndarray,
+                       channel_names: list[str], pixel_size_um: float | None = None, source_path: str | None = None) -> Project:
+    """A project holding one image (named after the project); `add_image` adds more."""
+    if image.ndim != 3 or image.shape[2] != len(channel_names):
+        raise ValueError(f"image of shape {image.shape} does not match {len(channel_names)} channel names")
+    project = create_project(session, name=name, channel_names=channel_names)
+    add_image(session, storage, project, image, name=name, pixel_size_um=pixel_size_um, source_path=source_path)
+    return project

@@ -15,13 +15,12 @@ from functools import wraps
 from flask import abort, current_app, g, request, session
 from flask_login import LoginManager, current_user, login_user
 from sqlalchemy import update
-from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from backend.models import Role, Task, User
+from backend.store.models import Role, Task, User
+from backend.tasks import links
 
 login_manager = LoginManager()
-TOKEN_SALT = "cellloop.task"
 CSRF_HEADER = "X-CSRF-Token"
 
 
@@ -81,7 +80,7 @@ def init_login(app) -> None:
 
     @login_manager.user_loader
     def _load(user_id: str):
-        from backend.api.common import db
+        from backend.web.common import db
 
         try:
             user = db().get(User, int(user_id))
@@ -98,29 +97,20 @@ def init_login(app) -> None:
 
 # --- task tokens -----------------------------------------------------------------------------------------
 
-def _serializer() -> URLSafeTimedSerializer:
-    return URLSafeTimedSerializer(current_app.config["SECRET_KEY"], salt=TOKEN_SALT)
-
-
 def make_task_token(task: Task, worker: str | None = None) -> str:
-    payload = {"t": task.id, "n": task.token_nonce}
-    if worker:
-        payload["w"] = worker
-    return _serializer().dumps(payload)
+    return links.sign_task_token(current_app.config["SECRET_KEY"], task.id, task.token_nonce, worker)
 
 
 def read_task_token(token: str) -> dict:
     """The token's payload, or 404 for anything not issued by us (never saying which task it was for);
     an expired token is 403, since its owner may ask for a new link."""
     try:
-        payload = _serializer().loads(token, max_age=current_app.config["CELLLOOP"].token_max_age_s)
-    except SignatureExpired:
-        abort(403, description="this task link has expired")
-    except BadSignature:
-        abort(404, description="unknown task link")
-    if not isinstance(payload, dict) or not isinstance(payload.get("t"), int):
-        abort(404, description="unknown task link")
-    return payload
+        return links.read_task_token(current_app.config["SECRET_KEY"], token,
+                                     current_app.config["CELLLOOP"].token_max_age_s)
+    except links.ExpiredLink as exc:
+        abort(403, description=str(exc))
+    except links.UnknownLink as exc:
+        abort(404, description=str(exc))
 
 
 # --- roles and CSRF ----------------------------------------------------------------------------------------

@@ -16,8 +16,8 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backend.models import ModelVersion, Project, utcnow
-from backend.storage import Storage
+from backend.store.models import ModelVersion, Project, utcnow
+from backend.store.storage import Storage
 
 STARTER_NAME = "starter"
 # prelabel / evaluation choices that are not registered versions

@@ -1,0 +1,139 @@
+"""Prelabel: segment each whole image of a batch once with the project's model, then cut the labels into its crops'
+first revisions, never over a person's work."""
+from __future__ import annotations
+
+import functools
+import secrets
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from backend.loop import registry
+from backend.loop.common import LoopError, batch_images, progress
+from backend.store.arrays import decode_array, encode_array
+from backend.store.models import Batch, Revision, Task, utcnow
+from backend.store.projects import model_channel_indices
+from backend.store.storage import Storage
+from backend.tasks.revisions import UNTOUCHED, RevisionStore
+
+
+@functools.lru_cache(maxsize=2)
+def load_mesmer(folder: str):
+    from pipeline.model.predict import Mesmer
+
+    return Mesmer(folder)
+
+
+def segment_image_job(storage_url: str, image_key: str, labels_key: str, method: str, channels: list[int],
+                      model: tuple[str, str] | None, cache_root: str, image_mpp: float | str | None) -> tuple[str, int]:
+    """Segment one whole stored image and store its labels: the unit of work of `prelabel`, run in this process
+    or on a Dask worker (it reads and writes storage itself, so only keys travel)."""
+    from backend.store.storage import storage_from_url
+
+    storage = storage_from_url(storage_url)
+    pixels = decode_array(storage.get(image_key), max_pixels=None)
+    X = np.ascontiguousarray(pixels[..., channels], dtype=np.float32)
+    if method == registry.BASELINE:
+        from pipeline.baseline import nuclear_expansion
+
+        labels = nuclear_expansion(X, nuclear_channel=0)
+    else:
+        name, prefix = model
+        folder = registry.fetch_files(storage, name, prefix, cache_root)
+        labels = load_mesmer(str(folder)).predict(X, image_mpp=image_mpp)
+    storage.put(labels_key, encode_array(labels.astype(np.int32)))
+    return labels_key, int(len(np.unique(labels[..., 0])) - 1)
+
+
+def _run_jobs(jobs: list[tuple], scheduler: str | None, workers: int, desc: str) -> list:
+    bar = progress(len(jobs), desc)
+    try:
+        if scheduler is None and (workers <= 1 or len(jobs) <= 1):
+            results = []
+            for job in jobs:
+                results.append(segment_image_job(*job))
+                bar.update(1)
+            return results
+        from distributed import Client, LocalCluster, as_completed
+
+        cluster = None
+        if scheduler is None:
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                   dashboard_address=None, silence_logs=40)
+        client = Client(scheduler or cluster)
+        try:
+            futures = [client.submit(segment_image_job, *job, pure=False) for job in jobs]
+            for _ in as_completed(futures):
+                bar.update(1)
+            return client.gather(futures)
+        finally:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+    finally:
+        bar.close()
+
+
+def prelabel_batch(session: Session, storage: Storage, config, batch: Batch, model: str = "current", *,
+                   scheduler: str | None = None, workers: int = 1) -> dict:
+    """Segment each whole image of the batch once with ``model`` and cut the labels into its crops' first revision.
+    Crops someone has opened or edited are left alone; crops already prelabelled by the same model are skipped."""
+    from pipeline.stitch import relabel_crop
+
+    project = batch.project
+    try:
+        choice = registry.resolve(session, storage, project, model)
+    except LookupError as exc:
+        raise LoopError(str(exc)) from None
+    images = batch_images(session, batch)
+    todo, skipped_touched = [], 0
+    for image in images:
+        tasks = list(session.scalars(select(Task).where(Task.batch_id == batch.id, Task.image_id == image.id)))
+        pending = []
+        for task in tasks:
+            if task.revision != 0 or task.state not in UNTOUCHED:
+                skipped_touched += 1
+                continue
+            first = session.scalar(select(Revision).where(Revision.task_id == task.id, Revision.number == 0))
+            if (first.params or {}).get("prelabel") != choice.label:
+                pending.append((task, first))
+        if pending:
+            todo.append((image, pending))
+    jobs = []
+    channels = model_channel_indices(project)
+    cache_root = str(Path(config.instance_dir) / "model-cache")
+    model_ref = None if choice.version is None else (choice.version.name, choice.version.path)
+    # the generalist starter model estimates an unknown pixel size from the cells themselves; a project's own
+    # versions were trained on its images at their native scale
+    unknown_mpp = "auto" if choice.version is not None and choice.version.name == registry.STARTER_NAME else None
+    for image, _ in todo:
+        if choice.kind == registry.NO_MODEL:
+            continue
+        key = f"projects/{project.id}/images/{image.id}/prelabels/{batch.id}-{secrets.token_hex(4)}.npy.gz"
+        mpp = image.pixel_size_um if image.pixel_size_um is not None else unknown_mpp
+        jobs.append((config.storage_url, image.image_key, key, choice.kind, channels, model_ref, cache_root, mpp))
+    results = _run_jobs(jobs, scheduler, workers, f"prelabel {batch.name} ({choice.label})") if jobs else []
+    by_image = {job[1]: result for job, result in zip(jobs, results)}
+    crops = 0
+    svc = RevisionStore(session, storage)
+    for image, pending in todo:
+        whole = None
+        if image.image_key in by_image:
+            whole = decode_array(storage.get(by_image[image.image_key][0]), max_pixels=None)
+        for task, _ in pending:
+            labels = (np.zeros(task.shape + (2,), np.int32) if whole is None
+                      else relabel_crop(whole[task.y0:task.y1, task.x0:task.x1]))
+            # revision 0 is the crop's starting point: replaced only if nobody opened or edited the crop meanwhile
+            if svc.write_prelabel(task, labels, choice.label):
+                crops += 1
+            else:
+                skipped_touched += 1
+        if image.image_key in by_image:
+            storage.delete(by_image[image.image_key][0])
+    batch.prelabel = choice.label
+    batch.model_version_id = choice.version.id if choice.version is not None else None
+    batch.prelabeled_at = utcnow()
+    session.commit()
+    return {"model": choice.label, "images": len(jobs), "crops": crops, "left_alone": skipped_touched}

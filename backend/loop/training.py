@@ -1,0 +1,103 @@
+"""Train, evaluate and promote: fine-tune from the current model, score on the frozen test split, promote only
+when not worse."""
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy.orm import Session
+
+from backend.loop import registry
+from backend.loop.common import LoopError
+from backend.loop.prelabel import load_mesmer
+from backend.store.models import Project
+from backend.store.storage import Storage
+
+
+def _load_split(path, split):
+    from pipeline import dataset, io
+
+    data = io.load_dataset(path)
+    if not any("split" in m for m in data["meta"]):
+        raise LoopError(f"{path} has no split in its meta; make it with `cellloop dataset`")
+    return dataset.select(data, split)
+
+
+def train_version(session: Session, storage: Storage, config, project: Project, data, *, start: str = "current",
+                  epochs: int = 4, steps_per_epoch: int | None = None, batch_size: int = 8, crop_size: int = 256,
+                  backbone: str | None = None, lr: float = 1e-4, seed: int = 0) -> tuple:
+    """Fine-tune ``start`` (a version, or from scratch when it is the baseline) on the dataset's train split,
+    validating on its val split; register the result with its parent and data hashes. Returns (row, parent)."""
+    from pipeline import dataset
+    from pipeline.model import panoptic, train
+
+    Xt, yt, _ = _load_split(data, "train")
+    Xv, yv, meta_v = _load_split(data, "val")
+    if len(Xt) == 0:
+        raise LoopError(f"{data} has no training tiles")
+    try:
+        choice = registry.resolve(session, storage, project, start)
+    except LookupError as exc:
+        raise LoopError(str(exc)) from None
+    cache_root = Path(config.instance_dir) / "model-cache"
+    parent = choice.version
+    from_folder = registry.local_folder(storage, parent, cache_root) if parent is not None else None
+    name = registry.next_name(session, project)
+    out = Path(config.instance_dir) / "model-cache" / f"{name}.training-{secrets.token_hex(3)}"
+    sizes = {i.pixel_size_um for i in project.images if i.labels_key}
+    result = train.train(
+        Xt, yt, val=(Xv, yv) if len(Xv) else None, val_split=0.0 if len(Xv) or len(Xt) < 2 else 0.1,
+        from_version=from_folder, backbone=backbone or panoptic.LIGHT_BACKBONE, epochs=epochs,
+        steps_per_epoch=steps_per_epoch, batch_size=batch_size, crop_size=crop_size, lr=lr, seed=seed,
+        mpp=(sizes.pop() if len(sizes) == 1 and None not in sizes else None) if from_folder is None else None,
+        out=out, verbose=0)
+    hashes = {"path": str(data), "train": dataset.data_hash(Xt, yt),
+              "val": dataset.data_hash(Xv, yv) if len(Xv) else None}
+    row = registry.register(session, storage, project, result.path, name=name, parent=parent, dataset=hashes)
+    import shutil
+
+    shutil.rmtree(out, ignore_errors=True)
+    return row, parent
+
+
+def evaluate_choice(session: Session, storage: Storage, config, project: Project, choice, data,
+                    split: str = "test") -> dict:
+    """Whole-cell object accuracy of a model (or the baseline) on one split of a `cellloop dataset` file;
+    a version's result is recorded in its metrics under the split's data hash."""
+    from pipeline import dataset, metrics
+
+    X, y, meta = _load_split(data, split)
+    if len(X) == 0:
+        raise LoopError(f"{data} has no {split} tiles (the project needs more annotated tiles)")
+    data_hash = dataset.data_hash(X, y)
+    key = f"{split}:{data_hash[:16]}"
+    if choice.version is not None and key in (choice.version.metrics or {}):
+        return choice.version.metrics[key]
+    if choice.kind == registry.BASELINE:
+        from pipeline.baseline import nuclear_expansion
+
+        pred = nuclear_expansion(X, nuclear_channel=0)
+    elif choice.version is not None:
+        folder = registry.local_folder(storage, choice.version, Path(config.instance_dir) / "model-cache")
+        mesmer = load_mesmer(str(folder))
+        pred = np.stack([mesmer.predict(x, image_mpp=m.get("pixel_size_um")) for x, m in zip(X, meta)])
+    else:
+        raise LoopError("nothing to evaluate: choose a model version or the baseline")
+    pooled = metrics.evaluate(y, pred, layer=0)["pooled"]
+    result = {"model": choice.label, "split": split, "data_sha256": data_hash, "n_images": int(len(X)),
+              **{k: (round(float(pooled[k]), 4) if isinstance(pooled[k], float) else pooled[k])
+                 for k in ("f1", "precision", "recall", "jaccard", "n_true", "n_pred", "correct")}}
+    if choice.version is not None:
+        registry.record_metrics(session, choice.version, key, result)
+    return result
+
+
+def promote_if_not_worse(session: Session, project: Project, candidate, candidate_f1: float,
+                         current_f1: float | None) -> bool:
+    """Never promote blind: the candidate must do at least as well as the current model on the same frozen
+    test split."""
+    if current_f1 is not None and candidate_f1 < current_f1:
+        return False
+    registry.promote(session, project, candidate)
+    return True
