@@ -77,24 +77,30 @@ def _run_jobs(jobs: list[tuple], scheduler: str | None, workers: int, desc: str)
 
 
 def prelabel_batch(session: Session, storage: Storage, config, batch: Batch, model: str = "current", *,
-                   scheduler: str | None = None, workers: int = 1) -> dict:
+                   scheduler: str | None = None, workers: int = 1, force: bool = False) -> dict:
     """Segment each whole image of the batch once with ``model`` and cut the labels into its crops' first revision.
-    Crops someone has opened or edited are left alone; crops already prelabelled by the same model are skipped."""
+    Crops someone has opened or edited are left alone (checked again in the write itself, so one touched while the
+    model ran is left alone too) and listed in ``touched``; crops already prelabelled by the same model are
+    skipped. A batch whose links are published is refused unless ``force`` (which still never touches an opened
+    or edited crop)."""
     from pipeline.stitch import relabel_crop
 
+    if batch.published_at is not None and not force:
+        raise LoopError(f"batch {batch.name!r} is published: annotators may be working on it; re-prelabel it only "
+                        f"with --force (crops someone opened or edited are still left alone)")
     project = batch.project
     try:
         choice = registry.resolve(session, storage, project, model)
     except LookupError as exc:
         raise LoopError(str(exc)) from None
     images = batch_images(session, batch)
-    todo, skipped_touched = [], 0
+    todo, touched = [], []
     for image in images:
         tasks = list(session.scalars(select(Task).where(Task.batch_id == batch.id, Task.image_id == image.id)))
         pending = []
         for task in tasks:
-            if task.revision != 0 or task.state not in UNTOUCHED:
-                skipped_touched += 1
+            if task.revision != 0 or task.state not in UNTOUCHED or task.opened_at is not None:
+                touched.append(task.id)
                 continue
             first = session.scalar(select(Revision).where(Revision.task_id == task.id, Revision.number == 0))
             if (first.params or {}).get("prelabel") != choice.label:
@@ -129,11 +135,12 @@ def prelabel_batch(session: Session, storage: Storage, config, batch: Batch, mod
             if svc.write_prelabel(task, labels, choice.label):
                 crops += 1
             else:
-                skipped_touched += 1
+                touched.append(task.id)
         if image.image_key in by_image:
             storage.delete(by_image[image.image_key][0])
     batch.prelabel = choice.label
     batch.model_version_id = choice.version.id if choice.version is not None else None
     batch.prelabeled_at = utcnow()
     session.commit()
-    return {"model": choice.label, "images": len(jobs), "crops": crops, "left_alone": skipped_touched}
+    return {"model": choice.label, "images": len(jobs), "crops": crops, "left_alone": len(touched),
+            "touched": sorted(touched)}

@@ -141,7 +141,10 @@ class ModelVersion(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
+    # the storage prefix of its files, unique per registration (two registrations never share a folder)
     path: Mapped[str] = mapped_column(String(1024))
+    # SHA-256 over the files (names and bytes): fetched copies are cached by it; None for rows older than 0005
+    files_sha256: Mapped[str | None] = mapped_column(String(64))
     config: Mapped[dict] = mapped_column(JSON, default=dict)
     metrics: Mapped[dict] = mapped_column(JSON, default=dict)
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
@@ -193,6 +196,9 @@ class Task(Base):
     state: Mapped[TaskState] = mapped_column(_enum(TaskState, "task_state"), default=TaskState.new, index=True)
     image_key: Mapped[str] = mapped_column(String(1024))
     revision: Mapped[int] = mapped_column(Integer, default=0)
+    # bumped by every machine write of revision 0 (prelabel): an edit commits only if the epoch is still the one
+    # it read with the labels, so an edit computed on replaced labels never lands on top of them
+    labels_epoch: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # a crowd worker has no account: the platform's worker id is kept as a reference
     assignee_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     assignee_ref: Mapped[str | None] = mapped_column(String(200))

@@ -16,8 +16,9 @@ from __future__ import annotations
 import secrets
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from backend.edits import EditError, LabelIndex, Patch, apply_edit
 from backend.store.arrays import decode_array, encode_array, validate_labels
@@ -40,6 +41,16 @@ UNTOUCHED = (TaskState.new, TaskState.prelabeled)
 
 class NothingToUndo(Exception):
     pass
+
+
+class LabelsReplaced(StaleRevision):
+    """Machine work (prelabel) replaced revision 0's labels after this request read them: its change was computed on
+    labels that are no longer the task's, so it is refused (409) and the client reloads."""
+
+    def __init__(self, base: int | None, current: int):
+        super().__init__(base, current)
+        self.args = (f"the task's labels were replaced (prelabel) after this change read them: reload the task "
+                     f"(revision {current})",)
 
 
 class CorruptHistory(Exception):
@@ -241,10 +252,12 @@ class RevisionStore:
 
     def _commit_revision(self, task: Task, actor: Actor, labels: np.ndarray, patch: Patch | None, *,
                          action: str, params: dict, target: int | None = None,
-                         index: LabelIndex | None = None) -> Revision:
+                         index: LabelIndex | None = None, epoch: int | None = None) -> Revision:
         """Write the new revision's arrays under fresh keys, then move the task on by one revision if, and
-        only if, it is still at the revision this request started from (optimistic lock). ``labels`` are
-        the labels after the change; once committed they go to the cache as the task's current labels."""
+        only if, it is still at the revision this request started from (optimistic lock) and, when ``epoch`` is
+        given (the labels epoch read before the labels the change was computed on), revision 0 was not replaced
+        meanwhile. ``labels`` are the labels after the change; once committed they go to the cache as the task's
+        current labels."""
         base = task.revision
         number = base + 1
         patch_key = None if patch is None else self._key(task, "patches", number, ext="patch")
@@ -256,12 +269,22 @@ class RevisionStore:
         # one conditional update decides the race: the task must still be at the base revision and in a state
         # this actor may edit, so an edit that loses to a submit or another edit changes nothing
         editable = states.editable_states(reviewer=actor.reviewer)
-        if not conditional_update(self.db, task, [Task.revision == base, Task.state.in_(editable)],
-                                  {"revision": number}):
+        where = [Task.revision == base, Task.state.in_(editable)]
+        if epoch is not None:
+            # a prelabel write that landed after this request read its labels bumps the epoch: a patch computed on
+            # the replaced labels would not replay onto the new ones
+            where.append(Task.labels_epoch == epoch)
+        if not conditional_update(self.db, task, where, {"revision": number}):
             self.db.rollback()
             for key in (labels_key, patch_key):
                 if key is not None:
                     self.storage.delete(key)
+            if epoch is not None:
+                now_epoch, revision = self.db.execute(
+                    select(Task.labels_epoch, Task.revision).where(Task.id == task.id)).one()
+                if now_epoch != epoch and revision == base:
+                    set_committed_value(task, "labels_epoch", now_epoch)
+                    raise LabelsReplaced(base, revision)
             raise_lost_race(self.db, task, "edit", base)
         if actor.user is None and task.state in states.UNASSIGNED:
             transition(self.db, task, "assign", actor)
@@ -280,15 +303,16 @@ class RevisionStore:
 
     def _commit_patch(self, task: Task, actor: Actor, labels: np.ndarray, patch: Patch, *,
                       action: str, params: dict, target: int | None = None,
-                      index: LabelIndex | None = None) -> Revision:
+                      index: LabelIndex | None = None, epoch: int | None = None) -> Revision:
         # replays must find exactly the pixels their patch recorded; a mismatch means corrupt history
         patch.apply(labels, check=action != EDIT_ACTIONS)
         return self._commit_revision(task, actor, labels, patch, action=action, params=params, target=target,
-                                     index=index)
+                                     index=index, epoch=epoch)
 
     def edit(self, task: Task, actor: Actor, base_revision: int | None, tool: str, params: dict) -> tuple[Revision, Patch]:
         self._check_base(task, base_revision)
         self._check_editable(task, actor)
+        epoch = task.labels_epoch  # read before the labels the patch is computed on
         current, labels, index = self._working_labels(task)
         try:
             patch = apply_edit(labels, self.image(task), tool, params, index=index)
@@ -300,7 +324,7 @@ class RevisionStore:
             self._keep(current, labels, index)
             return current, patch
         rev = self._commit_patch(task, actor, labels, patch, action=EDIT_ACTIONS, params={"tool": tool, **params},
-                                 index=index)
+                                 index=index, epoch=epoch)
         return rev, patch
 
     def history(self, task: Task) -> tuple[list[int], list[int]]:
@@ -350,9 +374,11 @@ class RevisionStore:
         patch = self._stored_patch(task, target)
         if action == "undo":
             patch = patch.inverse()
+        epoch = task.labels_epoch
         _, labels, index = self._working_labels(task)
         try:
-            rev = self._commit_patch(task, actor, labels, patch, action=action, params={}, target=target, index=index)
+            rev = self._commit_patch(task, actor, labels, patch, action=action, params={}, target=target, index=index,
+                                     epoch=epoch)
         except EditError as exc:
             raise CorruptHistory(f"task {task.id}: cannot {action} revision {target}: {exc}") from exc
         return rev, patch
@@ -368,11 +394,20 @@ class RevisionStore:
         state = TaskState.prelabeled if labels.any() else TaskState.new
         first = self._revision(task, 0)
         old_key = first.labels_key
-        if not conditional_update(self.db, task, [Task.revision == 0, Task.state.in_(UNTOUCHED),
-                                                  Task.opened_at.is_(None)], {"state": state}):
+        # the same statement bumps the labels epoch: an edit that read the old labels and commits after this
+        # write finds the epoch moved and is refused (LabelsReplaced), never stored on top of the new labels
+        moved = self.db.execute(
+            update(Task).where(Task.id == task.id, Task.revision == 0, Task.state.in_(UNTOUCHED),
+                               Task.opened_at.is_(None))
+            .values(state=state, labels_epoch=Task.labels_epoch + 1).execution_options(synchronize_session=False)
+        ).rowcount
+        if moved != 1:
             self.db.rollback()
             self.storage.delete(key)
             return False
+        set_committed_value(task, "state", state)
+        set_committed_value(task, "labels_epoch",
+                            self.db.scalar(select(Task.labels_epoch).where(Task.id == task.id)))
         first.labels_key = key
         first.action = "prelabel"
         first.params = {"prelabel": label}

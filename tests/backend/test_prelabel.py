@@ -62,7 +62,7 @@ def test_rerun_skips_done_crops_and_leaves_touched_ones_alone(project_world):
     svc.edit(task, Actor(ref="worker-1"), 0, "paint", {"points": [[5, 5]], "radius": 3, "label": 999})
     edited = svc.labels(task)
     again = loop.prelabel_batch(session, storage, config, batch, "none")
-    assert again == {"model": "none", "images": 0, "crops": 11, "left_alone": 1}
+    assert again == {"model": "none", "images": 0, "crops": 11, "left_alone": 1, "touched": [task.id]}
     session.expire_all()
     assert np.array_equal(svc.labels(task), edited)
     others = session.scalars(select(Task).where(Task.batch_id == batch.id, Task.id != task.id)).all()
