@@ -6,9 +6,20 @@ joined to the neighbour crop's cell it shares most pixels with, when that cell s
 best). Everything else in an overlap zone is reported for expert QC: ties, cells that overlap without being each
 other's best match (one crop split what the other kept whole), and components that join two cells of one crop.
 Crops that only touch (overlap 0) are joined across the seam by the same rule on the two facing pixel rows.
+Joins are made strongest first, and a join that would put two cells of one crop into one cell is not made: such a
+**contradiction** (neighbours disagree about a cell one crop split) is listed, and the crop's cells stay separate.
 
-Pixels covered by several crops are taken from the crop in which they lie deepest (farthest from a crop border
-inside the image), so the labels near a crop's cut edge, where annotators see least context, lose.
+Pixels covered by several crops are taken from the crop with the highest ``priority`` (newer approved work: a
+re-annotation wins over the crop it re-does), and among crops of equal priority from the crop in which they lie
+deepest (farthest from a crop border inside the image), so the labels near a crop's cut edge, where annotators see
+least context, lose.
+
+A cell one crop kept while an overlapping crop left its pixels background ("deleted" it: at least half of the cell's
+pixels in the shared zone, and no join with a cell of that crop) is a **kept-vs-deleted** conflict, never a silent
+cut: when the deleting crop is not newer, the cell is kept whole (its pixels that the other crop left background
+come from the crop that kept it; outcome "kept"); when the deleting crop is newer work, the deletion wins on the
+newer crop's pixels, and the conflict is listed (outcome "cut by newer work") only if part of the cell survives
+outside it.
 """
 from __future__ import annotations
 
@@ -162,70 +173,135 @@ def _facing(crops, k, j, kind, zone):
     return a.ravel(), b.ravel(), (zy0 + zy1) // 2, zx0
 
 
-def stitch_crops(shape, crops) -> StitchResult:
+def _background_share(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per cell id of ``a``: its pixels in the zone, and how many of them ``b`` leaves background."""
+    n = int(a.max(initial=0)) + 1
+    return np.bincount(a, minlength=n), np.bincount(a[b == 0], minlength=n)
+
+
+def stitch_crops(shape, crops, *, priority=None) -> StitchResult:
     """Whole-image labels (H, W, layers) from ``crops``: a list of (box, labels) with half-open boxes
-    (y0, x0, y1, x1) in the image of ``shape`` (H, W) and labels (h, w) or (h, w, layers)."""
+    (y0, x0, y1, x1) in the image of ``shape`` (H, W) and labels (h, w) or (h, w, layers). ``priority`` (one number
+    per crop, higher = newer approved work; default all equal) decides who owns pixels several crops cover."""
     crops, n_layers = _check_crops(shape, crops)
+    priority = [0] * len(crops) if priority is None else [int(p) for p in priority]
+    if len(priority) != len(crops):
+        raise ValueError(f"{len(priority)} priorities for {len(crops)} crops")
     height, width = int(shape[0]), int(shape[1])
     offsets = [0]
     for _, labels in crops:
         offsets.append(offsets[-1] + int(labels.max(initial=0)) + 1)
     n_nodes = offsets[-1]
     conflicts: list[dict] = []
-    src, dst = [], []
+    joins: list[tuple[int, int, int, dict]] = []  # (pixels, node, node, where) of mutual best matches
+    deleted: list[tuple[int, int, int, dict]] = []  # (crop that kept, cell, crop that deleted, where)
     for k, j, kind, zone in _zones([box for box, _ in crops]):
         a, b, cy, cx = _facing(crops, k, j, kind, zone)
+        where = {"zone": kind, "y": int(cy), "x": int(cx)}
         base = max(int(a.max(initial=0)), int(b.max(initial=0))) + 1
         ka, kb, counts = _pair_counts(a, b, base)
-        if not len(counts):
-            continue
-        best_of_a, ties_a = _best(ka, kb, counts)
-        best_of_b, ties_b = _best(kb, ka, counts)
+        best_of_a, ties_a = _best(ka, kb, counts) if len(counts) else ({}, set())
+        best_of_b, ties_b = _best(kb, ka, counts) if len(counts) else ({}, set())
+        joined_a, joined_b = set(), set()
         for cell_a, (cell_b, n) in best_of_a.items():
-            mutual = best_of_b.get(cell_b, (None,))[0] == cell_a
-            if mutual and cell_a not in ties_a and cell_b not in ties_b:
-                src.append(offsets[k] + cell_a)
-                dst.append(offsets[j] + cell_b)
-            else:
+            if best_of_b.get(cell_b, (None,))[0] == cell_a and cell_a not in ties_a and cell_b not in ties_b:
+                joins.append((int(n), offsets[k] + cell_a, offsets[j] + cell_b, where))
+                joined_a.add(cell_a)
+                joined_b.add(cell_b)
+        if kind == "overlap":
+            # a cell one crop has where the other crop left (at least half of) its pixels background
+            for crop, other, cells, others, joined in ((k, j, a, b, joined_a), (j, k, b, a, joined_b)):
+                total, background = _background_share(cells, others)
+                for cell in np.flatnonzero((2 * background >= total) & (total > 0)).tolist():
+                    if cell and cell not in joined:
+                        deleted.append((crop, cell, other, where))
+                        joined.add(cell)  # listed as kept-vs-deleted, not again as a disagreement
+        for cell_a, (cell_b, n) in best_of_a.items():
+            if cell_a not in joined_a:
                 conflicts.append({"kind": "tie" if (cell_a in ties_a or cell_b in ties_b) else "disagreement",
-                                  "crops": [k, j], "cells": [int(cell_a), int(cell_b)], "pixels": int(n),
-                                  "zone": kind, "y": int(cy), "x": int(cx)})
-        for cell_b in set(best_of_b) - set(best_of_a[c][0] for c in best_of_a):
+                                  "crops": [k, j], "cells": [int(cell_a), int(cell_b)], "pixels": int(n), **where})
+        for cell_b in set(best_of_b) - set(best_of_a[c][0] for c in best_of_a) - joined_b:
             cell_a, n = best_of_b[cell_b]
             conflicts.append({"kind": "tie" if cell_b in ties_b else "disagreement", "crops": [k, j],
-                              "cells": [int(cell_a), int(cell_b)], "pixels": int(n), "zone": kind,
-                              "y": int(cy), "x": int(cx)})
-    graph = sparse.coo_matrix((np.ones(len(src), np.int8), (np.array(src, np.int64), np.array(dst, np.int64))),
-                              shape=(n_nodes, n_nodes))
-    _, component = connected_components(graph, directed=False)
-    _report_contradictions(component, offsets, conflicts)
+                              "cells": [int(cell_a), int(cell_b)], "pixels": int(n), **where})
+    component = _join(n_nodes, offsets, joins, conflicts)
 
-    owner_depth = np.full((height, width), -1, np.int64)
+    owner = np.full((height, width), -1, np.int64)
+    owner_rank = np.full((height, width), -1, np.int64)
     stitched = np.zeros((height, width, n_layers), np.int64)
     coverage = np.zeros((height, width), bool)
+    depth_span = height + width + 1
     for k, (box, labels) in enumerate(crops):
         y0, x0, y1, x1 = box
-        depth = _depth(box, (height, width))
-        wins = depth > owner_depth[y0:y1, x0:x1]
-        owner_depth[y0:y1, x0:x1][wins] = depth[wins]
+        depth = np.minimum(_depth(box, (height, width)), depth_span - 1)
+        rank = (priority[k] - min(priority)) * depth_span + depth
+        wins = rank > owner_rank[y0:y1, x0:x1]
+        owner_rank[y0:y1, x0:x1][wins] = rank[wins]
+        owner[y0:y1, x0:x1][wins] = k
         # component ids + 1, so 0 stays background
         lookup = component[offsets[k]:offsets[k + 1]] + 1
         lookup[0] = 0
         window = stitched[y0:y1, x0:x1]
         window[wins] = lookup[labels[wins]]
         coverage[y0:y1, x0:x1] = True
+    _resolve_deleted(crops, priority, component, offsets, owner, stitched, deleted, conflicts)
     return StitchResult(labels=_sequential(stitched), coverage=coverage, conflicts=conflicts)
 
 
-def _report_contradictions(component, offsets, conflicts) -> None:
-    """Cells of one crop that max-overlap joined into one component: neighbours disagree about them."""
-    for k in range(len(offsets) - 1):
-        comps = component[offsets[k] + 1:offsets[k + 1]]
-        values, counts = np.unique(comps, return_counts=True)
-        for value in values[counts > 1].tolist():
-            cells = (np.flatnonzero(comps == value) + 1).tolist()
-            conflicts.append({"kind": "contradiction", "crops": [k], "cells": cells, "pixels": 0, "zone": "",
-                              "y": -1, "x": -1})
+def _join(n_nodes: int, offsets, joins, conflicts) -> np.ndarray:
+    """Components of the joins, strongest first; a join that would make two cells of one crop one cell is left out
+    and listed as a contradiction (the crop's cells stay separate)."""
+    crop_of = np.searchsorted(np.asarray(offsets), np.arange(n_nodes), side="right") - 1
+    parent = list(range(n_nodes))
+    members: dict[int, dict[int, int]] = {}  # root -> {crop: its one cell in the component}
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for n, u, v, where in sorted(joins, key=lambda e: (-e[0], e[1], e[2])):
+        ru, rv = find(u), find(v)
+        if ru == rv:
+            continue
+        mu = members.get(ru, {int(crop_of[u]): u})
+        mv = members.get(rv, {int(crop_of[v]): v})
+        clash = sorted(set(mu) & set(mv))
+        if clash:
+            for crop in clash:
+                conflicts.append({"kind": "contradiction", "crops": [crop],
+                                  "cells": sorted([mu[crop] - offsets[crop], mv[crop] - offsets[crop]]),
+                                  "pixels": int(n), **where})
+            continue
+        parent[rv] = ru
+        members[ru] = {**mu, **mv}
+        members.pop(rv, None)
+    roots = np.array([find(x) for x in range(n_nodes)], np.int64)
+    return np.unique(roots, return_inverse=True)[1].reshape(-1)
+
+
+def _resolve_deleted(crops, priority, component, offsets, owner, stitched, deleted, conflicts) -> None:
+    """Kept-vs-deleted cells: kept whole unless the crop that deleted them is newer work (see the module doc)."""
+    for crop, cell, other, where in deleted:
+        (y0, x0, y1, x1), labels = crops[crop]
+        mine = labels == cell
+        cid = component[offsets[crop] + cell] + 1
+        window = stitched[y0:y1, x0:x1]
+        owned = owner[y0:y1, x0:x1]
+        total = int(mine.sum())
+        entry = {"kind": "kept-vs-deleted", "crops": [crop, other], "cells": [int(cell), 0], "pixels": total,
+                 **where}
+        if priority[other] <= priority[crop]:
+            # background the other crop (not newer) put over this cell's pixels gives way to the cell
+            regain = mine & (window == 0) & (owned != crop)[..., None]
+            if regain.any():  # else the cell lay where its own crop owns the pixels: nothing was cut
+                window[regain] = cid
+                conflicts.append({**entry, "outcome": "kept", "regained_pixels": int(regain.sum())})
+        else:
+            left = int((window[mine] == cid).sum())
+            if left:
+                conflicts.append({**entry, "outcome": "cut by newer work", "kept_pixels": left})
 
 
 def _sequential(labels: np.ndarray) -> np.ndarray:

@@ -84,9 +84,11 @@ def cmd_prelabel(args) -> int:
     config, session, storage = _open(args)
     batch = _batch(session, args)
     result = loop.prelabel_batch(session, storage, config, batch, args.model, scheduler=args.scheduler,
-                                 workers=args.workers)
+                                 workers=args.workers, force=args.force)
     print(f"batch {batch.name!r} prelabelled with {result['model']}: {result['images']} images segmented, "
           f"{result['crops']} crops written, {result['left_alone']} crops already in people's hands left alone")
+    if result["touched"]:
+        print("left alone (opened or edited): tasks " + ", ".join(str(t) for t in result["touched"]))
     return 0
 
 
@@ -138,10 +140,11 @@ def cmd_stitch(args) -> int:
 
         with open(args.conflicts, "w", newline="") as fh:
             writer = csv.writer(fh)
-            writer.writerow(["image", "kind", "y", "x", "crops", "cells", "pixels"])
+            writer.writerow(["image", "kind", "y", "x", "crops", "cells", "pixels", "tasks", "outcome"])
             for c in conflicts:
                 writer.writerow([c["image"], c["kind"], c["y"], c["x"], " ".join(map(str, c["crops"])),
-                                 " ".join(map(str, c["cells"])), c["pixels"]])
+                                 " ".join(map(str, c["cells"])), c["pixels"], " ".join(map(str, c.get("tasks", []))),
+                                 c.get("outcome", "")])
     for s in summary:
         print(f"{s['image']}: {s['approved']}/{s['crops']} crops approved, {s['cells']} cells stitched, "
               f"{s['conflicts']} conflicts for QC" + (f" ({s['conflicts_key']})" if s.get("conflicts_key") else ""))
@@ -317,6 +320,8 @@ def register(sub) -> None:
     p.add_argument("--model", default="current", help="current (default), a version name, baseline, or none")
     p.add_argument("--scheduler", help="Dask scheduler address (default: a local cluster when --workers > 1)")
     p.add_argument("--workers", type=int, default=1, help="local Dask workers (default 1: in this process)")
+    p.add_argument("--force", action="store_true",
+                   help="re-prelabel a published batch (crops someone opened or edited are still left alone)")
     p.set_defaults(func=cmd_prelabel)
 
     p = common(sub.add_parser("publish", help="task links of a batch as CSV for a crowd platform"))

@@ -32,7 +32,11 @@ def stitch_batch(session: Session, storage: Storage, batch: Batch) -> list[dict]
         if not approved:
             summary.append({"image": image.name, "approved": 0, "crops": in_batch, "cells": 0, "conflicts": 0})
             continue
-        result = stitch_crops((image.height, image.width), [(t.box, svc.labels(t)) for t in approved])
+        # newer approved work (a later batch) wins where crops of several batches cover the same pixels
+        result = stitch_crops((image.height, image.width), [(t.box, svc.labels(t)) for t in approved],
+                              priority=[t.batch_id for t in approved])
+        for conflict in result.conflicts:
+            conflict["tasks"] = [approved[k].id for k in conflict["crops"]]
         base = f"projects/{image.project_id}/images/{image.id}"
         token = secrets.token_hex(4)
         labels_key = f"{base}/labels/{batch.id}-{token}.npy.gz"
