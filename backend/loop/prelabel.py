@@ -27,7 +27,8 @@ def load_mesmer(folder: str):
 
 
 def segment_image_job(storage_url: str, image_key: str, labels_key: str, method: str, channels: list[int],
-                      model: tuple[str, str] | None, cache_root: str, image_mpp: float | str | None) -> tuple[str, int]:
+                      model: tuple[str, str, str | None] | None, cache_root: str,
+                      image_mpp: float | str | None) -> tuple[str, int]:
     """Segment one whole stored image and store its labels: the unit of work of `prelabel`, run in this process
     or on a Dask worker (it reads and writes storage itself, so only keys travel)."""
     from backend.store.storage import storage_from_url
@@ -40,8 +41,8 @@ def segment_image_job(storage_url: str, image_key: str, labels_key: str, method:
 
         labels = nuclear_expansion(X, nuclear_channel=0)
     else:
-        name, prefix = model
-        folder = registry.fetch_files(storage, name, prefix, cache_root)
+        name, prefix, sha = model
+        folder = registry.fetch_files(storage, name, prefix, cache_root, sha)
         labels = load_mesmer(str(folder)).predict(X, image_mpp=image_mpp)
     storage.put(labels_key, encode_array(labels.astype(np.int32)))
     return labels_key, int(len(np.unique(labels[..., 0])) - 1)
@@ -110,10 +111,11 @@ def prelabel_batch(session: Session, storage: Storage, config, batch: Batch, mod
     jobs = []
     channels = model_channel_indices(project)
     cache_root = str(Path(config.instance_dir) / "model-cache")
-    model_ref = None if choice.version is None else (choice.version.name, choice.version.path)
+    model_ref = None if choice.version is None else (choice.version.name, choice.version.path,
+                                                     choice.version.files_sha256)
     # the generalist starter model estimates an unknown pixel size from the cells themselves; a project's own
     # versions were trained on its images at their native scale
-    unknown_mpp = "auto" if choice.version is not None and choice.version.name == registry.STARTER_NAME else None
+    unknown_mpp = "auto" if registry.is_starter(choice.version) else None
     for image, _ in todo:
         if choice.kind == registry.NO_MODEL:
             continue

@@ -54,7 +54,8 @@ def train_version(session: Session, storage: Storage, config, project: Project, 
         out=out, verbose=0)
     hashes = {"path": str(data), "train": dataset.data_hash(Xt, yt),
               "val": dataset.data_hash(Xv, yv) if len(Xv) else None}
-    row = registry.register(session, storage, project, result.path, name=name, parent=parent, dataset=hashes)
+    # name=None: the next free name when the row goes in (a concurrent cycle may have taken ``name`` meanwhile)
+    row = registry.register(session, storage, project, result.path, name=None, parent=parent, dataset=hashes)
     import shutil
 
     shutil.rmtree(out, ignore_errors=True)
