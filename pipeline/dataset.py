@@ -1,6 +1,9 @@
 """Training data from stitched labels, as in the Mesmer paper: quality control (cells under 15 px dropped, images
-under 20 cells dropped), fixed-size tiles, and an 80/10/10 train/val/test split in which a tile, once assigned,
-keeps its split, so the test split stays frozen across cycles and models are compared on the same data.
+under 20 cells dropped), fixed-size tiles, and an 80/10/10 train/val/test split by spatial blocks: an image is divided into fixed blocks
+(BLOCK px on a grid from the origin, whatever the tile size), each block once assigned keeps its split, and a tile
+takes the split of the blocks it lies in (one across blocks of different splits is left out). So no region of an
+image is in two splits, the test area stays frozen across cycles and tile sizes, and models are compared on the
+same data.
 
 Tiles lie on a fixed grid from the image origin (so a tile's identity survives re-stitching); edge tiles are
 padded with background. A tile is used only when annotated crops cover all of its image pixels.
@@ -69,6 +72,22 @@ def cut_tiles(image: np.ndarray, labels: np.ndarray, coverage: np.ndarray, *, si
             continue
         tiles.append(Tile(y0, x0, X, y, n_cells))
     return tiles, skipped
+
+
+BLOCK = 512
+
+
+def blocks_under(y0: int, x0: int, y1: int, x1: int, block: int) -> set[tuple[int, int]]:
+    """Corners of the ``block``-px blocks (a fixed grid from the image origin) that the box y0:y1, x0:x1 touches."""
+    return {(by, bx) for by in range(y0 // block * block, y1, block) for bx in range(x0 // block * block, x1, block)}
+
+
+def tile_split(box, block: int, block_split: dict) -> str | None:
+    """The split of the tile at ``box`` (y0, x0, y1, x1: its image pixels) given its image's {(by, bx): split} of
+    ``block``-px blocks: the split of all the blocks under it, or None when they differ or one has no split yet
+    (such a tile belongs to no split, so no pixel is ever in two)."""
+    splits = {block_split.get(corner) for corner in blocks_under(*box, block)}
+    return splits.pop() if len(splits) == 1 else None
 
 
 def assign_splits(existing: dict, new_keys: list, ratios: dict = RATIOS, seed: int = 0) -> dict:

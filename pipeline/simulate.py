@@ -106,12 +106,15 @@ def decode_npy(data: bytes) -> np.ndarray:
 
 @dataclass
 class Effort:
-    """What the annotator did: operations by tool, pixels painted and erased, true cells seen."""
+    """What the annotator did: operations by tool, pixels painted and erased, true cells seen. ``cells`` counts
+    each distinct true cell once (per layer corrected), however many overlapping crops show it; ``crop_cells``
+    counts it once per crop (what an annotator looks at; 1.6-1.9x more with 40-px overlaps)."""
 
     ops: Counter = field(default_factory=Counter)
     painted_px: int = 0
     erased_px: int = 0
     cells: int = 0
+    crop_cells: int = 0
 
     @property
     def n_ops(self) -> int:
@@ -122,11 +125,13 @@ class Effort:
         self.painted_px += other.painted_px
         self.erased_px += other.erased_px
         self.cells += other.cells
+        self.crop_cells += other.crop_cells
 
     def as_dict(self) -> dict:
         return {"ops": self.n_ops, "by_tool": dict(self.ops), "painted_px": self.painted_px,
-                "erased_px": self.erased_px, "cells": self.cells,
-                "ops_per_100_cells": round(100 * self.n_ops / self.cells, 1) if self.cells else None}
+                "erased_px": self.erased_px, "cells": self.cells, "crop_cells": self.crop_cells,
+                "ops_per_100_cells": round(100 * self.n_ops / self.cells, 1) if self.cells else None,
+                "ops_per_100_crop_cells": round(100 * self.n_ops / self.crop_cells, 1) if self.crop_cells else None}
 
 
 # --- deciding the next correction ----------------------------------------------------------------------------
@@ -329,7 +334,8 @@ def annotate(base_url: str, token: str, truth: np.ndarray, *, layers=(0,), targe
     effort = Effort()
     for layer in layers:
         true_layer = truth[..., layer]
-        effort.cells += int(len(np.unique(true_layer)) - 1)
+        effort.cells += int(len(np.unique(true_layer)) - 1)  # one crop: its distinct cells are its crop cells
+        effort.crop_cells += int(len(np.unique(true_layer)) - 1)
         budget = max_ops if max_ops is not None else 12 * (int(true_layer.max()) + 5)
         skip: set = set()
         labels = client.labels()
@@ -386,4 +392,19 @@ def annotate_batch(base_url: str, rows: list[dict], truths: dict, **options) -> 
         token = row["url"].rsplit("/task/", 1)[1]
         truth = truths[row["image"]][y0:y1, x0:x1]
         total.add(annotate(base_url, token, truth, seed=i, **options))
+    total.cells = distinct_cells(rows, truths, options.get("layers", (0,)))
     return total
+
+
+def distinct_cells(rows: list[dict], truths: dict, layers=(0,)) -> int:
+    """True cells the crops of ``rows`` show, each counted once per image (and per layer in ``layers``)."""
+    n = 0
+    for name in sorted({row["image"] for row in rows}):
+        truth = truths[name] if truths[name].ndim == 3 else truths[name][..., None]
+        seen = np.zeros(truth.shape[:2], bool)
+        for row in rows:
+            if row["image"] == name:
+                seen[int(row["y0"]):int(row["y1"]), int(row["x0"]):int(row["x1"])] = True
+        for layer in layers:
+            n += int(len(np.unique(truth[..., layer][seen])) - (1 if (truth[..., layer][seen] == 0).any() else 0))
+    return n

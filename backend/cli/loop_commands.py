@@ -158,7 +158,7 @@ def cmd_dataset(args) -> int:
 
     config, session, storage = _open(args)
     project = _project(session, args.project)
-    summary = loop.build_dataset(session, storage, project, args.out, tile=args.tile, seed=args.seed)
+    summary = loop.build_dataset(session, storage, project, args.out, tile=args.tile, seed=args.seed, block=args.block)
     print(f"{summary['path']}: {summary['tiles']} tiles of {args.tile} px, split {summary['splits']} "
           f"(test split frozen), skipped {summary['skipped']}")
     for split, digest in summary["sha256"].items():
@@ -223,7 +223,8 @@ def cmd_cycle(args) -> int:
 
     config, session, storage = _open(args)
     batch = _batch(session, args)
-    record = loop.run_cycle(session, storage, config, batch, out=args.out, tile=args.tile, **_train_options(args))
+    record = loop.run_cycle(session, storage, config, batch, out=args.out, tile=args.tile, block=args.block,
+                            **_train_options(args))
     print(json.dumps(record, default=str) if args.json else
           f"cycle of batch {batch.name!r} done: {record['candidate']} "
           f"{'promoted' if record['promoted'] else 'not promoted'} ({record['reason']})")
@@ -348,6 +349,8 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="dataset .npz")
     p.add_argument("--tile", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--block", type=int, help="split by spatial blocks of this many px (default 512; an image keeps "
+                                             "the block size of its first dataset)")
     p.set_defaults(func=cmd_dataset)
 
     p = sub.add_parser("models", help="the model registry")
@@ -375,6 +378,7 @@ def register(sub) -> None:
     p.add_argument("--project")
     p.add_argument("--out", help="dataset .npz (default: <instance>/datasets/PROJECT/BATCH.npz)")
     p.add_argument("--tile", type=int, default=256, help="dataset tile size in px (default 256)")
+    p.add_argument("--block", type=int, help="split by spatial blocks of this many px (default 512)")
     p.add_argument("--backbone", help="backbone when training from scratch (default the light one)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_cycle)

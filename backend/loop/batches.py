@@ -97,23 +97,38 @@ def publish_batch(session: Session, config, batch: Batch, out=None, base_url: st
 
 
 def batch_status(session: Session, storage: Storage, batch: Batch) -> dict:
-    """Counts per state; edits, seconds and cells of the submitted work; throughput."""
+    """Counts per state; edits, seconds and cells of the submitted work; throughput. Cells are distinct cells of the
+    images (the submitted crops of each image stitched; a cell two overlapping crops show counts once), so
+    ``edits_per_cell`` and ``seconds_per_cell`` are per distinct cell; ``submitted_crop_cells`` counts per crop."""
     from backend.tasks import TaskService
 
     tasks = list(session.scalars(select(Task).where(Task.batch_id == batch.id)))
     states = Counter(t.state.value for t in tasks)
     done = [t for t in tasks if t.state in (TaskState.submitted, TaskState.in_review, TaskState.approved)]
     svc = TaskService(session, storage)
-    cells = sum(count_cells(svc.labels(t)) for t in done)
+    from pipeline.stitch import stitch_crops
+
+    crops = {t.id: svc.labels(t) for t in done}
+    crop_cells = sum(count_cells(labels) for labels in crops.values())
+    cells = 0
+    for image_id in sorted({t.image_id for t in done if t.image_id is not None}):
+        of_image = [t for t in done if t.image_id == image_id]
+        image = of_image[0].source_image
+        cells += count_cells(stitch_crops((image.height, image.width),
+                                          [(t.box, crops[t.id]) for t in of_image]).labels)
+    cells += sum(count_cells(crops[t.id]) for t in done if t.image_id is None)  # crops of no known image
     edits = session.scalar(select(func.count(Revision.id)).where(
         Revision.task_id.in_([t.id for t in done]), Revision.action.in_(EDIT_REVISIONS))) if done else 0
     seconds = float(sum(t.time_open_s or 0.0 for t in done))
-    starts = [t.assigned_at for t in done if t.assigned_at] or [t.created_at for t in done]
-    ends = [t.submitted_at for t in done if t.submitted_at]
+    from backend.tasks.transitions import aware  # SQLite hands back naive times, fresh writes are aware
+
+    starts = [aware(t.assigned_at) for t in done if t.assigned_at] or [aware(t.created_at) for t in done]
+    ends = [aware(t.submitted_at) for t in done if t.submitted_at]
     hours = ((max(ends) - min(starts)).total_seconds() / 3600) if ends and starts else 0.0
     return {
         "batch": batch.name, "project": batch.project.name, "prelabel": batch.prelabel, "tasks": len(tasks),
-        "states": dict(sorted(states.items())), "submitted_cells": cells, "edits": int(edits or 0),
+        "states": dict(sorted(states.items())), "submitted_cells": cells, "submitted_crop_cells": crop_cells,
+        "edits": int(edits or 0),
         "seconds": round(seconds, 1),
         "edits_per_cell": round(edits / cells, 3) if cells else None,
         "seconds_per_cell": round(seconds / cells, 2) if cells else None,

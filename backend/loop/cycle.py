@@ -16,7 +16,7 @@ from backend.store.storage import Storage
 
 
 def run_cycle(session: Session, storage: Storage, config, batch: Batch, *, out=None, log=print, tile: int = 256,
-              **train_options) -> dict:
+              block: int | None = None, **train_options) -> dict:
     """stitch → dataset → train from the current model → evaluate both on the frozen test split → promote if
     not worse; the outcome is recorded on the batch (shown by `cellloop report`)."""
     project = batch.project
@@ -27,7 +27,7 @@ def run_cycle(session: Session, storage: Storage, config, batch: Batch, *, out=N
     log(f"stitched {sum(s['approved'] for s in stitched)} approved crops into {len(stitched)} images "
         f"({cells} cells, {sum(s['conflicts'] for s in stitched)} conflicts for QC)")
     out = Path(out) if out else Path(config.instance_dir) / "datasets" / project.name / f"{batch.name}.npz"
-    data = build_dataset(session, storage, project, out, tile=tile)
+    data = build_dataset(session, storage, project, out, tile=tile, block=block)
     log(f"dataset {data['path']}: {data['splits']} tiles")
     status = batch_status(session, storage, batch)
     current = registry.current_model(session, storage, project)

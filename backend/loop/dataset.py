@@ -10,16 +10,20 @@ from sqlalchemy.orm import Session
 
 from backend.loop.common import LoopError
 from backend.loop.stitch import stitched_labels
-from backend.store.models import DatasetTile, Project
+from backend.store.models import DatasetBlock, DatasetTile, Project
 from backend.store.projects import model_channel_indices, read_image
 from backend.store.storage import Storage
 
 
 def build_dataset(session: Session, storage: Storage, project: Project, out, *, tile: int = 256,
-                  seed: int = 0) -> dict:
-    """The project's stitched images as a QC'd, tiled dataset .npz with a frozen split in each tile's meta."""
+                  seed: int = 0, block: int | None = None) -> dict:
+    """The project's stitched images as a QC'd, tiled dataset .npz with a frozen split in each tile's meta. Splits
+    go by spatial block (``block`` px, default ``pipeline.dataset.BLOCK``; an image keeps the block size of its
+    first dataset), so no region of an image is in two splits and the test area survives a change of ``tile``."""
     from pipeline import dataset, io
 
+    if tile < 16 or (block is not None and block < 16):
+        raise LoopError("--tile and --block must be at least 16 px")
     channels = model_channel_indices(project)
     images = [i for i in project.images if i.labels_key]
     if not images:
@@ -34,14 +38,13 @@ def build_dataset(session: Session, storage: Storage, project: Project, out, *, 
     if not candidates:
         raise LoopError(f"no {tile}-px tile passes QC (fully annotated, at least {dataset.MIN_CELLS} cells): "
                         f"{dict(skipped)}")
-    frozen = {(r.image_id, r.y0, r.x0): r.split for r in session.scalars(
-        select(DatasetTile).where(DatasetTile.image_id.in_([i.id for i in images]), DatasetTile.size == tile))}
-    keys = [(image.id, t.y0, t.x0) for image, t in candidates]
-    new = dataset.assign_splits(frozen, [k for k in keys if k not in frozen], seed=seed)
-    for (image_id, y0, x0), split in new.items():
-        session.add(DatasetTile(image_id=image_id, y0=y0, x0=x0, size=tile, split=split))
-    session.commit()
-    splits = {**frozen, **new}
+    splits = _split_by_blocks(session, project, images, candidates, tile, block or dataset.BLOCK, seed)
+    straddling = [c for c in candidates if splits[(c[0].id, c[1].y0, c[1].x0)] is None]
+    if straddling:
+        skipped["straddles_splits"] = len(straddling)
+        candidates = [c for c in candidates if splits[(c[0].id, c[1].y0, c[1].x0)] is not None]
+    if not candidates:
+        raise LoopError(f"no {tile}-px tile lies inside one split's blocks: {dict(skipped)}")
     meta = []
     for image, t in candidates:
         meta.append({"image": image.name, "image_id": image.id, "project": project.name, "source": image.source_path,
@@ -61,3 +64,53 @@ def build_dataset(session: Session, storage: Storage, project: Project, out, *, 
         summary["splits"][split] = int(len(Xs))
         summary["sha256"][split] = dataset.data_hash(Xs, ys) if len(Xs) else None
     return summary
+
+
+def _split_by_blocks(session: Session, project: Project, images, candidates, tile: int, block: int,
+                     seed: int) -> dict:
+    """{(image id, y0, x0): split or None} for the candidate tiles: each tile takes the split of the spatial blocks
+    under it; blocks under a candidate tile that have none yet are assigned now (80/10/10 over the project's blocks)
+    and stored for good. Images tiled before blocks existed keep their frozen test tiles: a block under one is test,
+    and a block under one of their train/val tiles is never test."""
+    from pipeline import dataset
+
+    ids = [i.id for i in images]
+    rows = list(session.scalars(select(DatasetBlock).where(DatasetBlock.image_id.in_([i.id for i in project.images]))))
+    size = {r.image_id: r.size for r in rows}
+    existing = {(r.image_id, r.y0, r.x0): r.split for r in rows}
+    legacy = {}
+    for image in images:
+        if image.id not in size:
+            size[image.id] = block
+            legacy[image.id] = list(session.scalars(select(DatasetTile).where(DatasetTile.image_id == image.id)))
+    box = {}
+    for image, t in candidates:
+        box[(image.id, t.y0, t.x0)] = (t.y0, t.x0, min(t.y0 + tile, image.height), min(t.x0 + tile, image.width))
+    wanted = sorted({(k[0], *corner) for k, b in box.items() for corner in dataset.blocks_under(*b, size[k[0]])}
+                    - set(existing))
+    fixed, not_test = {}, set()
+    for key in wanted:
+        image_id, by, bx = key
+        for old in legacy.get(image_id, ()):
+            if dataset.blocks_under(old.y0, old.x0, old.y0 + old.size, old.x0 + old.size, size[image_id]) \
+                    & {(by, bx)}:
+                if old.split == "test":
+                    fixed[key] = "test"
+                else:
+                    not_test.add(key)
+    new = dataset.assign_splits({**existing, **fixed}, [k for k in wanted if k not in fixed], seed=seed)
+    new = {k: ("train" if v == "test" and k in not_test else v) for k, v in new.items()}
+    for (image_id, by, bx), split in {**fixed, **new}.items():
+        session.add(DatasetBlock(image_id=image_id, y0=by, x0=bx, size=size[image_id], split=split))
+    of_image: dict[int, dict] = {}
+    for (image_id, by, bx), split in {**existing, **fixed, **new}.items():
+        of_image.setdefault(image_id, {})[(by, bx)] = split
+    out = {key: dataset.tile_split(b, size[key[0]], of_image.get(key[0], {})) for key, b in box.items()}
+    # the tile rows say which split each tile of this size went to (they follow the blocks)
+    known = {(r.image_id, r.y0, r.x0) for r in session.scalars(
+        select(DatasetTile).where(DatasetTile.image_id.in_(ids), DatasetTile.size == tile))}
+    for (image_id, y0, x0), split in out.items():
+        if split is not None and (image_id, y0, x0) not in known:
+            session.add(DatasetTile(image_id=image_id, y0=y0, x0=x0, size=tile, split=split))
+    session.commit()
+    return out

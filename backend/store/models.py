@@ -294,3 +294,20 @@ class DatasetTile(Base):
     split: Mapped[str] = mapped_column(String(8))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     __table_args__ = (UniqueConstraint("image_id", "y0", "x0", "size"),)
+
+
+class DatasetBlock(Base):
+    """A spatial block of a source image (``size`` px on a fixed grid from the origin, one size per image) and the
+    dataset split it belongs to, forever: a tile takes the split of the blocks it lies in, so no region of an image is
+    in two splits and the test area stays the same whatever tile size a later dataset uses."""
+
+    __tablename__ = "dataset_blocks"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"), index=True)
+    y0: Mapped[int] = mapped_column(Integer)
+    x0: Mapped[int] = mapped_column(Integer)
+    size: Mapped[int] = mapped_column(Integer)
+    split: Mapped[str] = mapped_column(String(8))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    __table_args__ = (UniqueConstraint("image_id", "y0", "x0"),)

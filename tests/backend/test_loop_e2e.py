@@ -81,7 +81,8 @@ def test_one_cycle_end_to_end_then_a_fine_tuned_second_version(instance, tmp_pat
     status = json.loads(capsys.readouterr().out)[0]
     assert status["states"] == {"approved": 8} and status["edits"] == effort.n_ops
 
-    assert main(["cycle", "--batch", "b1", "--tile", "128", "--epochs", "1", "--steps-per-epoch", "3",
+    # these 256-px images are small: 128-px split blocks give the dataset a test block at all
+    assert main(["cycle", "--batch", "b1", "--tile", "128", "--block", "128", "--epochs", "1", "--steps-per-epoch", "3",
                  "--batch-size", "2", "--crop-size", "128", "--json"]) == 0
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     session.expire_all()
