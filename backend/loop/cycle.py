@@ -15,10 +15,15 @@ from backend.store.models import Batch, Project
 from backend.store.storage import Storage
 
 
+# below this many cells in the test split, `cycle` leaves promotion to the admin
+MIN_TEST_CELLS = 100
+
+
 def run_cycle(session: Session, storage: Storage, config, batch: Batch, *, out=None, log=print, tile: int = 256,
               block: int | None = None, **train_options) -> dict:
-    """stitch → dataset → train from the current model → evaluate both on the frozen test split → promote if
-    not worse; the outcome is recorded on the batch (shown by `cellloop report`)."""
+    """stitch → dataset → train from the current model → evaluate both on the frozen test split (each run as
+    prelabel runs it) → promote if strictly better on at least MIN_TEST_CELLS test cells; the outcome is recorded
+    on the batch (shown by `cellloop report`)."""
     project = batch.project
     stitched = stitch_batch(session, storage, batch)
     cells = sum(s["cells"] for s in stitched)
@@ -41,11 +46,19 @@ def run_cycle(session: Session, storage: Storage, config, batch: Batch, *, out=N
     else:
         cur = evaluate_choice(session, storage, config, project, current, out)
         cand = evaluate_choice(session, storage, config, project, registry.ModelChoice("version", candidate), out)
-        promoted = promote_if_not_worse(session, project, candidate, cand["f1"], cur["f1"])
-        record.update(current_f1=cur["f1"], candidate_f1=cand["f1"], promoted=promoted,
-                      reason="not worse on the frozen test split" if promoted else "worse on the frozen test split")
-        log(f"test F1: {current.label} {cur['f1']:.3f}, {candidate.name} {cand['f1']:.3f} -> "
-            f"{'promoted' if promoted else 'kept ' + current.label}")
+        record.update(current_f1=cur["f1"], candidate_f1=cand["f1"], test_cells=cur["n_true"])
+        if cur["n_true"] < MIN_TEST_CELLS:
+            # a difference on a few dozen cells is noise: the admin decides (`cellloop models promote`)
+            promoted = False
+            reason = (f"too few test cells ({cur['n_true']} < {MIN_TEST_CELLS}): not promoted; "
+                      f"`cellloop models promote {candidate.name}` to overrule")
+        else:
+            promoted = promote_if_not_worse(session, project, candidate, cand["f1"], cur["f1"])
+            reason = ("better on the frozen test split" if promoted else
+                      "tied on the frozen test split" if cand["f1"] == cur["f1"] else "worse on the frozen test split")
+        record.update(promoted=promoted, reason=reason)
+        log(f"test F1 on {cur['n_true']} cells: {current.label} {cur['f1']:.3f}, {candidate.name} {cand['f1']:.3f} "
+            f"-> {'promoted' if promoted else 'kept ' + current.label + ' (' + reason + ')'}")
     batch.cycle = record
     session.commit()
     return record
@@ -59,5 +72,6 @@ def report(session: Session, project: Project) -> list[dict]:
                      "cells": c.get("cells"), "edits_per_cell": c.get("edits_per_cell"),
                      "seconds_per_cell": c.get("seconds_per_cell"), "trained": c.get("candidate"),
                      "trained_f1": c.get("candidate_f1"), "promoted": c.get("promoted"),
-                     "test_tiles": (c.get("splits") or {}).get("test")})
+                     "test_tiles": (c.get("splits") or {}).get("test"), "test_cells": c.get("test_cells"),
+                     "reason": c.get("reason")})
     return rows

@@ -26,6 +26,15 @@ def load_mesmer(folder: str):
     return Mesmer(folder)
 
 
+def scale_for(version, pixel_size_um: float | None) -> float | str | None:
+    """The pixel size a model is run at on an image: the image's own when known; else the generalist starter model
+    estimates it from the cells themselves ("auto"), while a project's own versions were trained on its images at
+    their native scale (None). Prelabel and evaluation both use this, so a model is scored as it prelabels."""
+    if pixel_size_um is not None:
+        return pixel_size_um
+    return "auto" if registry.is_starter(version) else None
+
+
 def segment_image_job(storage_url: str, image_key: str, labels_key: str, method: str, channels: list[int],
                       model: tuple[str, str, str | None] | None, cache_root: str,
                       image_mpp: float | str | None) -> tuple[str, int]:
@@ -113,14 +122,11 @@ def prelabel_batch(session: Session, storage: Storage, config, batch: Batch, mod
     cache_root = str(Path(config.instance_dir) / "model-cache")
     model_ref = None if choice.version is None else (choice.version.name, choice.version.path,
                                                      choice.version.files_sha256)
-    # the generalist starter model estimates an unknown pixel size from the cells themselves; a project's own
-    # versions were trained on its images at their native scale
-    unknown_mpp = "auto" if registry.is_starter(choice.version) else None
     for image, _ in todo:
         if choice.kind == registry.NO_MODEL:
             continue
         key = f"projects/{project.id}/images/{image.id}/prelabels/{batch.id}-{secrets.token_hex(4)}.npy.gz"
-        mpp = image.pixel_size_um if image.pixel_size_um is not None else unknown_mpp
+        mpp = scale_for(choice.version, image.pixel_size_um)
         jobs.append((config.storage_url, image.image_key, key, choice.kind, channels, model_ref, cache_root, mpp))
     results = _run_jobs(jobs, scheduler, workers, f"prelabel {batch.name} ({choice.label})") if jobs else []
     by_image = {job[1]: result for job, result in zip(jobs, results)}

@@ -1,5 +1,5 @@
-"""Train, evaluate and promote: fine-tune from the current model, score on the frozen test split, promote only
-when not worse."""
+"""Train, evaluate and promote: fine-tune from the current model, score on the frozen test split (every model run
+as prelabel runs it), promote only when better (a tie keeps the current model)."""
 from __future__ import annotations
 
 import secrets
@@ -10,8 +10,8 @@ from sqlalchemy.orm import Session
 
 from backend.loop import registry
 from backend.loop.common import LoopError
-from backend.loop.prelabel import load_mesmer
-from backend.store.models import Project
+from backend.loop.prelabel import load_mesmer, scale_for
+from backend.store.models import Image, Project
 from backend.store.storage import Storage
 
 
@@ -65,26 +65,32 @@ def train_version(session: Session, storage: Storage, config, project: Project, 
 def evaluate_choice(session: Session, storage: Storage, config, project: Project, choice, data,
                     split: str = "test") -> dict:
     """Whole-cell object accuracy of a model (or the baseline) on one split of a `cellloop dataset` file;
-    a version's result is recorded in its metrics under the split's data hash."""
+    a version's result is recorded in its metrics under the split's data hash. Every model is run as prelabel runs
+    it: on the whole source image (tiled inside the model, so no tile-edge artefacts) at the same pixel size
+    (`scale_for`), then cut to each tile's box; a tile whose image is not in this project is run on its own."""
     from pipeline import dataset, metrics
 
     X, y, meta = _load_split(data, split)
     if len(X) == 0:
         raise LoopError(f"{data} has no {split} tiles (the project needs more annotated tiles)")
     data_hash = dataset.data_hash(X, y)
-    key = f"{split}:{data_hash[:16]}"
+    key = f"{split}:{data_hash[:16]}:as-prelabel"
     if choice.version is not None and key in (choice.version.metrics or {}):
         return choice.version.metrics[key]
     if choice.kind == registry.BASELINE:
         from pipeline.baseline import nuclear_expansion
 
-        pred = nuclear_expansion(X, nuclear_channel=0)
+        def segment(pixels, pixel_size_um):
+            return nuclear_expansion(pixels, nuclear_channel=0)
     elif choice.version is not None:
         folder = registry.local_folder(storage, choice.version, Path(config.instance_dir) / "model-cache")
         mesmer = load_mesmer(str(folder))
-        pred = np.stack([mesmer.predict(x, image_mpp=m.get("pixel_size_um")) for x, m in zip(X, meta)])
+
+        def segment(pixels, pixel_size_um):
+            return mesmer.predict(pixels, image_mpp=scale_for(choice.version, pixel_size_um))
     else:
         raise LoopError("nothing to evaluate: choose a model version or the baseline")
+    pred = _predict_as_prelabel(session, storage, project, X, meta, segment)
     pooled = metrics.evaluate(y, pred, layer=0)["pooled"]
     result = {"model": choice.label, "split": split, "data_sha256": data_hash, "n_images": int(len(X)),
               **{k: (round(float(pooled[k]), 4) if isinstance(pooled[k], float) else pooled[k])
@@ -94,11 +100,30 @@ def evaluate_choice(session: Session, storage: Storage, config, project: Project
     return result
 
 
+def _predict_as_prelabel(session: Session, storage: Storage, project: Project, X, meta, segment) -> np.ndarray:
+    from backend.store.projects import model_channel_indices, read_image
+
+    channels = model_channel_indices(project)
+    whole: dict[int, np.ndarray] = {}
+    pred = np.zeros(X.shape[:3] + (2,), np.int32)
+    for i, (x, m) in enumerate(zip(X, meta)):
+        image = session.get(Image, m.get("image_id")) if m.get("image_id") is not None else None
+        if image is None or image.project_id != project.id or len(m.get("box") or ()) != 4:
+            pred[i] = segment(x, m.get("pixel_size_um"))
+            continue
+        if image.id not in whole:
+            pixels = np.ascontiguousarray(read_image(storage, image)[..., channels], dtype=np.float32)
+            whole[image.id] = segment(pixels, image.pixel_size_um)
+        y0, x0, y1, x1 = (int(v) for v in m["box"])
+        pred[i, :y1 - y0, :x1 - x0] = whole[image.id][y0:y1, x0:x1]
+    return pred
+
+
 def promote_if_not_worse(session: Session, project: Project, candidate, candidate_f1: float,
                          current_f1: float | None) -> bool:
-    """Never promote blind: the candidate must do at least as well as the current model on the same frozen
-    test split."""
-    if current_f1 is not None and candidate_f1 < current_f1:
+    """Never promote blind: the candidate must do better than the current model on the same frozen test split
+    (a tie keeps the current model)."""
+    if current_f1 is not None and candidate_f1 <= current_f1:
         return False
     registry.promote(session, project, candidate)
     return True
