@@ -19,11 +19,12 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backend.edits import EditError, LabelIndex, Patch, apply_edit
+from backend.edits import ASSIST_TOOLS, EditError, LabelIndex, Patch, apply_edit
 from backend.store.arrays import decode_array, encode_array, validate_labels
 from backend.store.cache import ArrayCache
 from backend.store.models import Batch, Revision, Task, TaskState
 from backend.store.storage import NotFound, Storage
+from backend.tasks import maps as task_maps
 from backend.tasks import states
 from backend.tasks.transitions import (Actor, StaleRevision, conditional_update, now, raise_lost_race, set_columns,
                                        transition)
@@ -291,7 +292,7 @@ class RevisionStore:
         self._check_editable(task, actor)
         current, labels, index = self._working_labels(task)
         try:
-            patch = apply_edit(labels, self.image(task), tool, params, index=index)
+            patch = apply_edit(labels, self.image(task), tool, params, index=index, maps=self._maps_for(task, tool))
         except Exception:
             self._keep(current, labels, index)  # apply_edit leaves the labels untouched
             raise
@@ -302,6 +303,30 @@ class RevisionStore:
         rev = self._commit_patch(task, actor, labels, patch, action=EDIT_ACTIONS, params={"tool": tool, **params},
                                  index=index)
         return rev, patch
+
+    def maps(self, task: Task) -> np.ndarray | None:
+        """The crop's model maps (read-only), or None when it has none (the assist tools are then off)."""
+        return task_maps.load_maps(self.storage, task, self.cache)
+
+    def _maps_for(self, task: Task, tool: str) -> np.ndarray | None:
+        if tool not in ASSIST_TOOLS:
+            return None
+        maps = self.maps(task)
+        if maps is None:
+            raise EditError(task_maps.NO_MAPS_REASON)
+        return maps
+
+    def preview(self, task: Task, actor: Actor, base_revision: int | None, tool: str, params: dict) -> Patch:
+        """The patch ``tool`` would make on the current labels, computed exactly as ``edit`` would and stored
+        nowhere (the editor's box preview before apply). Same checks as an edit, so a preview of a task the
+        actor may not edit is refused too."""
+        self._check_base(task, base_revision)
+        self._check_editable(task, actor)
+        current, labels, index = self._working_labels(task)
+        try:
+            return apply_edit(labels, self.image(task), tool, params, index=index, maps=self._maps_for(task, tool))
+        finally:
+            self._keep(current, labels, index)  # apply_edit leaves the labels untouched
 
     def history(self, task: Task) -> tuple[list[int], list[int]]:
         """The undo and redo stacks (revision numbers of edits), derived from the revision log."""

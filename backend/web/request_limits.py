@@ -18,7 +18,7 @@ from backend.edits.params import MAX_RADIUS
 # bodies: JSON everywhere except label uploads, which are sized to their task (see label_upload_limit)
 JSON_BODY_BYTES = 64 * 1024
 EDIT_BODY_BYTES = 1024 * 1024
-EDIT_ENDPOINTS = frozenset({"crowd.edit", "review.edit"})
+EDIT_ENDPOINTS = frozenset({"crowd.edit", "review.edit", "crowd.preview", "review.preview"})
 
 MAX_STROKE_POINTS = 5000
 # total stroke length in pixels: 20 px per point at the point cap, more on tasks large enough to need it
@@ -44,6 +44,9 @@ KNOWN_PARAMS: dict[str, frozenset[str]] = {tool: frozenset(_COMMON + extra) for 
     "autofit": ("label", "channel", "margin"),
     "grow": ("label", "n"),
     "shrink": ("label", "n"),
+    "assist_click": ("point", "overwrite", "new_label"),
+    "assist_accept": ("point", "overwrite", "new_label"),
+    "assist_box": ("box", "sensitivity", "overwrite"),
 }.items()}
 
 
