@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
-from skimage.morphology import h_maxima
+from skimage.morphology import local_maxima, reconstruction
 from skimage.segmentation import watershed
 
 from .errors import EditError
@@ -68,13 +68,27 @@ def _maps_window(ctx, box):
 
 
 def _segment(dist, interior, interior_threshold, h):
-    """Marker watershed of one window: labels 1..n (int32), and the smoothed interior."""
+    """Marker watershed of one window: labels 1..n (int32), and the smoothed interior.
+
+    Markers are the peaks of the inner distance whose dynamic is at least ``h`` (the regional maxima of its
+    reconstruction from ``dist - h``: two peaks joined by a saddle less than ``h`` below the lower one make one
+    marker, ties included); a piece of the mask that no marker reaches is a cell of its own, so ``h`` decides
+    how cells split and the interior threshold which cells exist.
+    """
     smooth = ndimage.gaussian_filter(interior, INTERIOR_SMOOTH, truncate=3.0)
     mask = smooth > interior_threshold
     if not mask.any():
         return np.zeros(dist.shape, np.int32), smooth
-    peaks = h_maxima(np.where(mask, dist, 0).astype(np.float32), np.float32(h)).astype(bool) & mask
-    markers, _ = ndimage.label(peaks, structure=np.ones((3, 3), bool))
+    inside = np.where(mask, dist, 0).astype(np.float64)
+    rec = reconstruction(inside - h, inside, method="dilation")
+    peaks = local_maxima(rec, connectivity=2, allow_borders=True) & mask
+    markers, n = ndimage.label(peaks, structure=np.ones((3, 3), bool))
+    pieces, n_pieces = ndimage.label(mask, _FOUR)
+    reached = np.zeros(n_pieces + 1, bool)
+    reached[pieces[peaks]] = True
+    lonely = ~reached[pieces] & mask
+    if lonely.any():
+        markers[lonely] = n + pieces[lonely]
     return watershed(-dist, markers, mask=mask, connectivity=1).astype(np.int32), smooth
 
 
