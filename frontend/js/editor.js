@@ -13,6 +13,11 @@ import { BY_NAME, cellEdit } from './tools.js';
 import { Viewport } from './view.js';
 
 const FILL_STEPS = [0, 0.3, 0.6];
+
+function strokeId() {
+  const bytes = crypto.getRandomValues(new Uint8Array(8));
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
+}
 const OUTLINE_STEPS = [1, 0.5, 0];
 const MAX_BRUSH = 100;
 
@@ -331,7 +336,7 @@ export class Editor {
       for (let x = x0; x < x1; x++) {
         if (!mask[(y - y0) * bw + (x - x0)]) continue;
         const i = (y * this.labels.width + x) * 2 + layer;
-        if (tool === 'erase') shown[i] = 0;
+        if (tool === 'erase') { if (!label || shown[i] === label) shown[i] = 0; }
         else if (overwrite || shown[i] === 0) shown[i] = label;
       }
     }
@@ -339,7 +344,12 @@ export class Editor {
   }
 
   previewStroke(d, points) {
-    if (!d.params) d.params = { label: this.brushLabel, overwrite: this.overwrite, layer: this.display.layer, radius: this.radius };
+    if (!d.params) {
+      const layer = this.display.layer;
+      // DeepCell Label's eraser: with a cell selected it erases that cell only; with none, every cell under it
+      const selected = this.display.selected && this.labels.stats[layer].has(this.display.selected) ? this.display.selected : 0;
+      d.params = { label: d.tool === 'erase' ? selected : this.brushLabel, overwrite: this.overwrite, layer, radius: this.radius };
+    }
     const box = this.stamp(d.tool, d.params, points);
     d.box = unionBox(d.box, box);
     this.renderer.updateLabels(box);
@@ -374,8 +384,11 @@ export class Editor {
     const points = simplify(tracePoints(d.points));
     const parts = chunks(points);
     const base = { layer: d.params.layer, radius: d.params.radius };
+    // the parts of one long stroke share an id: the server makes them one undo step
+    if (parts.length > 1) base.stroke = strokeId();
     parts.forEach((pts, i) => {
-      const params = d.tool === 'paint' ? { ...base, points: pts, label: d.params.label, overwrite: d.params.overwrite } : { ...base, points: pts };
+      const params = d.tool === 'paint' ? { ...base, points: pts, label: d.params.label, overwrite: d.params.overwrite }
+        : d.params.label ? { ...base, points: pts, label: d.params.label } : { ...base, points: pts };
       const box = strokeMask(pts, d.params.radius, this.labels.height, this.labels.width).box;
       this.queue.push({ action: 'edit', tool: d.tool, params, preview: true, box: i === 0 ? unionBox(box, d.box) : box });
     });
