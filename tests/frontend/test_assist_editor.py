@@ -15,7 +15,8 @@ from pipeline.model.maps import maps_from_labels
 
 from .test_editor import click, drag, message, open_task, settle, shown_labels
 
-BOXES = {"assist": (0, 0, 160, 160), "assistbox": (128, 128, 288, 288), "nomaps": (256, 0, 320, 64)}
+BOXES = {"assist": (0, 0, 160, 160), "assistbox": (128, 128, 288, 288), "nomaps": (256, 0, 320, 64),
+         "strokes": (256, 256, 384, 384)}
 
 
 @pytest.fixture(scope="module")
@@ -45,13 +46,13 @@ def assist(server, shared_data):
         truth = np.zeros((y1 - y0, x1 - x0, 2), np.int32)
         truth[..., 0] = cells[y0:y1, x0:x1]
         ids, counts = np.unique(truth[..., 0][truth[..., 0] > 0], return_counts=True)
-        missing = [int(i) for i in ids[np.argsort(-counts)][2:5]]
+        missing = [int(i) for i in ids[np.argsort(-counts)][2:5]] if name != "strokes" else []
         labels = truth.copy()
         labels[..., 0][np.isin(labels[..., 0], missing)] = 0
         task = svc.create_task(batch, (y0, x0, y1, x1), server.image[y0:y1, x0:x1], labels)
         session.commit()
         maps = None
-        if name != "nomaps":
+        if name not in ("nomaps", "strokes"):
             maps = maps_from_labels(truth)
             maps = np.where(maps < NOISE_FLOOR, 0, maps).astype(np.uint8)  # as stored
             whole = np.zeros(cells.shape + (4,), np.uint8)  # prelabel hands over the whole image's maps
@@ -156,3 +157,82 @@ def test_a_task_without_maps_has_the_assist_tools_off_and_says_why(server, conte
     assert "off" in message(page) and "no model maps" in message(page)
     help_text = page.locator(".help").text_content()
     assert "assist" in help_text and "Shift+A" in help_text
+
+
+def test_eraser_takes_only_the_selected_cell_and_a_long_stroke_is_one_undo_step(server, context, assist):
+    truth, labels, _, _ = assist["strokes"]
+    from scipy import ndimage
+
+    page = open_task(context, server, "strokes")
+    # two touching cells: select one, erase across both
+    ids = [int(i) for i in np.unique(labels[..., 0]) if i]
+    grown = {i: ndimage.binary_dilation(labels[..., 0] == i) for i in ids}
+    a, b = next((i, j) for i in ids for j in ids if i < j and (grown[i] & (labels[..., 0] == j)).sum() > 3)
+    ya, xa = centre_of(labels, a)
+    yb, xb = centre_of(labels, b)
+    page.keyboard.press("v")
+    click(page, ya, xa)
+    assert page.evaluate("() => window.cellloop.editor.display.selected") == a
+    page.keyboard.press("e")
+    drag(page, [(ya, xa), (yb, xb)])
+    settle(page)
+    after = server.labels("strokes")
+    changed = after[..., 0] != labels[..., 0]
+    assert changed.any() and set(np.unique(labels[..., 0][changed]).tolist()) == {a}
+    assert (after[..., 0] == b).sum() == (labels[..., 0] == b).sum()
+    np.testing.assert_array_equal(shown_labels(page), after)
+    # with nothing selected the eraser takes every cell under it
+    page.keyboard.press("Escape")
+    page.keyboard.press("e")
+    drag(page, [(ya, xa), (yb, xb)])
+    settle(page)
+    assert (server.labels("strokes")[..., 0] == b).sum() < (labels[..., 0] == b).sum()
+    erased = server.labels("strokes")
+
+    # a stroke of 4,500 points goes as three requests and comes back with one undo
+    page.keyboard.press("n")
+    trace = [[10 + (i % 2) * 20, 5 + i // 40] for i in range(4500)]
+    page.evaluate("""(trace) => {
+        const e = window.cellloop.editor;
+        e.drag = { kind: 'stroke', tool: 'paint', points: trace, box: null };
+        e.previewStroke(e.drag, trace);
+        e.finishStroke(e.drag);
+        e.drag = null;
+    }""", trace)
+    settle(page)
+    revision = server.info("strokes")["revision"]
+    assert (server.labels("strokes") != erased).any() and revision == 5
+    page.keyboard.press("Control+z")
+    settle(page)
+    np.testing.assert_array_equal(server.labels("strokes"), erased)
+    np.testing.assert_array_equal(shown_labels(page), erased)
+    page.keyboard.press("Control+z")  # the next undo is the eraser stroke before it
+    settle(page)
+    np.testing.assert_array_equal(server.labels("strokes"), after)
+    assert page.errors == []
+
+
+SELECT_AND_PROBE = """([id, r, c]) => {
+    const e = window.cellloop.editor;
+    e.view.scale = 4; e.view.centerOn(r + 0.5, c + 0.5);
+    e.selectCell(id, false); e.drawNow();
+    const [x, y] = e.view.toCanvas(r + 0.5, c + 0.5).map(Math.floor);
+    const probe = document.createElement('canvas'); probe.width = 1; probe.height = 1;
+    const ctx = probe.getContext('2d'); ctx.drawImage(e.canvas, x, y, 1, 1, 0, 0, 1, 1);
+    return [Array.from(ctx.getImageData(0, 0, 1, 1).data), e.renderer.tilesDrawn];
+}"""
+
+
+def test_selecting_a_cell_highlights_it_without_redrawing_the_tile_cache(server, context, assist):
+    _, labels, _, _ = assist["nomaps"]
+    page = open_task(context, server, "nomaps")
+    assert page.evaluate("() => window.cellloop.editor.renderer.name").startswith("WebGL2")
+    ids = [int(i) for i in np.unique(labels[..., 0]) if i]
+    a, b = sorted(ids, key=lambda i: -(labels[..., 0] == i).sum())[:2]
+    r, c = centre_of(labels, a)
+    plain, drawn = page.evaluate(SELECT_AND_PROBE, [0, r, c])
+    lit, drawn_after = page.evaluate(SELECT_AND_PROBE, [a, r, c])
+    assert lit != plain and drawn_after == drawn  # highlighted, and not one tile composited again
+    other, drawn_other = page.evaluate(SELECT_AND_PROBE, [b, r, c])
+    assert other == plain and drawn_other == drawn
+    assert page.errors == []
