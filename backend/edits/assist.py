@@ -182,7 +182,8 @@ def _draw_cell(ctx, point, settings, accept=False):
     cell = _keep_piece(cell & allowed, local)
     if not cell.any():
         raise EditError(f"the model's cell at {list(point)} lies under other cells (exclude mode)")
-    cell = ndimage.binary_fill_holes(cell) & allowed
+    # holes filled, but a filled hole behind another cell's pixels would be a second piece: keep one
+    cell = _keep_piece(ndimage.binary_fill_holes(cell) & allowed, local)
     after = before.copy()
     if under:
         after[before == under] = 0
