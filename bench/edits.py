@@ -13,6 +13,9 @@ same labels. ``commit_median_ms`` is what the server adds per edit: apply the pa
 update the index, encode the patch for the browser.
 ``flood`` fills a hole inside a cell (the common use); ``flood_background`` fills the
 background of the whole layer, which is a whole-image edit by nature.
+``assist_click`` clicks the centre of a cell missing from the labels, ``assist_box`` re-segments a box of
+about four cells (sensitivity 0.5), both from the maps a perfect model would give for the tissue (its training
+targets: real maps are noisier, which costs the watershed about the same); they have no naive counterpart.
 """
 
 from __future__ import annotations
@@ -279,6 +282,41 @@ def run_size(size, reps, baseline_reps, rng):
         }), flush=True)
 
 
+def run_assist(size, reps, rng):
+    """Latency of the assist tools on the same tissue, with maps from its true labels."""
+    from pipeline.model.maps import maps_from_labels
+
+    labels, image, cells = make_tissue(size, rng)
+    truth = labels.copy()
+    yy, xx = np.mgrid[:size, :size]
+    for label, (y, x) in cells["missing"]:
+        y0, y1, x0, x1 = max(y - 12, 0), min(y + 13, size), max(x - 12, 0), min(x + 13, size)
+        disc = (yy[y0:y1, x0:x1] - y) ** 2 + (xx[y0:y1, x0:x1] - x) ** 2 <= CELL_RADIUS ** 2
+        window = truth[y0:y1, x0:x1, 0]
+        window[disc & (window == 0)] = label
+    maps = maps_from_labels(truth)
+    index = LabelIndex.build(labels)
+    half = CELL_SPACING
+    cases = {
+        "assist_click": [{"layer": 0, "point": [y, x]} for _, (y, x) in cells["missing"]],
+        "assist_box": [{"layer": 0, "box": [y - half, x - half, y + half, x + half], "sensitivity": 0.5}
+                       for _, (y, x) in cells["plain"] if half <= y < size - half and half <= x < size - half],
+    }
+    for tool, params in cases.items():
+        n = min(reps, len(params))
+        apply_edit(labels, image, tool, params[0], index, maps=maps)  # warm caches and imports
+        times, _ = timed(lambda i: apply_edit(labels, image, tool, params[i], index, maps=maps), n)
+        bare_times, _ = timed(lambda i: apply_edit(labels, image, tool, params[i], maps=maps), n)
+        patches = [apply_edit(labels, image, tool, p, index, maps=maps) for p in params[:n]]
+        print(json.dumps({
+            "bench": "edits", "case": f"{tool}@{size}",
+            "median_ms": round(float(np.median(times)), 3), "p95_ms": round(float(np.percentile(times, 95)), 3),
+            "n": int(n), "no_index_median_ms": round(float(np.median(bare_times)), 3),
+            "median_patch_px": int(np.median([p.before.size for p in patches])),
+            "cells": len(index.boxes[0]), "maps": "training targets of the true labels",
+        }), flush=True)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few repetitions")
@@ -287,6 +325,8 @@ def main(argv=None):
     rng = np.random.default_rng(20261126)
     for size in (2048, 270):
         run_size(size, reps, baseline_reps, rng)
+    for size in (2048, 270):
+        run_assist(size, reps, rng)
 
 
 if __name__ == "__main__":

@@ -408,3 +408,161 @@ def distinct_cells(rows: list[dict], truths: dict, layers=(0,)) -> int:
         for layer in layers:
             n += int(len(np.unique(truth[..., layer][seen])) - (1 if (truth[..., layer][seen] == 0).any() else 0))
     return n
+
+
+# --- the assisted annotator: the editor's model-assisted tools where they reach the target -------------------
+
+ASSIST_SENSITIVITIES = (0.5, 0.7, 0.3, 0.9, 0.1)  # the slider positions an annotator tries, in order
+
+
+def _patched(labels: np.ndarray, data: bytes) -> np.ndarray:
+    out = labels.copy()
+    apply_patch(out, data)
+    return out
+
+
+def _reaches(layer: np.ndarray, truth: np.ndarray, cells, target_iou: float) -> bool:
+    """Every true cell of ``cells`` has a predicted cell overlapping it by ``target_iou``."""
+    for t in cells:
+        true = truth == t
+        ids, counts = np.unique(layer[true], return_counts=True)
+        best = 0.0
+        for p, inter in zip(ids.tolist(), counts.tolist()):
+            if p:
+                best = max(best, inter / (true.sum() + (layer == p).sum() - inter))
+        if best < target_iou:
+            return False
+    return True
+
+
+def next_assist_fix(client: "TaskClient", labels: np.ndarray, truth: np.ndarray, layer: int, *,
+                    target_iou: float = TARGET_IOU, skip=frozenset()):
+    """The next correction made with an assist tool, as (key, tool, params), or None. An annotator previews
+    what the model would draw (``/preview``, as the editor's box slider does) and applies it only where the
+    cells it fixes then reach ``target_iou``: click -> cell for a missed cell, box -> re-segment (trying a few
+    sensitivities) for cells split in parts or merged together. Everything else is left to ``next_fix``."""
+    pred = labels[..., layer]
+    true_boxes = ndi.find_objects(truth)
+    pred_boxes = ndi.find_objects(pred)
+    for key, kind, cells in _candidates(pred, truth, target_iou):
+        akey = ("assist",) + key
+        if akey in skip or akey in client.failed or kind not in ("paint-new", "merge", "split"):
+            continue
+        if kind == "paint-new":
+            t = cells[0]
+            box = _box(true_boxes[t - 1], 1, truth.shape)
+            free = (truth[box] == t) & (pred[box] == 0)
+            if not free.any():
+                continue
+            dist = ndi.distance_transform_edt(np.pad(free, 1))[1:-1, 1:-1]
+            y, x = np.unravel_index(int(np.argmax(dist)), free.shape)
+            params = {"point": [int(y) + box[0].start, int(x) + box[1].start]}
+            tries, tool, wanted = [params], "assist_click", (t,)
+        else:
+            ts = (key[1],) if kind == "merge" else cells[1:]  # merge: key names the true cell, cells its parts
+            ps = cells if kind == "merge" else cells[:1]
+            region = None
+            for t in ts:
+                region = true_boxes[t - 1] if region is None else _union(region, true_boxes[t - 1])
+            for p in ps:
+                region = _union(region, pred_boxes[p - 1])
+            region = _box(region, 2, truth.shape)
+            box = [region[0].start, region[1].start, region[0].stop, region[1].stop]
+            tries = [{"box": box, "sensitivity": s} for s in ASSIST_SENSITIVITIES]
+            tool, wanted = "assist_box", ts
+        for params in tries:
+            try:
+                preview = client.preview(tool, params, layer)
+            except APIError as exc:
+                if exc.status == 400:  # the model sees no cell there, or the task has no maps
+                    break
+                raise
+            if _reaches(_patched(labels, preview)[..., layer], truth, wanted, target_iou):
+                return akey, tool, params
+        client.failed.add(akey)  # not previewed again: the hand tools fix this one
+    return None
+
+
+@dataclass
+class AssistedEffort(Effort):
+    """Effort with the assist tools: ``model_px`` are the pixels the model drew (not painted by hand), and
+    ``previews`` how often the annotator looked at what the model would draw before deciding."""
+
+    model_px: int = 0
+    previews: int = 0
+
+    def add(self, other: "Effort") -> None:
+        super().add(other)
+        self.model_px += getattr(other, "model_px", 0)
+        self.previews += getattr(other, "previews", 0)
+
+    def as_dict(self) -> dict:
+        return {**super().as_dict(), "model_px": self.model_px, "previews": self.previews}
+
+
+class AssistedTaskClient(TaskClient):
+    """A task client that can also ask for previews (``POST /preview``: the patch an edit would make)."""
+
+    def __init__(self, base_url: str, token: str):
+        super().__init__(base_url, token)
+        self.previews = 0
+        self.failed: set = set()
+
+    def preview(self, tool: str, params: dict, layer: int) -> bytes:
+        self.previews += 1
+        _, _, body = self.http.request("POST", self.path + "/preview",
+                                       {"base_revision": self.revision, "tool": tool,
+                                        "params": {**params, "layer": layer}})
+        return body
+
+
+def annotate_assisted(base_url: str, token: str, truth: np.ndarray, *, layers=(0,), target_iou: float = TARGET_IOU,
+                      max_ops: int | None = None, submit: bool = True) -> AssistedEffort:
+    """``annotate`` with the assist tools first wherever their preview reaches ``target_iou``; the hand tools
+    (``next_fix``) for the rest. Operations are counted as ``annotate`` counts them (one per request);
+    pixels the model drew go to ``model_px``, not ``painted_px``."""
+    truth = truth if truth.ndim == 3 else truth[..., None]
+    client = AssistedTaskClient(base_url, token)
+    client.open()
+    effort = AssistedEffort()
+    for layer in layers:
+        true_layer = truth[..., layer]
+        effort.cells += int(len(np.unique(true_layer)) - 1)
+        budget = max_ops if max_ops is not None else 12 * (int(true_layer.max()) + 5)
+        skip: set = set()
+        labels = client.labels()
+        while budget > 0:
+            fix = (next_assist_fix(client, labels, true_layer, layer, target_iou=target_iou, skip=frozenset(skip))
+                   or next_fix(labels[..., layer], true_layer, target_iou=target_iou, skip=frozenset(skip)))
+            if fix is None:
+                break
+            key, tool, params = fix
+            skip.add(key)
+            before = labels[..., layer].copy()
+            client.edit(labels, tool, params, layer)
+            after = labels[..., layer]
+            changed = before != after
+            effort.ops[tool] += 1
+            drawn = int((changed & (after > 0)).sum())
+            if tool.startswith("assist_"):
+                effort.model_px += drawn
+            else:
+                effort.painted_px += drawn
+            effort.erased_px += int((changed & (after == 0)).sum())
+            if changed.any() and key[0] in ("grow", "grow-rim", "trim"):
+                skip.discard(key)
+            budget -= 1
+    effort.previews = client.previews
+    if submit:
+        client.submit()
+    return effort
+
+
+def annotate_batch_assisted(base_url: str, rows: list[dict], truths: dict, **options) -> AssistedEffort:
+    """``annotate_batch`` with ``annotate_assisted``."""
+    total = AssistedEffort()
+    for row in rows:
+        y0, x0, y1, x1 = (int(row[k]) for k in ("y0", "x0", "y1", "x1"))
+        token = row["url"].rsplit("/task/", 1)[1]
+        total.add(annotate_assisted(base_url, token, truths[row["image"]][y0:y1, x0:x1], **options))
+    return total

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import brush, morph, region, relabel, segment
+from . import assist, brush, morph, region, relabel, segment
 from .errors import EditError
 from .params import EditContext
 
@@ -21,7 +21,12 @@ _TOOL_FUNCTIONS = {
     "grow": morph.grow,
     "shrink": morph.shrink,
     "trim": region.trim,
+    "assist_click": assist.assist_click,
+    "assist_box": assist.assist_box,
+    "assist_accept": assist.assist_accept,
 }
+# tools that read the model's maps: the server passes them only to these
+ASSIST_TOOLS = ("assist_click", "assist_box", "assist_accept")
 TOOLS = tuple(_TOOL_FUNCTIONS)
 
 
@@ -41,11 +46,21 @@ def _check_arrays(labels, image):
     return image
 
 
-def apply_edit(labels, image, tool, params, index=None):
+def _check_maps(labels, maps):
+    if maps is None:
+        return None
+    maps = np.asarray(maps)
+    if maps.ndim != 3 or maps.shape[:2] != labels.shape[:2] or maps.shape[2] < 2 * labels.shape[2]:
+        raise EditError(f"maps of shape {maps.shape} do not match labels of shape {labels.shape}")
+    return maps
+
+
+def apply_edit(labels, image, tool, params, index=None, maps=None):
     """Run one edit and return its Patch; ``labels`` is left untouched.
 
     ``index`` (a LabelIndex kept in step with ``labels``) is only a speed-up: the result
-    is the same with or without it.
+    is the same with or without it. ``maps`` (H, W, 4), the model's maps of this crop (see
+    ``assist.MAP_CHANNELS``), are read only by the assist tools.
     """
     if tool not in _TOOL_FUNCTIONS:
         raise EditError(f"unknown tool {tool!r}; known tools: {', '.join(TOOLS)}")
@@ -54,4 +69,5 @@ def apply_edit(labels, image, tool, params, index=None):
     image = _check_arrays(labels, image)
     if index is not None and tuple(index.shape) != labels.shape:
         raise EditError(f"index was built for labels of shape {index.shape}, not {labels.shape}")
-    return _TOOL_FUNCTIONS[tool](EditContext(labels, image, params, index))
+    maps = _check_maps(labels, maps)
+    return _TOOL_FUNCTIONS[tool](EditContext(labels, image, params, index, maps))

@@ -47,6 +47,16 @@ def int_in(params, key, lo, hi, default=None):
     return value
 
 
+def number_in(params, key, lo, hi, default):
+    """A finite number in lo..hi (a float); ``default`` when absent or null."""
+    value = params.get(key)
+    if value is None:
+        return float(default)
+    if not _is_number(value) or not math.isfinite(value) or not lo <= value <= hi:
+        raise EditError(f"{key} must be a number in {lo}..{hi}, got {value!r}")
+    return float(value)
+
+
 def label_param(params, key, required=True, minimum=0):
     """A label id, ``minimum``..int32 max; None when optional and absent or null."""
     if params.get(key) is None:
@@ -122,9 +132,10 @@ def layer_param(params, n_layers):
 class EditContext:
     """Everything one tool call may read: the labels, image, chosen layer and index."""
 
-    def __init__(self, labels, image, params, index):
+    def __init__(self, labels, image, params, index, maps=None):
         self.labels = labels
         self.image = image
+        self.maps = maps
         self.params = params
         self.index = index
         self.layer_index = layer_param(params, labels.shape[2])

@@ -16,6 +16,7 @@ from backend.store.arrays import decode_array, encode_array
 from backend.store.models import Batch, Revision, Task, utcnow
 from backend.store.projects import model_channel_indices
 from backend.store.storage import Storage
+from backend.tasks.maps import keep_crop_maps
 from backend.tasks.revisions import UNTOUCHED, RevisionStore
 
 
@@ -37,12 +38,13 @@ def scale_for(version, pixel_size_um: float | None) -> float | str | None:
 
 def segment_image_job(storage_url: str, image_key: str, labels_key: str, method: str, channels: list[int],
                       model: tuple[str, str, str | None] | None, cache_root: str,
-                      image_mpp: float | str | None) -> tuple[str, int]:
-    """Segment one whole stored image and store its labels: the unit of work of `prelabel`, run in this process
-    or on a Dask worker (it reads and writes storage itself, so only keys travel)."""
+                      image_mpp: float | str | None) -> tuple[str, int, str | None]:
+    """Segment one whole stored image and store its labels (and a model's maps): the unit of work of `prelabel`,
+    run in this process or on a Dask worker (it reads and writes storage itself, so only keys travel)."""
     from backend.store.storage import storage_from_url
 
     storage = storage_from_url(storage_url)
+    maps_key = None  # the model's maps of the whole image (assist tools), when the method has any
     pixels = decode_array(storage.get(image_key), max_pixels=None)
     X = np.ascontiguousarray(pixels[..., channels], dtype=np.float32)
     if method == registry.BASELINE:
@@ -52,9 +54,29 @@ def segment_image_job(storage_url: str, image_key: str, labels_key: str, method:
     else:
         name, prefix, sha = model
         folder = registry.fetch_files(storage, name, prefix, cache_root, sha)
-        labels = load_mesmer(str(folder)).predict(X, image_mpp=image_mpp)
+        mesmer = load_mesmer(str(folder))
+        labels = mesmer.predict(X, image_mpp=image_mpp)
+        maps_key = store_image_maps(storage, labels_key, mesmer.last_outputs, labels.shape[:2])
     storage.put(labels_key, encode_array(labels.astype(np.int32)))
-    return labels_key, int(len(np.unique(labels[..., 0])) - 1)
+    return labels_key, int(len(np.unique(labels[..., 0])) - 1), maps_key
+
+
+def store_image_maps(storage: Storage, labels_key: str, outputs, shape) -> str | None:
+    """Store the whole image's model maps (uint8, see pipeline.model.maps) beside its labels; their key."""
+    if outputs is None:
+        return None
+    from pipeline.model.maps import maps_from_outputs
+
+    key = labels_key.replace(".npy.gz", "") + ".maps.npy.gz"
+    storage.put(key, encode_array(maps_from_outputs(outputs, shape), level=6))
+    return key
+
+
+def load_image_maps(storage: Storage, result) -> np.ndarray | None:
+    """The whole image's maps from a job's result (labels key, cells, maps key), or None."""
+    if len(result) < 3 or result[2] is None:
+        return None
+    return decode_array(storage.get(result[2]), max_pixels=None)
 
 
 def _run_jobs(jobs: list[tuple], scheduler: str | None, workers: int, desc: str) -> list:
@@ -133,19 +155,23 @@ def prelabel_batch(session: Session, storage: Storage, config, batch: Batch, mod
     crops = 0
     svc = RevisionStore(session, storage)
     for image, pending in todo:
-        whole = None
+        whole = whole_maps = None
         if image.image_key in by_image:
             whole = decode_array(storage.get(by_image[image.image_key][0]), max_pixels=None)
+            whole_maps = load_image_maps(storage, by_image[image.image_key])
         for task, _ in pending:
             labels = (np.zeros(task.shape + (2,), np.int32) if whole is None
                       else relabel_crop(whole[task.y0:task.y1, task.x0:task.x1]))
             # revision 0 is the crop's starting point: replaced only if nobody opened or edited the crop meanwhile
             if svc.write_prelabel(task, labels, choice.label):
                 crops += 1
+                keep_crop_maps(session, storage, task, whole_maps, choice.label)
             else:
                 touched.append(task.id)
         if image.image_key in by_image:
-            storage.delete(by_image[image.image_key][0])
+            for key in by_image[image.image_key][::2]:  # labels, maps
+                if key is not None:
+                    storage.delete(key)
     batch.prelabel = choice.label
     batch.model_version_id = choice.version.id if choice.version is not None else None
     batch.prelabeled_at = utcnow()

@@ -210,6 +210,10 @@ class Task(Base):
     submitted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     reviewed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     time_open_s: Mapped[float] = mapped_column(Float, default=0.0)
+    # the crop's model maps (uint8 (H, W, 4), see backend.tasks.maps) and the model version that made them, kept
+    # beside its prelabel for the assist tools; None when the prelabel had no maps (baseline, none, older tasks)
+    maps_key: Mapped[str | None] = mapped_column(String(1024))
+    maps_model: Mapped[str | None] = mapped_column(String(200))
 
     batch: Mapped[Batch] = relationship(back_populates="tasks")
     source_image: Mapped[Image | None] = relationship()

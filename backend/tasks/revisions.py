@@ -20,11 +20,12 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from backend.edits import EditError, LabelIndex, Patch, apply_edit
+from backend.edits import ASSIST_TOOLS, EditError, LabelIndex, Patch, apply_edit
 from backend.store.arrays import decode_array, encode_array, validate_labels
 from backend.store.cache import ArrayCache
 from backend.store.models import Batch, Revision, Task, TaskState
 from backend.store.storage import NotFound, Storage
+from backend.tasks import maps as task_maps
 from backend.tasks import states
 from backend.tasks.transitions import (Actor, StaleRevision, conditional_update, now, raise_lost_race, set_columns,
                                        transition)
@@ -315,7 +316,7 @@ class RevisionStore:
         epoch = task.labels_epoch  # read before the labels the patch is computed on
         current, labels, index = self._working_labels(task)
         try:
-            patch = apply_edit(labels, self.image(task), tool, params, index=index)
+            patch = apply_edit(labels, self.image(task), tool, params, index=index, maps=self._maps_for(task, tool))
         except Exception:
             self._keep(current, labels, index)  # apply_edit leaves the labels untouched
             raise
@@ -327,23 +328,64 @@ class RevisionStore:
                                  index=index, epoch=epoch)
         return rev, patch
 
+    def maps(self, task: Task) -> np.ndarray | None:
+        """The crop's model maps (read-only), or None when it has none (the assist tools are then off)."""
+        return task_maps.load_maps(self.storage, task, self.cache)
+
+    def _maps_for(self, task: Task, tool: str) -> np.ndarray | None:
+        if tool not in ASSIST_TOOLS:
+            return None
+        maps = self.maps(task)
+        if maps is None:
+            raise EditError(task_maps.NO_MAPS_REASON)
+        return maps
+
+    def preview(self, task: Task, actor: Actor, base_revision: int | None, tool: str, params: dict) -> Patch:
+        """The patch ``tool`` would make on the current labels, computed exactly as ``edit`` would and stored
+        nowhere (the editor's box preview before apply). Same checks as an edit, so a preview of a task the
+        actor may not edit is refused too."""
+        self._check_base(task, base_revision)
+        self._check_editable(task, actor)
+        current, labels, index = self._working_labels(task)
+        try:
+            return apply_edit(labels, self.image(task), tool, params, index=index, maps=self._maps_for(task, tool))
+        finally:
+            self._keep(current, labels, index)  # apply_edit leaves the labels untouched
+
     def history(self, task: Task) -> tuple[list[int], list[int]]:
-        """The undo and redo stacks (revision numbers of edits), derived from the revision log."""
-        undo: list[int] = []
-        redo: list[int] = []
+        """The undo and redo stacks (the last revision number of each step), derived from the revision log."""
+        undo, redo = self._steps(task)
+        return [step[-1] for step in undo], [step[-1] for step in redo]
+
+    def _steps(self, task: Task) -> tuple[list[list[int]], list[list[int]]]:
+        """The undo and redo stacks as steps, each the revision numbers of its edits in order. Consecutive edits
+        naming the same ``stroke`` (one long stroke the editor cut into several requests) on the same layer are
+        one step: one undo takes the whole stroke back."""
+        undo: list[list[int]] = []
+        redo: list[list[int]] = []
+        last = None  # (stroke, layer) of the revision just before, when it was an edit of a stroke
         for rev in self.db.scalars(select(Revision).where(Revision.task_id == task.id).order_by(Revision.number)):
             if rev.action == "undo":
                 redo.append(undo.pop())
             elif rev.action == "redo":
                 undo.append(redo.pop())
             elif rev.action == EDIT_ACTIONS:
-                undo.append(rev.number)
+                params = rev.params or {}
+                stroke = params.get("stroke")
+                key = None if stroke is None else (stroke, params.get("layer", 0))
+                if key is not None and key == last and undo:
+                    undo[-1].append(rev.number)
+                else:
+                    undo.append([rev.number])
                 redo.clear()
+                last = key
+                continue
             elif rev.action == "replace":
                 # a wholesale replacement has no patch to step through: history before it stays
                 # readable in storage, but undo stops here
                 undo.clear()
                 redo.clear()
+            last = None
         return undo, redo
 
     def replace_labels(self, task: Task, actor: Actor, base_revision: int | None, labels: np.ndarray) -> Revision:
@@ -366,22 +408,46 @@ class RevisionStore:
     def _replay(self, task: Task, actor: Actor, base_revision: int | None, action: str) -> tuple[Revision, Patch]:
         self._check_base(task, base_revision)
         self._check_editable(task, actor)
-        undo, redo = self.history(task)
+        undo, redo = self._steps(task)
         stack = undo if action == "undo" else redo
         if not stack:
             raise NothingToUndo(f"nothing to {action}")
-        target = stack[-1]
-        patch = self._stored_patch(task, target)
-        if action == "undo":
-            patch = patch.inverse()
-        epoch = task.labels_epoch
+        step = stack[-1]
+        target = step[-1]
+        epoch = task.labels_epoch  # read before the labels the patch applies to
         _, labels, index = self._working_labels(task)
+        try:
+            patch = self._step_patch(task, step, labels, undo=action == "undo")
+        except (EditError, NotFound) as exc:
+            self._keep(self.current_revision(task), labels, index)
+            raise CorruptHistory(f"task {task.id}: cannot {action} revision {target}: {exc}") from exc
         try:
             rev = self._commit_patch(task, actor, labels, patch, action=action, params={}, target=target, index=index,
                                      epoch=epoch)
         except EditError as exc:
             raise CorruptHistory(f"task {task.id}: cannot {action} revision {target}: {exc}") from exc
         return rev, patch
+
+    def _step_patch(self, task: Task, step: list[int], labels: np.ndarray, *, undo: bool) -> Patch:
+        """One patch that undoes (or redoes) every edit of ``step`` on ``labels`` (the current labels, at the end of
+        the step for an undo, at its start for a redo): the stored patches replayed on a copy of their union box."""
+        patches = [self._stored_patch(task, number) for number in step]
+        if len(patches) == 1:
+            return patches[0].inverse() if undo else patches[0]
+        patches = [p for p in patches if p.before.size]
+        if not patches:
+            return Patch.empty(0)
+        layer = patches[0].layer
+        if any(p.layer != layer for p in patches):
+            raise EditError("the edits of one stroke lie on different layers")
+        y0, x0 = min(p.box[0] for p in patches), min(p.box[1] for p in patches)
+        y1, x1 = max(p.box[2] for p in patches), max(p.box[3] for p in patches)
+        start = np.ascontiguousarray(labels[y0:y1, x0:x1, layer])
+        window = start[..., None].copy()
+        for p in (reversed(patches) if undo else patches):
+            shifted = Patch(0, (p.box[0] - y0, p.box[1] - x0, p.box[2] - y0, p.box[3] - x0), p.before, p.after)
+            (shifted.inverse() if undo else shifted).apply(window, check=True)
+        return Patch.from_windows(layer, y0, x0, start, window[..., 0])
 
     # --- machine work ------------------------------------------------------------------------------------------
     def write_prelabel(self, task: Task, labels: np.ndarray, label: str) -> bool:

@@ -13,6 +13,7 @@ from backend.web.auth import read_task_token
 from backend.store.models import Task
 from backend.web.security_headers import PAGE_CSP
 from backend.tasks import Actor
+from backend.tasks.maps import assist_status
 
 bp = Blueprint("crowd", __name__)
 WORKER_ID = re.compile(r"^[A-Za-z0-9_.:@-]{1,100}$")
@@ -75,6 +76,7 @@ def task_summary(task: Task, svc) -> dict:
         "can_undo": bool(undo),
         "can_redo": bool(redo),
         "review": None if review is None else {"verdict": review.verdict, "comment": review.comment},
+        "assist": assist_status(task),
     }
 
 
@@ -124,6 +126,19 @@ def edit(token: str):
     body = json_body()
     tool, params = edit_request(body, task)
     return edit_reply(*service().edit(task, actor, base_revision(body), tool, params))
+
+
+def preview_reply(task, patch):
+    return binary(patch.to_bytes(), PATCH_MIMETYPE, revision=task.revision)
+
+
+@bp.post("/api/task/<token>/preview")
+def preview(token: str):
+    """The patch an edit would make, computed like /edit and stored nowhere (the assist box's preview)."""
+    task, actor = _task_from_token(token)
+    body = json_body()
+    tool, params = edit_request(body, task)
+    return preview_reply(task, service().preview(task, actor, base_revision(body), tool, params))
 
 
 @bp.post("/api/task/<token>/undo")

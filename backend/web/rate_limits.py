@@ -13,8 +13,8 @@ import hashlib
 from flask import Flask, request
 from flask_limiter import Limiter
 
-LINK_WRITE_ENDPOINTS = ("crowd.edit", "crowd.undo", "crowd.redo", "crowd.submit", "crowd.open_task")
-REVIEW_WRITE_ENDPOINTS = ("review.edit", "review.undo", "review.redo", "review.upload_labels")
+LINK_WRITE_ENDPOINTS = ("crowd.edit", "crowd.preview", "crowd.undo", "crowd.redo", "crowd.submit", "crowd.open_task")
+REVIEW_WRITE_ENDPOINTS = ("review.edit", "review.preview", "review.undo", "review.redo", "review.upload_labels")
 
 
 def client_address() -> str:

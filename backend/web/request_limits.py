@@ -9,6 +9,7 @@ parameters each tool knows are kept, so the revision log never stores a client's
 from __future__ import annotations
 
 import math
+import re
 from numbers import Real
 
 from flask import abort, request
@@ -18,7 +19,7 @@ from backend.edits.params import MAX_RADIUS
 # bodies: JSON everywhere except label uploads, which are sized to their task (see label_upload_limit)
 JSON_BODY_BYTES = 64 * 1024
 EDIT_BODY_BYTES = 1024 * 1024
-EDIT_ENDPOINTS = frozenset({"crowd.edit", "review.edit"})
+EDIT_ENDPOINTS = frozenset({"crowd.edit", "review.edit", "crowd.preview", "review.preview"})
 
 MAX_STROKE_POINTS = 5000
 # total stroke length in pixels: 20 px per point at the point cap, more on tasks large enough to need it
@@ -29,11 +30,13 @@ MAX_STROKE_WORK = 100_000_000
 MAX_BOX_PIXELS = 2048 * 2048
 MAX_SPLIT_SEEDS = 64
 MAX_COORDINATE = 2**31 - 1
+# the parts of one long stroke name it: they are one undo step (backend.tasks.revisions)
+STROKE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 _COMMON = ("layer",)
 KNOWN_PARAMS: dict[str, frozenset[str]] = {tool: frozenset(_COMMON + extra) for tool, extra in {
-    "paint": ("points", "radius", "label", "overwrite"),
-    "erase": ("points", "radius", "label"),
+    "paint": ("points", "radius", "label", "overwrite", "stroke"),
+    "erase": ("points", "radius", "label", "stroke"),
     "flood": ("point", "label", "connectivity"),
     "trim": ("point", "label", "connectivity"),
     "merge": ("a", "b"),
@@ -44,6 +47,9 @@ KNOWN_PARAMS: dict[str, frozenset[str]] = {tool: frozenset(_COMMON + extra) for 
     "autofit": ("label", "channel", "margin"),
     "grow": ("label", "n"),
     "shrink": ("label", "n"),
+    "assist_click": ("point", "overwrite", "new_label"),
+    "assist_accept": ("point", "overwrite", "new_label"),
+    "assist_box": ("box", "sensitivity", "overwrite"),
 }.items()}
 
 
@@ -137,6 +143,9 @@ def check_edit(tool: str, params: dict, shape: tuple[int, int]) -> dict:
         if work > MAX_STROKE_WORK:
             raise TooLarge(f"this stroke would cover {work:.0f} brush pixels, over the limit of "
                            f"{MAX_STROKE_WORK}: use a smaller brush or a shorter stroke")
+    if "stroke" in kept and kept["stroke"] is not None and not (
+            isinstance(kept["stroke"], str) and STROKE_ID.match(kept["stroke"])):
+        raise ValueError("stroke must be 1-64 letters, digits, _ or - (the id shared by the parts of one stroke)")
     if "seeds" in kept:
         seeds = _points(kept["seeds"], "seeds")
         if len(seeds) > MAX_SPLIT_SEEDS:

@@ -9,7 +9,7 @@ from sqlalchemy import select, update
 from backend.web.common import (ARRAY_MIMETYPE, MAX_ID, BadRequest, base_revision, binary, db, edit_request, json_body,
                                 service)
 from backend.web.request_limits import enforce_body_limit, label_upload_limit
-from backend.web.crowd import edit_reply, task_summary
+from backend.web.crowd import edit_reply, preview_reply, task_summary
 from backend.store.arrays import decode_array
 from backend.web.auth import make_task_token, require_role
 from backend.store.models import Batch, Project, Role, Task, TaskState
@@ -89,6 +89,15 @@ def edit(task_id: int):
     task = _task(task_id)
     tool, params = edit_request(body, task)
     return edit_reply(*service().edit(task, _actor(), base_revision(body), tool, params))
+
+
+@bp.post("/tasks/<int:task_id>/preview")
+@reviewer_only
+def preview(task_id: int):
+    body = json_body()
+    task = _task(task_id)
+    tool, params = edit_request(body, task)
+    return preview_reply(task, service().preview(task, _actor(), base_revision(body), tool, params))
 
 
 @bp.post("/tasks/<int:task_id>/undo")

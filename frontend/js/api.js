@@ -115,6 +115,8 @@ export class Client {
   }
 
   edit(baseRevision, tool, params) { return this.change('edit', { base_revision: baseRevision, tool, params }); }
+  // the patch an edit would make, stored nowhere (the assist box's preview)
+  preview(baseRevision, tool, params) { return this.change('preview', { base_revision: baseRevision, tool, params }); }
   undo(baseRevision) { return this.change('undo', { base_revision: baseRevision }); }
   redo(baseRevision) { return this.change('redo', { base_revision: baseRevision }); }
   async submit(baseRevision) { return this.post('submit', { base_revision: baseRevision }); }

@@ -13,6 +13,11 @@ import { BY_NAME, cellEdit } from './tools.js';
 import { Viewport } from './view.js';
 
 const FILL_STEPS = [0, 0.3, 0.6];
+
+function strokeId() {
+  const bytes = crypto.getRandomValues(new Uint8Array(8));
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
+}
 const OUTLINE_STEPS = [1, 0.5, 0];
 const MAX_BRUSH = 100;
 
@@ -195,6 +200,25 @@ export class Editor {
       ctx.arc(x, y, Math.max(2, (this.radius + 0.5) * s), 0, 2 * Math.PI);
       ctx.stroke();
     }
+    if (this.pointer && !this.readOnly && (this.tool === 'assist_click' || this.tool === 'assist_accept') && !this.spaceHeld) {
+      // the assist cursor: a ring around the pixel the click will seed from
+      const [row, col] = this.pointerPixel();
+      const [x, y] = this.view.toCanvas(row + 0.5, col + 0.5);
+      ctx.strokeStyle = '#4df';
+      ctx.beginPath();
+      ctx.arc(x, y, Math.max(4, 3 * s), 0, 2 * Math.PI);
+      ctx.moveTo(x - 2, y); ctx.lineTo(x + 2, y); ctx.moveTo(x, y - 2); ctx.lineTo(x, y + 2);
+      ctx.stroke();
+    }
+    if (this.boxPreview) {
+      const [r0, c0, r1, c1] = this.boxPreview.box;
+      const [x0, y0] = this.view.toCanvas(r0, c0);
+      const [x1, y1] = this.view.toCanvas(r1, c1);
+      ctx.strokeStyle = '#4df';
+      ctx.setLineDash([6, 4]);
+      ctx.strokeRect(x0, y0, x1 - x0, y1 - y0);
+      ctx.setLineDash([]);
+    }
     if (this.drag && this.drag.kind === 'box') {
       const [y0, x0] = this.view.toCanvas(...this.drag.start).reverse();
       const [y1, x1] = this.view.toCanvas(...this.drag.end).reverse();
@@ -312,7 +336,7 @@ export class Editor {
       for (let x = x0; x < x1; x++) {
         if (!mask[(y - y0) * bw + (x - x0)]) continue;
         const i = (y * this.labels.width + x) * 2 + layer;
-        if (tool === 'erase') shown[i] = 0;
+        if (tool === 'erase') { if (!label || shown[i] === label) shown[i] = 0; }
         else if (overwrite || shown[i] === 0) shown[i] = label;
       }
     }
@@ -320,7 +344,12 @@ export class Editor {
   }
 
   previewStroke(d, points) {
-    if (!d.params) d.params = { label: this.brushLabel, overwrite: this.overwrite, layer: this.display.layer, radius: this.radius };
+    if (!d.params) {
+      const layer = this.display.layer;
+      // DeepCell Label's eraser: with a cell selected it erases that cell only; with none, every cell under it
+      const selected = this.display.selected && this.labels.stats[layer].has(this.display.selected) ? this.display.selected : 0;
+      d.params = { label: d.tool === 'erase' ? selected : this.brushLabel, overwrite: this.overwrite, layer, radius: this.radius };
+    }
     const box = this.stamp(d.tool, d.params, points);
     d.box = unionBox(d.box, box);
     this.renderer.updateLabels(box);
@@ -332,18 +361,34 @@ export class Editor {
     if (!box) return;
     this.labels.restore(box);
     for (const item of [this.queue.inFlight, ...this.queue.items]) {
-      if (item && item.preview) this.stamp(item.tool, item.params, item.params.points);
+      if (item && item.shownPatch) this.stampPatch(item.shownPatch);
+      else if (item && item.preview) this.stamp(item.tool, item.params, item.params.points);
     }
+    if (this.boxPreview && this.boxPreview.patch) this.stampPatch(this.boxPreview.patch);
     this.renderer.updateLabels(box);
     this.requestDraw();
+  }
+
+  // show a patch's after values (a preview the server computed) over what is shown
+  stampPatch(patch) {
+    if (!patch.before.length) return;
+    const [y0, x0, y1, x1] = patch.box;
+    const { shown, width } = this.labels;
+    let i = 0;
+    for (let y = y0; y < y1; y++) {
+      for (let x = x0; x < x1; x++) shown[(y * width + x) * 2 + patch.layer] = patch.after[i++];
+    }
   }
 
   finishStroke(d) {
     const points = simplify(tracePoints(d.points));
     const parts = chunks(points);
     const base = { layer: d.params.layer, radius: d.params.radius };
+    // the parts of one long stroke share an id: the server makes them one undo step
+    if (parts.length > 1) base.stroke = strokeId();
     parts.forEach((pts, i) => {
-      const params = d.tool === 'paint' ? { ...base, points: pts, label: d.params.label, overwrite: d.params.overwrite } : { ...base, points: pts };
+      const params = d.tool === 'paint' ? { ...base, points: pts, label: d.params.label, overwrite: d.params.overwrite }
+        : d.params.label ? { ...base, points: pts, label: d.params.label } : { ...base, points: pts };
       const box = strokeMask(pts, d.params.radius, this.labels.height, this.labels.width).box;
       this.queue.push({ action: 'edit', tool: d.tool, params, preview: true, box: i === 0 ? unionBox(box, d.box) : box });
     });
@@ -358,7 +403,80 @@ export class Editor {
     const clamp = (v, hi) => Math.min(Math.max(v, 0), hi);
     const box = [clamp(r0, this.labels.height), clamp(c0, this.labels.width), clamp(r1, this.labels.height), clamp(c1, this.labels.width)];
     if (Math.abs(box[2] - box[0]) < 2 || Math.abs(box[3] - box[1]) < 2) { this.say('Drag a box of at least 2×2 pixels.'); return; }
+    if (this.tool === 'assist_box') { this.openBoxPreview(box); return; }
     this.edit('threshold', { layer: this.display.layer, box, channel: this.channels.active });
+  }
+
+  // --- the assist box: the server's segmentation of the box previewed, the slider re-asks, Enter applies ------
+  openBoxPreview([a, b, c, d]) {
+    this.closeBoxPreview();
+    const box = [Math.min(a, c), Math.min(b, d), Math.max(a, c), Math.max(b, d)];
+    this.boxPreview = { box, layer: this.display.layer, overwrite: this.overwrite, sensitivity: Number(this.sensitivity.value),
+      patch: null, seq: 0 };
+    this.boxPanel.hidden = false;
+    this.say('Assist box: move the sensitivity slider to see the model\'s cells change; Enter (or Apply) stores them, Esc cancels.');
+    this.requestPreview();
+  }
+
+  boxParams(bp) { return { layer: bp.layer, box: bp.box, sensitivity: bp.sensitivity, overwrite: bp.overwrite }; }
+
+  boxSensitivity(value) {
+    const bp = this.boxPreview;
+    if (!bp) return;
+    bp.sensitivity = value;
+    // a dragged slider fires many times a second: ask for the value it rests on
+    clearTimeout(this.previewTimer);
+    this.previewTimer = setTimeout(() => this.requestPreview(), 60);
+  }
+
+  async requestPreview() {
+    const bp = this.boxPreview;
+    if (!bp) return;
+    const seq = ++bp.seq;
+    bp.loading = true;
+    await this.queue.idle(); // the preview is of the labels every queued edit leads to
+    if (this.boxPreview !== bp || seq !== bp.seq) return;
+    try {
+      const t0 = performance.now();
+      const { patch } = await this.client.preview(this.labels.revision, 'assist_box', this.boxParams(bp));
+      if (this.boxPreview !== bp || seq !== bp.seq) return; // a later slider value, or closed meanwhile
+      const old = bp.patch && bp.patch.before.length ? bp.patch.box : null;
+      bp.patch = patch;
+      bp.shown = bp.sensitivity;
+      bp.loading = false;
+      this.reshow(unionBox(old, patch.before.length ? patch.box : null));
+      this.timings.preview = { ms: performance.now() - t0, sensitivity: bp.sensitivity };
+      if (!patch.before.length) this.say(`Assist box at sensitivity ${bp.sensitivity}: the model changes nothing here.`);
+      else this.say(`Assist box at sensitivity ${bp.sensitivity}: Enter (or Apply) stores it, Esc cancels.`);
+    } catch (err) {
+      if (this.boxPreview !== bp || seq !== bp.seq) return;
+      bp.loading = false;
+      this.say(`Assist box: ${err.message}`, 'error');
+    }
+  }
+
+  applyBoxPreview() {
+    const bp = this.boxPreview;
+    this.boxPreview = null;
+    this.boxPanel.hidden = true;
+    clearTimeout(this.previewTimer);
+    if (this.readOnly) { if (bp.patch) this.reshow(bp.patch.box); return; }
+    // what the preview shows stays shown until the server's patch (the same, unless the task moved on) replaces it
+    const shown = bp.patch && bp.shown === bp.sensitivity && bp.patch.before.length ? bp.patch : null;
+    this.queue.push({ action: 'edit', tool: 'assist_box', params: this.boxParams(bp), preview: !!shown, shownPatch: shown,
+      box: shown ? shown.box : null });
+    if (bp.patch && !shown) this.reshow(bp.patch.before.length ? bp.patch.box : null);
+    this.drawOverlay();
+  }
+
+  closeBoxPreview() {
+    const bp = this.boxPreview;
+    if (!bp) return;
+    this.boxPreview = null;
+    this.boxPanel.hidden = true;
+    clearTimeout(this.previewTimer);
+    if (bp.patch && bp.patch.before.length) this.reshow(bp.patch.box);
+    this.drawOverlay();
   }
 
   // --- clicks --------------------------------------------------------------------------------------------
@@ -369,6 +487,11 @@ export class Editor {
     const input = BY_NAME[tool].input;
     if (tool === 'select') { this.selectCell(id, false); return; }
     if (tool === 'flood') { this.edit('flood', { layer, point: p, label: this.brushLabel }); return; }
+    if (tool === 'assist_click' || tool === 'assist_accept') {
+      // the server draws the model's cell; its patch is the preview (the ring showed where it seeds)
+      this.edit(tool, { layer, point: p, overwrite: this.overwrite });
+      return;
+    }
     if (input === 'cell') {
       if (!id) { this.say(`${BY_NAME[tool].label}: click a cell.`); return; }
       this.selectCell(id, false);
@@ -486,6 +609,7 @@ export class Editor {
   }
 
   async reload() {
+    this.closeBoxPreview(); // a preview of labels that are no longer the task's
     const labels = await this.client.labels();
     this.labels.replace(labels.data, labels.revision);
     this.renderer.setLabels(this.labels);
@@ -529,6 +653,11 @@ export class Editor {
   toolAction(name) {
     const input = BY_NAME[name].input;
     if (this.readOnly && name !== 'select') { this.say('This task is read-only.'); return; }
+    if (BY_NAME[name].assist && !(this.info.assist && this.info.assist.available)) {
+      this.say(`${BY_NAME[name].label} is off: ${this.info.assist ? this.info.assist.reason : 'no model maps'}.`, 'error');
+      return;
+    }
+    this.closeBoxPreview();
     // a key for a one-cell tool acts on the selected cell at once; with nothing selected it picks the tool
     if (input === 'cell' && this.display.selected && this.labels.stats[this.display.layer].has(this.display.selected)) {
       this.edit(name, cellEdit(name, { label: this.display.selected, channel: this.channels.active, layer: this.display.layer }));
@@ -538,7 +667,9 @@ export class Editor {
     this.pending = [];
     this.tool = name;
     if (name === 'paint' || name === 'erase') this.lastBrushTool = name === 'paint' ? 'erase' : 'paint';
-    const hints = { split: 'Split: click two seeds in one cell.', merge: 'Replace: click the cell to keep, then the cell to merge into it.',
+    const hints = { assist_click: "Assist: click a missed cell to add the model's cell, or a cell to redraw it.",
+      assist_box: 'Assist box: drag a box over the cells to re-segment.', assist_accept: "Accept: click where the model proposed a cell the labels lack.",
+      split: 'Split: click two seeds in one cell.', merge: 'Replace: click the cell to keep, then the cell to merge into it.',
       swap: 'Swap: click two cells.', threshold: 'Threshold: drag a box over unlabelled bright pixels.' };
     this.say(hints[name] || (input === 'cell' ? `${BY_NAME[name].label}: click a cell.` : ''));
     this.showTool();
@@ -557,6 +688,7 @@ Editor.prototype.actions = {
   brushBigger() { this.radius = Math.min(MAX_BRUSH, this.radius + 1); this.showTool(); },
   brushSmaller() { this.radius = Math.max(1, this.radius - 1); this.showTool(); },
   apply() {
+    if (this.boxPreview) { this.applyBoxPreview(); return; }
     if (this.tool === 'split' && this.pending.length >= 2) {
       const seeds = this.pending.map((s) => s.point);
       this.pending = [];
@@ -565,6 +697,7 @@ Editor.prototype.actions = {
     }
   },
   cancel() {
+    this.closeBoxPreview();
     this.pending = [];
     this.drag = null;
     this.helpBox.hidden = true;

@@ -17,6 +17,10 @@ export const KEYS = [
   { keys: ['r'], action: 'tool:merge', help: 'replace: click the cell to keep, then the one to merge into it' },
   { keys: ['s'], action: 'tool:swap', help: 'swap two cells' },
   { keys: ['backspace', 'delete'], action: 'tool:delete', help: 'delete the selected cell (or click one)' },
+  // not in DeepCell Label's map (A and P are free there): the model-assisted tools
+  { keys: ['a'], action: 'tool:assist_click', help: "assist: click makes (or redraws) the model's cell there" },
+  { keys: ['shift+a'], action: 'tool:assist_box', help: 'assist box: drag a box, set the sensitivity, Enter applies' },
+  { keys: ['p'], action: 'tool:assist_accept', help: "accept the model's cell here (one the prelabel dropped)" },
   { keys: ['n'], action: 'newCell', help: 'new cell: the brush paints an unused id' },
   { keys: ['arrowup'], action: 'brushBigger', help: 'brush size +1' },
   { keys: ['arrowdown'], action: 'brushSmaller', help: 'brush size −1' },

@@ -14,9 +14,12 @@ export function el(tag, props = {}, ...children) {
 export function buildPanels(editor) {
   const toolbar = el('nav', { className: 'toolbar' });
   editor.toolButtons = {};
+  const assist = editor.info.assist || { available: false, reason: 'this server keeps no model maps' };
   for (const t of TOOLS) {
     const hint = keyHint(`tool:${t.name}`);
-    const b = el('button', { className: 'tool', title: `${t.label} (${hint})`, disabled: editor.readOnly },
+    const off = t.assist && !assist.available;
+    const title = `${t.label} (${hint})` + (t.assist ? (off ? `: off, ${assist.reason}` : ` · maps of ${assist.model}`) : '');
+    const b = el('button', { className: t.assist ? 'tool assist' : 'tool', title, disabled: editor.readOnly || off },
       t.label, el('kbd', {}, hint));
     b.dataset.tool = t.name;
     b.addEventListener('click', () => editor.run(`tool:${t.name}`));
@@ -37,7 +40,18 @@ export function buildPanels(editor) {
   fit.addEventListener('click', () => editor.run('resetView'));
   const help = el('button', { title: 'keys (?)' }, '?');
   help.addEventListener('click', () => editor.run('help'));
-  toolbar.append(el('span', { className: 'sep' }), editor.brushInfo, editor.modeSelect, newCell, editor.undoButton,
+  // the assist box: a sensitivity slider and apply / cancel, shown while its preview is up
+  editor.sensitivity = el('input', { type: 'range', min: 0, max: 1, step: 0.05, value: 0.5, className: 'sensitivity',
+    title: 'sensitivity: higher finds more, smaller cells; lower fewer, larger ones' });
+  editor.sensitivity.addEventListener('input', () => editor.boxSensitivity(Number(editor.sensitivity.value)));
+  const applyBox = el('button', { className: 'apply-box', title: 'apply the preview (Enter)' }, 'Apply');
+  applyBox.addEventListener('click', () => editor.run('apply'));
+  const cancelBox = el('button', { className: 'cancel-box', title: 'cancel (Esc)' }, 'Cancel');
+  cancelBox.addEventListener('click', () => editor.run('cancel'));
+  editor.boxPanel = el('span', { className: 'box-panel', hidden: true }, 'sensitivity ', editor.sensitivity, applyBox, cancelBox);
+  editor.assistInfo = el('span', { className: 'assist-info', title: assist.available ? `model maps of ${assist.model}` : assist.reason },
+    assist.available ? `assist: ${assist.model}` : 'assist off');
+  toolbar.append(editor.boxPanel, el('span', { className: 'sep' }), editor.assistInfo, editor.brushInfo, editor.modeSelect, newCell, editor.undoButton,
     editor.redoButton, fit, help);
 
   // the page may ship the view's canvas (it shows where the picture goes before the script runs)

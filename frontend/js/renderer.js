@@ -4,7 +4,8 @@
 // texture: channels blended, cells filled, outlines found by comparing a pixel's id with its four neighbours.
 // The present pass only samples that cache for the view, so panning and zooming cost one texture read per
 // screen pixel. The cache is kept in tiles: a display change invalidates them all and only the tiles in view
-// are redrawn; a patch redraws just its box (plus the one-pixel ring whose outlines it may change). Zoomed
+// are redrawn (the selected cell is highlighted by the present pass, so selecting one keeps every tile); a patch
+// redraws just its box (plus the one-pixel ring whose outlines it may change). Zoomed
 // out below 1:1, the composite pass draws straight to the screen instead.
 import { BACKGROUND_RGB, OTHER_LAYER_RGB, OUTLINE_RGB, SELECTED_RGB } from './palette.js';
 
@@ -19,18 +20,34 @@ void main() { gl_Position = vec4(a_pos, 0.0, 1.0); }`;
 const PRESENT = `#version 300 es
 precision highp float;
 precision highp int;
+precision highp isampler2D;
 uniform sampler2D u_cache;
+uniform isampler2D u_labels;
+uniform int u_active;       // label layer 0 / 1
+uniform int u_selected;     // the highlighted cell (0: none): drawn here, so selecting keeps the cache
+uniform float u_fill;
+uniform float u_outline;
+uniform vec3 u_selectedColor;
 uniform vec2 u_origin;      // image (col, row) at the canvas's top-left
 uniform float u_scale;      // canvas px per image px
 uniform float u_canvasHeight;
 uniform ivec2 u_size;       // image (width, height)
 uniform vec3 u_background;
 out vec4 color;
+bool selectedAt(ivec2 p) {
+  ivec2 v = texelFetch(u_labels, clamp(p, ivec2(0), u_size - 1), 0).xy;  // the crop's edge is no boundary
+  return (u_active == 0 ? v.x : v.y) == u_selected;
+}
 void main() {
   vec2 img = u_origin + vec2(gl_FragCoord.x, u_canvasHeight - gl_FragCoord.y) / u_scale;
   ivec2 p = ivec2(floor(img));
   if (img.x < 0.0 || img.y < 0.0 || p.x >= u_size.x || p.y >= u_size.y) { color = vec4(u_background, 1.0); return; }
   color = texelFetch(u_cache, p, 0);
+  if (u_selected != 0 && selectedAt(p)) {
+    bool edge = !selectedAt(p + ivec2(1, 0)) || !selectedAt(p - ivec2(1, 0)) || !selectedAt(p + ivec2(0, 1)) || !selectedAt(p - ivec2(0, 1));
+    float fill = max(u_fill, 0.5);
+    color = vec4(mix(color.rgb, u_selectedColor, edge ? max(fill, u_outline) : fill), 1.0);
+  }
 }`;
 
 // the composite shader for one channel texture type: float data as R32F, 8- and 16-bit integers as
@@ -164,6 +181,8 @@ export class GLRenderer {
     gl.vertexAttribPointer(0, 2, gl.FLOAT, false, 0, 0);
     gl.useProgram(this.present.program);
     gl.uniform1i(this.present.uniforms.u_cache, 2);
+    gl.uniform1i(this.present.uniforms.u_labels, 1);
+    this.tilesDrawn = 0; // cache rectangles composited so far (tests: selecting a cell composites none)
     this.channelTexture = gl.createTexture();
     this.labelTexture = gl.createTexture();
     this.cacheTexture = gl.createTexture();
@@ -235,7 +254,8 @@ export class GLRenderer {
     this.dirty.push([Math.max(0, y0 - 1), Math.max(0, x0 - 1), Math.min(this.height, y1 + 1), Math.min(this.width, x1 + 1)]);
   }
 
-  setCompositeUniforms(display) {
+  // cached: the picture without the selection highlight (the present pass adds it)
+  setCompositeUniforms(display, cached = false) {
     const gl = this.gl;
     const u = this.composite.uniforms;
     const shown = display.channels.slice(0, MAX_ACTIVE_CHANNELS);
@@ -251,16 +271,17 @@ export class GLRenderer {
     gl.uniform1f(u.u_fill, display.fill);
     gl.uniform1f(u.u_outline, display.outline);
     gl.uniform1f(u.u_other, display.otherOutline);
-    gl.uniform1i(u.u_selected, display.selected || 0);
-    gl.uniform1i(u.u_highlight, display.highlight ? 1 : 0);
+    gl.uniform1i(u.u_selected, cached ? 0 : display.selected || 0);
+    gl.uniform1i(u.u_highlight, !cached && display.highlight ? 1 : 0);
     gl.uniform3fv(u.u_outlineColor, OUTLINE_RGB);
     gl.uniform3fv(u.u_selectedColor, SELECTED_RGB);
     gl.uniform3fv(u.u_otherColor, OTHER_LAYER_RGB);
   }
 
-  // a display change makes the whole cache stale; so do more patches than are worth replaying one by one
+  // a display change makes the whole cache stale; so do more patches than are worth replaying one by one. The
+  // selected cell is not in the cache (the present pass highlights it), so selecting another keeps every tile.
   checkCache(display) {
-    const key = JSON.stringify(display);
+    const key = JSON.stringify({ ...display, selected: 0, highlight: false });
     if (key !== this.displayKey || this.dirty.length > 64) {
       this.displayKey = key;
       this.valid.fill(0);
@@ -285,8 +306,9 @@ export class GLRenderer {
     gl.bindFramebuffer(gl.FRAMEBUFFER, this.framebuffer);
     gl.viewport(0, 0, this.width, this.height);
     gl.useProgram(this.composite.program);
-    this.setCompositeUniforms(display);
+    this.setCompositeUniforms(display, true);
     gl.uniform1i(this.composite.uniforms.u_direct, 0);
+    this.tilesDrawn += rects.length;
     gl.enable(gl.SCISSOR_TEST);
     for (const [y0, x0, y1, x1] of rects) {
       gl.scissor(x0, y0, x1 - x0, y1 - y0);
@@ -312,6 +334,11 @@ export class GLRenderer {
     gl.uniform1f(u.u_canvasHeight, this.canvas.height);
     gl.uniform2i(u.u_size, this.width, this.height);
     gl.uniform3fv(u.u_background, BACKGROUND_RGB);
+    gl.uniform1i(u.u_active, display.layer);
+    gl.uniform1i(u.u_selected, display.highlight ? display.selected || 0 : 0);
+    gl.uniform1f(u.u_fill, display.fill);
+    gl.uniform1f(u.u_outline, display.outline);
+    gl.uniform3fv(u.u_selectedColor, SELECTED_RGB);
     gl.drawArrays(gl.TRIANGLE_STRIP, 0, 4);
   }
 

@@ -14,6 +14,10 @@ export const TOOLS = [
   { name: 'merge', label: 'Replace', input: 'pair' },
   { name: 'swap', label: 'Swap', input: 'pair' },
   { name: 'delete', label: 'Delete', input: 'cell' },
+  // from the model's maps of this crop (only where the task has them: info.assist)
+  { name: 'assist_click', label: 'Assist', input: 'click', assist: true },
+  { name: 'assist_box', label: 'Assist box', input: 'box', assist: true },
+  { name: 'assist_accept', label: 'Accept', input: 'click', assist: true },
 ];
 
 export const BY_NAME = Object.fromEntries(TOOLS.map((t) => [t.name, t]));

@@ -22,7 +22,9 @@ class Mesmer:
 
     ``model`` is a ModelVersion, a model version folder or ``.keras`` path, or a Keras model (then
     ``config`` may give ``mpp``, ``channels`` and ``postprocess`` defaults). After each ``predict``,
-    ``timings`` holds the seconds spent in pre-processing, the network and post-processing.
+    ``timings`` holds the seconds spent in pre-processing, the network and post-processing, and
+    ``last_outputs`` the four network outputs of the last image (on the model's pixel grid), from which
+    ``pipeline.model.maps`` makes the maps the editor's assist tools read.
     """
 
     def __init__(self, model, config: dict | None = None):
@@ -46,6 +48,7 @@ class Mesmer:
         self.n_channels = int(self.model.inputs[0].shape[-1])
         self.timings = {"preprocess_s": 0.0, "network_s": 0.0, "postprocess_s": 0.0}
         self.scale_estimates: list = []
+        self.last_outputs: list | None = None
 
     def _network(self, batch: np.ndarray):
         return self.model.predict_on_batch(batch)
@@ -123,6 +126,7 @@ class Mesmer:
             self.scale_estimates.append(estimate)
             image_mpp = estimate.image_mpp
         outputs = self.predict_outputs(X, image_mpp, batch_size, progress)
+        self.last_outputs = outputs
         t0 = time.perf_counter()
         kwargs = {**(self.config.get("postprocess") or {}), **(postprocess_kwargs or {})}
         labels = postprocess.postprocess_mesmer(outputs, compartment=compartment, **kwargs)

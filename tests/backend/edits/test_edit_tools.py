@@ -20,7 +20,8 @@ def edit(labels, tool, params, image=None):
 
 def test_tools_tuple_is_the_published_set():
     assert TOOLS == ("paint", "erase", "flood", "merge", "swap", "delete", "split",
-                     "threshold", "autofit", "grow", "shrink", "trim")
+                     "threshold", "autofit", "grow", "shrink", "trim",
+                     "assist_click", "assist_box", "assist_accept")
 
 
 def test_paint_interpolates_between_points_and_spares_neighbours():
