@@ -1,7 +1,7 @@
 """tasks keep the storage key of their crop's model maps (assist tools) and the model version that made them
 
 Revision ID: 0007
-Revises: 0004
+Revises: 0005
 Create Date: 2026-12-01 19:45:00
 """
 from alembic import op
