@@ -125,7 +125,8 @@ def loop_cases(quick: bool) -> list[dict]:
             simulate.Reviewer(url, "rev", "bench-password-1").approve_all()
             session.expire_all()
             t0 = time.perf_counter()
-            cycle = loop.run_cycle(session, storage, config, batch, tile=128, log=lambda *_: None, **train_options)
+            cycle = loop.run_cycle(session, storage, config, batch, tile=128, log=lambda *_: None, include_unreviewed=True,
+                                   **train_options)
             datasets.append(cycle["dataset"])
             records.append({"bench": "loop", "case": case, "prelabel": chosen, "cells": effort.cells,
                             "ops": effort.n_ops, "ops_per_100_cells": effort.as_dict()["ops_per_100_cells"],
@@ -179,7 +180,7 @@ def vectra_case(quick: bool) -> dict:
         simulate.Reviewer(url, "rev", "bench-password-1").approve_all()
     session.expire_all()
     t0 = time.perf_counter()
-    cycle = loop.run_cycle(session, storage, config, batch, tile=128, log=lambda *_: None,
+    cycle = loop.run_cycle(session, storage, config, batch, tile=128, log=lambda *_: None, include_unreviewed=True,
                            epochs=4 if quick else 10, steps_per_epoch=20 if quick else 40, batch_size=4,
                            crop_size=128, seed=0)
     train_s = time.perf_counter() - t0

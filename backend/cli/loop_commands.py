@@ -144,7 +144,9 @@ def cmd_stitch(args) -> int:
                                  " ".join(map(str, c["cells"])), c["pixels"]])
     for s in summary:
         print(f"{s['image']}: {s['approved']}/{s['crops']} crops approved, {s['cells']} cells stitched, "
-              f"{s['conflicts']} conflicts for QC" + (f" ({s['conflicts_key']})" if s.get("conflicts_key") else ""))
+              f"{s['conflicts']} conflicts for QC" + (f" ({s['conflicts_key']})" if s.get("conflicts_key") else "")
+              + (f"; image QC task {s['qc_task']} {s['qc']}" if s.get("qc_task") else "")
+              + (f", {s['expert_pixels_kept']} px of the expert's QC edits kept" if s.get("expert_pixels_kept") else ""))
     if args.conflicts:
         print(f"{len(conflicts)} conflicts written to {args.conflicts}")
     return 0
@@ -155,11 +157,40 @@ def cmd_dataset(args) -> int:
 
     config, session, storage = _open(args)
     project = _project(session, args.project)
-    summary = loop.build_dataset(session, storage, project, args.out, tile=args.tile, seed=args.seed)
-    print(f"{summary['path']}: {summary['tiles']} tiles of {args.tile} px, split {summary['splits']} "
-          f"(test split frozen), skipped {summary['skipped']}")
+    summary = loop.build_dataset(session, storage, project, args.out, tile=args.tile, seed=args.seed,
+                                 include_unreviewed=args.include_unreviewed)
+    print(f"{summary['path']}: {summary['tiles']} tiles of {args.tile} px from {summary['images']} images, split "
+          f"{summary['splits']} (test split frozen), skipped {summary['skipped']}")
+    if summary["unreviewed_images"]:
+        print(f"  {summary['unreviewed_images']} images not QC-approved included (--include-unreviewed; recorded "
+              f"in each tile's meta)")
     for split, digest in summary["sha256"].items():
         print(f"  {split}: sha256 {digest or '-'}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from backend.loop import export
+
+    if args.dataset:
+        if args.format != "npz":
+            raise CLIError("--dataset exports a dataset split in TissueNet's npz layout: use --format npz")
+        summary = export.export_dataset_split(args.dataset, args.split, args.out)
+        print(f"{summary['images']} tiles of the {args.split} split written to {summary['files'][0]}")
+        return 0
+    if not args.project:
+        raise CLIError("--project: the project to export (or --dataset FILE --split SPLIT for a dataset split)")
+    config, session, storage = _open(args)
+    project = _project(session, args.project)
+    images = [n.strip() for n in args.images.split(",") if n.strip()] if args.images else None
+    summary = export.export_project(session, storage, project, args.format, args.out, images=images,
+                                    include_unreviewed=args.include_unreviewed)
+    what = f"{summary['cells']} cell rows of " if summary["cells"] is not None else ""
+    print(f"exported {what}{len(summary['images'])} images of project {project.name!r} as {args.format}:")
+    for path in summary["files"]:
+        print(f"  {path}")
+    if summary["unreviewed"]:
+        print(f"  not QC-approved (--include-unreviewed): {', '.join(summary['unreviewed'])}")
     return 0
 
 
@@ -220,7 +251,8 @@ def cmd_cycle(args) -> int:
 
     config, session, storage = _open(args)
     batch = _batch(session, args)
-    record = loop.run_cycle(session, storage, config, batch, out=args.out, tile=args.tile, **_train_options(args))
+    record = loop.run_cycle(session, storage, config, batch, out=args.out, tile=args.tile,
+                            include_unreviewed=args.include_unreviewed, **_train_options(args))
     print(json.dumps(record, default=str) if args.json else
           f"cycle of batch {batch.name!r} done: {record['candidate']} "
           f"{'promoted' if record['promoted'] else 'not promoted'} ({record['reason']})")
@@ -343,7 +375,20 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="dataset .npz")
     p.add_argument("--tile", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--include-unreviewed", action="store_true",
+                   help="also stitched images the expert has not QC-approved (recorded in the dataset's meta)")
     p.set_defaults(func=cmd_dataset)
+
+    p = common(sub.add_parser("export", help="reviewed labels as OME-TIFF per image, TissueNet npz, or per-cell CSV"))
+    p.add_argument("--project", help="the project whose QC-approved images to export")
+    p.add_argument("--images", help="comma-separated image names (default: every QC-approved image)")
+    p.add_argument("--format", required=True, choices=("ome-tiff", "npz", "csv"))
+    p.add_argument("--out", required=True, help="folder for the files")
+    p.add_argument("--include-unreviewed", action="store_true",
+                   help="also stitched images the expert has not QC-approved (their current labels)")
+    p.add_argument("--dataset", help="instead of a project: a dataset .npz from `cellloop dataset` (with --split)")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"), help="with --dataset (default test)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("models", help="the model registry")
     actions = p.add_subparsers(dest="models_action", required=True)
@@ -371,6 +416,8 @@ def register(sub) -> None:
     p.add_argument("--out", help="dataset .npz (default: <instance>/datasets/PROJECT/BATCH.npz)")
     p.add_argument("--tile", type=int, default=256, help="dataset tile size in px (default 256)")
     p.add_argument("--backbone", help="backbone when training from scratch (default the light one)")
+    p.add_argument("--include-unreviewed", action="store_true",
+                   help="train on stitched images the expert has not QC-approved yet (recorded in the dataset)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_cycle)
 

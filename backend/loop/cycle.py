@@ -16,7 +16,7 @@ from backend.store.storage import Storage
 
 
 def run_cycle(session: Session, storage: Storage, config, batch: Batch, *, out=None, log=print, tile: int = 256,
-              **train_options) -> dict:
+              include_unreviewed: bool = False, **train_options) -> dict:
     """stitch → dataset → train from the current model → evaluate both on the frozen test split → promote if
     not worse; the outcome is recorded on the batch (shown by `cellloop report`)."""
     project = batch.project
@@ -27,13 +27,13 @@ def run_cycle(session: Session, storage: Storage, config, batch: Batch, *, out=N
     log(f"stitched {sum(s['approved'] for s in stitched)} approved crops into {len(stitched)} images "
         f"({cells} cells, {sum(s['conflicts'] for s in stitched)} conflicts for QC)")
     out = Path(out) if out else Path(config.instance_dir) / "datasets" / project.name / f"{batch.name}.npz"
-    data = build_dataset(session, storage, project, out, tile=tile)
+    data = build_dataset(session, storage, project, out, tile=tile, include_unreviewed=include_unreviewed)
     log(f"dataset {data['path']}: {data['splits']} tiles")
     status = batch_status(session, storage, batch)
     current = registry.current_model(session, storage, project)
     candidate, parent = train_version(session, storage, config, project, out, start="current", **train_options)
     log(f"trained {candidate.name} from {parent.name if parent else 'scratch'}")
-    record = {"dataset": data["path"], "sha256": data["sha256"], "splits": data["splits"], "cells": cells,
+    record = {"include_unreviewed": include_unreviewed, "dataset": data["path"], "sha256": data["sha256"], "splits": data["splits"], "cells": cells,
               "edits_per_cell": status["edits_per_cell"], "seconds_per_cell": status["seconds_per_cell"],
               "prelabel": batch.prelabel, "current": current.label, "candidate": candidate.name}
     if data["splits"]["test"] == 0:
