@@ -137,7 +137,8 @@ def ingest(session, storage, **options):
 
 
 def _add_images(session, storage, *, paths, channels=None, project_name, image_name=None, per_channel=False,
-                pixel_size=None, tissue=None, platform=None, model_channels=None, max_pixels=None):
+                pixel_size=None, tissue=None, platform=None, model_channels=None, max_pixels=None,
+                channel_names=None):
     from sqlalchemy import select
 
     from pipeline.io import read_image
@@ -164,8 +165,11 @@ def _add_images(session, storage, *, paths, channels=None, project_name, image_n
             units.extend((group, i, f"{_image_stem(group[0])}-{i}", tags) for i, tags in enumerate(stack))
     for group, index, name, tags in units:
         try:
-            pixels, names = read_image(group if len(group) > 1 else group[0], wanted, max_pixels=max_pixels,
-                                       index=index)
+            source = group if len(group) > 1 else group[0]
+            if channel_names is not None:
+                _check_unnamed(source, channel_names, max_pixels, index)
+            pixels, names = read_image(source, wanted, max_pixels=max_pixels, index=index,
+                                       channel_names=channel_names)
         except ValueError as exc:
             hint = "" if channels is not None or project is None else (
                 f" (project {project.name!r} has channels {', '.join(project.channel_names)}; "
@@ -180,6 +184,32 @@ def _add_images(session, storage, *, paths, channels=None, project_name, image_n
                               tissue=tissue or tags.get("tissue"), platform=platform or tags.get("platform"),
                               source_path=str(group[0]) + ("" if index is None else f"[{index}]")))
     return project, rows
+
+
+def _check_unnamed(source, channel_names, max_pixels, index) -> None:
+    """--channel-names names the channels of files that carry none (ch0, ch1, ...); a file's own names stay."""
+    from pipeline.channels import UNNAMED
+    from pipeline.io import read_image
+
+    _, own = read_image(source, max_pixels=max_pixels, index=index)
+    named = [n for n in own if not UNNAMED.match(n)]
+    if named and not isinstance(source, (list, tuple)):
+        raise _error(f"{source} already names its channels ({', '.join(own)}); pick or reorder them with "
+                     f"--channels instead of --channel-names")
+
+
+def model_input_line(project) -> str:
+    """Which channels feed the model, and why: said at ingest so a wrong guess is seen before any prelabel."""
+    from backend.store.projects import model_channel_indices
+    from pipeline.channels import choose_model_channels
+
+    names = list(project.channel_names)
+    if project.model_channels:
+        return f"model input: nuclear {project.model_channels[0]!r}, membrane {project.model_channels[-1]!r} (set)"
+    idx = model_channel_indices(project)
+    choice = choose_model_channels(names)
+    return (f"model input: {choice.describe(names)} -> channels {idx} "
+            f"(chosen by name; set them with --model-channels NUCLEAR,MEMBRANE)")
 
 
 def _npz_stack(path: Path) -> list[dict] | None:
@@ -255,13 +285,16 @@ def cmd_ingest(args) -> int:
     project_name = args.project or args.name or _image_stem(Path(args.image[0]))
     channels = args.channels.split(",") if args.channels else None
     model_channels = args.model_channels.split(",") if args.model_channels else None
+    channel_names = [n.strip() for n in args.channel_names.split(",")] if args.channel_names else None
+    if channel_names is not None and (not all(channel_names) or len(set(channel_names)) != len(channel_names)):
+        raise _error(f"--channel-names must be distinct and non-empty, got {args.channel_names!r}")
     if args.pixel_size is not None and not args.pixel_size > 0:
         raise _error("--pixel-size must be positive")
     storage = _storage(config)
     project, images = ingest(session, storage, paths=args.image, channels=channels, project_name=project_name,
                              image_name=args.name, per_channel=args.per_channel, pixel_size=args.pixel_size,
                              tissue=args.tissue, platform=args.platform, model_channels=model_channels,
-                             max_pixels=config.max_image_pixels)
+                             max_pixels=config.max_image_pixels, channel_names=channel_names)
     tasks = []
     if args.crop:
         tasks = publish_crops(session, storage, config, project, images, crop_size=args.crop, overlap=args.overlap,
@@ -269,6 +302,7 @@ def cmd_ingest(args) -> int:
     for image in images:
         print(f"project {project.name!r} (id {project.id}): image {image.name!r} {image.height}x{image.width}, "
               f"channels {', '.join(project.channel_names)}")
+    print(model_input_line(project))
     print(f"{len(images)} images added, {len(project.images)} in the project; {len(tasks)} tasks")
     return 0
 
@@ -405,8 +439,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--per-channel", action="store_true", help="the files are the channels of one image")
     p.add_argument("--channels", help="comma-separated channel names or indices to keep, in order "
                    "(default: all for a new project, the project's channels by name for later images)")
-    p.add_argument("--model-channels", help="the channels that feed the model, in its order (default: a "
-                   "nuclear-looking channel, then the next one), e.g. DAPI,CD45")
+    p.add_argument("--channel-names", help="comma-separated names for the channels of files that have none "
+                   "(a plain TIFF's ch0, ch1, ...), e.g. DAPI,CD45; --channels then picks by these names")
+    p.add_argument("--model-channels", help="the channels that feed the model, in its order (default: chosen by "
+                   "name, a nuclear stain such as DAPI, DNA1, Ir191 or Histone H3, then a membrane marker), "
+                   "e.g. DAPI,CD45")
     p.add_argument("--name", help="image name (default: file name)")
     p.add_argument("--pixel-size", type=float, help="microns per pixel")
     p.add_argument("--tissue", help="tissue tag, kept in dataset metadata")
