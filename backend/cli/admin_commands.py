@@ -13,13 +13,88 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 
+INSTANCE_FOLDER = "cellloop-data"
+
+
+def _creates_instance(args) -> bool:
+    # only these make a new instance; every other command works on one that exists
+    return args.command == "demo" or (args.command == "db" and getattr(args, "action", None) == "upgrade")
+
+
+def find_instance(args) -> tuple[Path, str]:
+    """The instance folder a command works on, and how it was found: --instance, $CELLLOOP_INSTANCE_DIR, or a
+    ./cellloop-data in this folder or one above it (as git finds its repository). Nothing found: only `db
+    upgrade` and `demo` make ./cellloop-data here; any other command stops, so a command typed in the wrong
+    folder never starts a second, empty instance."""
+    if getattr(args, "instance", None):
+        return Path(args.instance).resolve(), "--instance"
+    if os.environ.get("CELLLOOP_INSTANCE_DIR"):
+        return Path(os.environ["CELLLOOP_INSTANCE_DIR"]).resolve(), "$CELLLOOP_INSTANCE_DIR"
+    cwd = Path.cwd().resolve()
+    for folder in (cwd, *cwd.parents):
+        if (folder / INSTANCE_FOLDER).is_dir():
+            return folder / INSTANCE_FOLDER, "this folder" if folder == cwd else "a folder above this one"
+    if _creates_instance(args) or os.environ.get("CELLLOOP_DATABASE_URL"):
+        return cwd / INSTANCE_FOLDER, "new"
+    raise _error(f"no CellLoop instance here: no ./{INSTANCE_FOLDER} in {cwd} or above it, and "
+                 "$CELLLOOP_INSTANCE_DIR is not set; cd to the folder holding it, pass --instance DIR, or make "
+                 "one here with `cellloop db upgrade` (or `cellloop demo`)")
+
+
 def _config(args):
     from backend.config import Config
 
-    overrides = {}
-    if getattr(args, "instance", None):
-        overrides["instance_dir"] = args.instance
-    return Config.from_env(**overrides)
+    folder, source = find_instance(args)
+    if source == "a folder above this one":
+        print(f"cellloop: using the instance {folder} (found above this folder)", file=sys.stderr)
+    config = Config.from_env(instance_dir=folder)
+    config.extra["instance_source"] = source
+    _apply_settings(config)
+    return config
+
+
+SETTINGS_FILE = "settings.json"
+# settings an admin sets once per instance (`cellloop settings set`); the environment still wins
+SETTINGS = {"base_url": "CELLLOOP_BASE_URL"}
+
+
+def read_settings(instance_dir: Path) -> dict:
+    import json
+
+    path = Path(instance_dir) / SETTINGS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except ValueError:
+        raise _error(f"{path} is not valid JSON; fix or delete it") from None
+    return data if isinstance(data, dict) else {}
+
+
+def _apply_settings(config) -> None:
+    settings = read_settings(config.instance_dir)
+    for key, env in SETTINGS.items():
+        if key in settings and not os.environ.get(env):
+            setattr(config, key, settings[key])
+
+
+def _check_base_url(url: str) -> str:
+    import re
+
+    if not re.match(r"^https?://[A-Za-z0-9.\-\[\]:]+(/[^\s]*)?$", url or ""):
+        raise _error(f"base URL must look like https://host[:port][/path], got {url!r}")
+    return url.rstrip("/")
+
+
+def write_setting(instance_dir: Path, key: str, value: str) -> None:
+    import json
+
+    path = Path(instance_dir) / SETTINGS_FILE
+    settings = read_settings(instance_dir)
+    settings[key] = value
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    tmp.write_text(json.dumps(settings, indent=1) + "\n")
+    os.replace(tmp, path)
 
 
 def _session(config):
@@ -42,9 +117,16 @@ def _check_migrated(url: str) -> None:
         raise _error(f"cannot reach the database: {str(exc.orig or exc).splitlines()[0]}") from None
     head = ScriptDirectory.from_config(db.alembic_config(url)).get_current_head()
     if current is None:
-        raise _error("the database has no schema yet: run `cellloop db upgrade` first")
+        raise _error(f"the database {_shown_url(url)} has no schema yet: run `cellloop db upgrade` first")
     if current != head:
         raise _error(f"the database is at schema {current}, this version needs {head}: run `cellloop db upgrade`")
+
+
+def _shown_url(url: str) -> str:
+    # a password in a database URL never reaches the terminal
+    import re
+
+    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
 
 
 def _storage(config):
@@ -322,6 +404,26 @@ def cmd_links(args) -> int:
     return 0
 
 
+def cmd_settings(args) -> int:
+    """`cellloop settings` shows the instance's settings; `cellloop settings base-url URL` keeps one."""
+    config = _config(args)
+    if args.key:
+        if args.value is None:
+            raise _error(f"give the value: cellloop settings {args.key} VALUE")
+        write_setting(config.instance_dir, "base_url", _check_base_url(args.value))
+        print(f"base URL {args.value.rstrip('/')} kept in {config.instance_dir / SETTINGS_FILE} "
+              f"(printed links use it; $CELLLOOP_BASE_URL still wins when set)")
+        return 0
+    saved = read_settings(config.instance_dir)
+    print(f"instance {config.instance_dir} ({config.extra.get('instance_source')})")
+    print(f"database {_shown_url(config.database_url)}")
+    print(f"storage {config.storage_url.split('?')[0]}")
+    source = ("$CELLLOOP_BASE_URL" if os.environ.get("CELLLOOP_BASE_URL") else
+              "settings" if "base_url" in saved else "default: set it with `cellloop settings base-url URL`")
+    print(f"base URL {config.base_url} ({source})")
+    return 0
+
+
 # --- serve / demo -------------------------------------------------------------------------------------------
 
 def gunicorn_argv(*, host: str, port: int, workers: int, extra: tuple[str, ...] = ()) -> list[str]:
@@ -340,7 +442,8 @@ def serve(config, *, host: str, port: int, workers: int) -> int:
     os.environ["CELLLOOP_INSTANCE_DIR"] = str(config.instance_dir)
     os.environ["CELLLOOP_DATABASE_URL"] = config.database_url
     os.environ["CELLLOOP_STORAGE_URL"] = config.storage_url
-    os.environ.setdefault("CELLLOOP_BASE_URL", f"http://{host}:{port}")
+    saved = read_settings(config.instance_dir).get("base_url")
+    os.environ.setdefault("CELLLOOP_BASE_URL", saved or f"http://{host}:{port}")
     argv = gunicorn_argv(host=host, port=port, workers=workers)
     print(f"CellLoop serving on http://{host}:{port}/  (Ctrl+C to stop)", flush=True)
     os.execv(sys.executable, argv)
@@ -452,6 +555,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overlap", type=int, default=30, metavar="PX")
     p.add_argument("--prelabel", default="none", help="with --crop: current, baseline, none or a model version")
     p.set_defaults(func=cmd_ingest)
+
+    p = common(sub.add_parser("settings", help="show the instance in use and its settings, or keep one "
+                              "(base-url URL: the public URL printed in task links)"))
+    p.add_argument("key", nargs="?", choices=["base-url"])
+    p.add_argument("value", nargs="?")
+    p.set_defaults(func=cmd_settings)
 
     p = common(sub.add_parser("links", help="print task links as CSV for a crowd platform"))
     p.add_argument("--project")

@@ -95,6 +95,14 @@ def cmd_publish(args) -> int:
 
     config, session, storage = _open(args)
     batch = _batch(session, args)
+    if args.base_url:
+        from backend.cli.admin_commands import _check_base_url, read_settings, write_setting
+
+        args.base_url = _check_base_url(args.base_url)
+        if read_settings(config.instance_dir).get("base_url") != args.base_url:
+            # once given, kept: later commands print links on it without the flag or the variable
+            write_setting(config.instance_dir, "base_url", args.base_url)
+            print(f"base URL {args.base_url} kept in the instance's settings", file=sys.stderr)
     if args.out:
         with open(args.out, "w") as out:
             n = loop.publish_batch(session, config, batch, out, args.base_url)
@@ -264,8 +272,35 @@ def cmd_report(args) -> int:
 
     config, session, storage = _open(args)
     project = _project(session, args.project)
-    _json_or_table(args, loop.report(session, project))
+    rows = loop.report(session, project)
+    _json_or_table(args, rows)
+    if not args.json:
+        hint = report_hint(session, project, rows)
+        if hint:
+            print(hint)
     return 0
+
+
+def report_hint(session, project, rows) -> str | None:
+    """What to run next when the report is still empty (all "-" until a cycle has run)."""
+    from sqlalchemy import func, select
+
+    from backend.store.models import Task, TaskState
+
+    if any(r.get("trained") for r in rows):
+        return None
+    if not rows:
+        return (f"no batches yet: cut crops with `cellloop batch create b1 --project {project.name} --all-new`, "
+                "then `cellloop prelabel --batch b1` and `cellloop publish --batch b1`")
+    approved = session.scalar(select(func.count(Task.id)).join(Task.batch).where(
+        Task.state == TaskState.approved, Task.kind == "crop", Task.batch.has(project_id=project.id)))
+    first = rows[0]["batch"]
+    if not approved:
+        return (f"no cycle has run yet, and no crop is approved: see progress with `cellloop status --project "
+                f"{project.name}`; once reviewers approve crops, run `cellloop cycle --batch {first}`")
+    return (f"no cycle has run yet: {approved} approved crops are waiting; run `cellloop cycle --batch {first}` "
+            f"(or step by step: `cellloop stitch --batch {first}`, QC the images in the reviewer queue, "
+            f"`cellloop dataset --project {project.name} --out data.npz`, `cellloop train ...`)")
 
 
 def _registry_train(args) -> int:
@@ -354,7 +389,8 @@ def register(sub) -> None:
     p = common(sub.add_parser("publish", help="task links of a batch as CSV for a crowd platform"))
     p.add_argument("--batch", required=True)
     p.add_argument("--project")
-    p.add_argument("--base-url", help="public URL of the server (default $CELLLOOP_BASE_URL)")
+    p.add_argument("--base-url", help="public URL of the server, kept in the instance's settings once given "
+                   "(default: $CELLLOOP_BASE_URL, else the one kept)")
     p.add_argument("--out", help="write the CSV here instead of stdout")
     p.set_defaults(func=cmd_publish)
 

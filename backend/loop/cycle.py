@@ -52,8 +52,10 @@ def run_cycle(session: Session, storage: Storage, config, batch: Batch, *, out=N
 
 
 def report(session: Session, project: Project) -> list[dict]:
+    from backend.loop.qc import QC_BATCH
+
     rows = []
-    for batch in sorted(project.batches, key=lambda b: b.id):
+    for batch in sorted((b for b in project.batches if b.name != QC_BATCH), key=lambda b: b.id):
         c = batch.cycle or {}
         rows.append({"batch": batch.name, "prelabel": batch.prelabel or "-", "prelabel_f1": c.get("current_f1"),
                      "cells": c.get("cells"), "edits_per_cell": c.get("edits_per_cell"),
