@@ -132,7 +132,8 @@ def loop_cases(quick: bool) -> list[dict]:
             simulate.Reviewer(url, "rev", "bench-password-1").approve_all()
             session.expire_all()
             t0 = time.perf_counter()
-            cycle = loop.run_cycle(session, storage, config, batch, tile=128, log=lambda *_: None, **train_options)
+            cycle = loop.run_cycle(session, storage, config, batch, tile=128, log=lambda *_: None, include_unreviewed=True,
+                                   **train_options)
             datasets.append(cycle["dataset"])
             records.append({"bench": "loop", "case": case, "prelabel": chosen, "cells": effort.cells,
                             "ops": effort.n_ops, "ops_per_100_cells": effort.as_dict()["ops_per_100_cells"],
@@ -193,7 +194,8 @@ def vectra_case(quick: bool) -> dict:
     t0 = time.perf_counter()
     # the steps of `cycle`, training from nothing (start "baseline"): the starter trained on this very half
     loop.stitch_batch(session, storage, batch)
-    built = loop.build_dataset(session, storage, project, Path(config.instance_dir) / "vectra.npz", tile=128)
+    built = loop.build_dataset(session, storage, project, Path(config.instance_dir) / "vectra.npz", tile=128,
+                               include_unreviewed=True)
     version, _ = loop.train_version(session, storage, config, project, built["path"], start="baseline",
                                     epochs=4 if quick else 10, steps_per_epoch=20 if quick else 40, batch_size=4,
                                     crop_size=128, seed=0)

@@ -537,9 +537,12 @@ def _atomic_target(path: Path) -> Path:
     return path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
 
 
-def write_labels(path, labels, *, channel_names=("whole-cell", "nuclear")) -> None:
+def write_labels(path, labels, *, channel_names=("whole-cell", "nuclear"), pixel_size_um: float | None = None,
+                 pixel_size_estimated: bool = False) -> None:
     """Write labels (H, W, 2) as OME-TIFF (2, H, W) int32 with channel names, or .npz (key "y").
 
+    With ``pixel_size_um`` the OME-TIFF carries PhysicalSizeX/Y (the .npz a ``pixel_size_um`` entry), and an
+    estimated size says so (the image's Description; ``pixel_size_estimated`` in the .npz).
     The file appears atomically (written beside it, then renamed), so a reader never sees half.
     """
     path = Path(path)
@@ -552,9 +555,19 @@ def write_labels(path, labels, *, channel_names=("whole-cell", "nuclear")) -> No
         raise ValueError(f"{path}: labels are written as .tif/.tiff/.ome.tif or .npz, not {suffix!r}")
     tmp = _atomic_target(path)
     try:
+        physical = {}
+        if pixel_size_um is not None:
+            if not pixel_size_um > 0:
+                raise ValueError(f"pixel size must be positive, got {pixel_size_um}")
+            physical = {"PhysicalSizeX": float(pixel_size_um), "PhysicalSizeXUnit": "µm",
+                        "PhysicalSizeY": float(pixel_size_um), "PhysicalSizeYUnit": "µm",
+                        "Description": f"pixel size {pixel_size_um:.4g} µm "
+                                       f"({'estimated from the cells, not measured' if pixel_size_estimated else 'given'})"}
         if suffix == ".npz":
+            extra = {} if pixel_size_um is None else {"pixel_size_um": np.float64(pixel_size_um),
+                                                      "pixel_size_estimated": np.bool_(pixel_size_estimated)}
             with open(tmp, "wb") as fh:
-                np.savez_compressed(fh, y=labels)
+                np.savez_compressed(fh, y=labels, **extra)
         else:
             import tifffile
 
@@ -562,7 +575,7 @@ def write_labels(path, labels, *, channel_names=("whole-cell", "nuclear")) -> No
                 tmp,
                 np.ascontiguousarray(labels.transpose(2, 0, 1)),
                 ome=True,
-                metadata={"axes": "CYX", "Channel": {"Name": names}},
+                metadata={"axes": "CYX", "Channel": {"Name": names}, **physical},
                 compression="zlib",
                 photometric="minisblack",
             )

@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipeline.quiet import quiet_tensorflow_import
+
+    quiet_tensorflow_import()  # TensorFlow's native start-up lines would clutter every model command
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -13,13 +13,88 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 
+INSTANCE_FOLDER = "cellloop-data"
+
+
+def _creates_instance(args) -> bool:
+    # only these make a new instance; every other command works on one that exists
+    return args.command == "demo" or (args.command == "db" and getattr(args, "action", None) == "upgrade")
+
+
+def find_instance(args) -> tuple[Path, str]:
+    """The instance folder a command works on, and how it was found: --instance, $CELLLOOP_INSTANCE_DIR, or a
+    ./cellloop-data in this folder or one above it (as git finds its repository). Nothing found: only `db
+    upgrade` and `demo` make ./cellloop-data here; any other command stops, so a command typed in the wrong
+    folder never starts a second, empty instance."""
+    if getattr(args, "instance", None):
+        return Path(args.instance).resolve(), "--instance"
+    if os.environ.get("CELLLOOP_INSTANCE_DIR"):
+        return Path(os.environ["CELLLOOP_INSTANCE_DIR"]).resolve(), "$CELLLOOP_INSTANCE_DIR"
+    cwd = Path.cwd().resolve()
+    for folder in (cwd, *cwd.parents):
+        if (folder / INSTANCE_FOLDER).is_dir():
+            return folder / INSTANCE_FOLDER, "this folder" if folder == cwd else "a folder above this one"
+    if _creates_instance(args) or os.environ.get("CELLLOOP_DATABASE_URL"):
+        return cwd / INSTANCE_FOLDER, "new"
+    raise _error(f"no CellLoop instance here: no ./{INSTANCE_FOLDER} in {cwd} or above it, and "
+                 "$CELLLOOP_INSTANCE_DIR is not set; cd to the folder holding it, pass --instance DIR, or make "
+                 "one here with `cellloop db upgrade` (or `cellloop demo`)")
+
+
 def _config(args):
     from backend.config import Config
 
-    overrides = {}
-    if getattr(args, "instance", None):
-        overrides["instance_dir"] = args.instance
-    return Config.from_env(**overrides)
+    folder, source = find_instance(args)
+    if source == "a folder above this one":
+        print(f"cellloop: using the instance {folder} (found above this folder)", file=sys.stderr)
+    config = Config.from_env(instance_dir=folder)
+    config.extra["instance_source"] = source
+    _apply_settings(config)
+    return config
+
+
+SETTINGS_FILE = "settings.json"
+# settings an admin sets once per instance (`cellloop settings set`); the environment still wins
+SETTINGS = {"base_url": "CELLLOOP_BASE_URL"}
+
+
+def read_settings(instance_dir: Path) -> dict:
+    import json
+
+    path = Path(instance_dir) / SETTINGS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except ValueError:
+        raise _error(f"{path} is not valid JSON; fix or delete it") from None
+    return data if isinstance(data, dict) else {}
+
+
+def _apply_settings(config) -> None:
+    settings = read_settings(config.instance_dir)
+    for key, env in SETTINGS.items():
+        if key in settings and not os.environ.get(env):
+            setattr(config, key, settings[key])
+
+
+def _check_base_url(url: str) -> str:
+    import re
+
+    if not re.match(r"^https?://[A-Za-z0-9.\-\[\]:]+(/[^\s]*)?$", url or ""):
+        raise _error(f"base URL must look like https://host[:port][/path], got {url!r}")
+    return url.rstrip("/")
+
+
+def write_setting(instance_dir: Path, key: str, value: str) -> None:
+    import json
+
+    path = Path(instance_dir) / SETTINGS_FILE
+    settings = read_settings(instance_dir)
+    settings[key] = value
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    tmp.write_text(json.dumps(settings, indent=1) + "\n")
+    os.replace(tmp, path)
 
 
 def _session(config):
@@ -42,9 +117,16 @@ def _check_migrated(url: str) -> None:
         raise _error(f"cannot reach the database: {str(exc.orig or exc).splitlines()[0]}") from None
     head = ScriptDirectory.from_config(db.alembic_config(url)).get_current_head()
     if current is None:
-        raise _error("the database has no schema yet: run `cellloop db upgrade` first")
+        raise _error(f"the database {_shown_url(url)} has no schema yet: run `cellloop db upgrade` first")
     if current != head:
         raise _error(f"the database is at schema {current}, this version needs {head}: run `cellloop db upgrade`")
+
+
+def _shown_url(url: str) -> str:
+    # a password in a database URL never reaches the terminal
+    import re
+
+    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
 
 
 def _storage(config):
@@ -137,7 +219,8 @@ def ingest(session, storage, **options):
 
 
 def _add_images(session, storage, *, paths, channels=None, project_name, image_name=None, per_channel=False,
-                pixel_size=None, tissue=None, platform=None, model_channels=None, max_pixels=None):
+                pixel_size=None, tissue=None, platform=None, model_channels=None, max_pixels=None,
+                channel_names=None):
     from sqlalchemy import select
 
     from pipeline.io import read_image
@@ -164,8 +247,11 @@ def _add_images(session, storage, *, paths, channels=None, project_name, image_n
             units.extend((group, i, f"{_image_stem(group[0])}-{i}", tags) for i, tags in enumerate(stack))
     for group, index, name, tags in units:
         try:
-            pixels, names = read_image(group if len(group) > 1 else group[0], wanted, max_pixels=max_pixels,
-                                       index=index)
+            source = group if len(group) > 1 else group[0]
+            if channel_names is not None:
+                _check_unnamed(source, channel_names, max_pixels, index)
+            pixels, names = read_image(source, wanted, max_pixels=max_pixels, index=index,
+                                       channel_names=channel_names)
         except ValueError as exc:
             hint = "" if channels is not None or project is None else (
                 f" (project {project.name!r} has channels {', '.join(project.channel_names)}; "
@@ -180,6 +266,32 @@ def _add_images(session, storage, *, paths, channels=None, project_name, image_n
                               tissue=tissue or tags.get("tissue"), platform=platform or tags.get("platform"),
                               source_path=str(group[0]) + ("" if index is None else f"[{index}]")))
     return project, rows
+
+
+def _check_unnamed(source, channel_names, max_pixels, index) -> None:
+    """--channel-names names the channels of files that carry none (ch0, ch1, ...); a file's own names stay."""
+    from pipeline.channels import UNNAMED
+    from pipeline.io import read_image
+
+    _, own = read_image(source, max_pixels=max_pixels, index=index)
+    named = [n for n in own if not UNNAMED.match(n)]
+    if named and not isinstance(source, (list, tuple)):
+        raise _error(f"{source} already names its channels ({', '.join(own)}); pick or reorder them with "
+                     f"--channels instead of --channel-names")
+
+
+def model_input_line(project) -> str:
+    """Which channels feed the model, and why: said at ingest so a wrong guess is seen before any prelabel."""
+    from backend.store.projects import model_channel_indices
+    from pipeline.channels import choose_model_channels
+
+    names = list(project.channel_names)
+    if project.model_channels:
+        return f"model input: nuclear {project.model_channels[0]!r}, membrane {project.model_channels[-1]!r} (set)"
+    idx = model_channel_indices(project)
+    choice = choose_model_channels(names)
+    return (f"model input: {choice.describe(names)} -> channels {idx} "
+            f"(chosen by name; set them with --model-channels NUCLEAR,MEMBRANE)")
 
 
 def _npz_stack(path: Path) -> list[dict] | None:
@@ -255,13 +367,16 @@ def cmd_ingest(args) -> int:
     project_name = args.project or args.name or _image_stem(Path(args.image[0]))
     channels = args.channels.split(",") if args.channels else None
     model_channels = args.model_channels.split(",") if args.model_channels else None
+    channel_names = [n.strip() for n in args.channel_names.split(",")] if args.channel_names else None
+    if channel_names is not None and (not all(channel_names) or len(set(channel_names)) != len(channel_names)):
+        raise _error(f"--channel-names must be distinct and non-empty, got {args.channel_names!r}")
     if args.pixel_size is not None and not args.pixel_size > 0:
         raise _error("--pixel-size must be positive")
     storage = _storage(config)
     project, images = ingest(session, storage, paths=args.image, channels=channels, project_name=project_name,
                              image_name=args.name, per_channel=args.per_channel, pixel_size=args.pixel_size,
                              tissue=args.tissue, platform=args.platform, model_channels=model_channels,
-                             max_pixels=config.max_image_pixels)
+                             max_pixels=config.max_image_pixels, channel_names=channel_names)
     tasks = []
     if args.crop:
         tasks = publish_crops(session, storage, config, project, images, crop_size=args.crop, overlap=args.overlap,
@@ -269,6 +384,7 @@ def cmd_ingest(args) -> int:
     for image in images:
         print(f"project {project.name!r} (id {project.id}): image {image.name!r} {image.height}x{image.width}, "
               f"channels {', '.join(project.channel_names)}")
+    print(model_input_line(project))
     print(f"{len(images)} images added, {len(project.images)} in the project; {len(tasks)} tasks")
     return 0
 
@@ -285,6 +401,26 @@ def cmd_links(args) -> int:
         print(f"{len(tasks)} task links written to {args.out}")
     else:
         print_links(config, tasks)
+    return 0
+
+
+def cmd_settings(args) -> int:
+    """`cellloop settings` shows the instance's settings; `cellloop settings base-url URL` keeps one."""
+    config = _config(args)
+    if args.key:
+        if args.value is None:
+            raise _error(f"give the value: cellloop settings {args.key} VALUE")
+        write_setting(config.instance_dir, "base_url", _check_base_url(args.value))
+        print(f"base URL {args.value.rstrip('/')} kept in {config.instance_dir / SETTINGS_FILE} "
+              f"(printed links use it; $CELLLOOP_BASE_URL still wins when set)")
+        return 0
+    saved = read_settings(config.instance_dir)
+    print(f"instance {config.instance_dir} ({config.extra.get('instance_source')})")
+    print(f"database {_shown_url(config.database_url)}")
+    print(f"storage {config.storage_url.split('?')[0]}")
+    source = ("$CELLLOOP_BASE_URL" if os.environ.get("CELLLOOP_BASE_URL") else
+              "settings" if "base_url" in saved else "default: set it with `cellloop settings base-url URL`")
+    print(f"base URL {config.base_url} ({source})")
     return 0
 
 
@@ -306,7 +442,8 @@ def serve(config, *, host: str, port: int, workers: int) -> int:
     os.environ["CELLLOOP_INSTANCE_DIR"] = str(config.instance_dir)
     os.environ["CELLLOOP_DATABASE_URL"] = config.database_url
     os.environ["CELLLOOP_STORAGE_URL"] = config.storage_url
-    os.environ.setdefault("CELLLOOP_BASE_URL", f"http://{host}:{port}")
+    saved = read_settings(config.instance_dir).get("base_url")
+    os.environ.setdefault("CELLLOOP_BASE_URL", saved or f"http://{host}:{port}")
     argv = gunicorn_argv(host=host, port=port, workers=workers)
     print(f"CellLoop serving on http://{host}:{port}/  (Ctrl+C to stop)", flush=True)
     os.execv(sys.executable, argv)
@@ -405,8 +542,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--per-channel", action="store_true", help="the files are the channels of one image")
     p.add_argument("--channels", help="comma-separated channel names or indices to keep, in order "
                    "(default: all for a new project, the project's channels by name for later images)")
-    p.add_argument("--model-channels", help="the channels that feed the model, in its order (default: a "
-                   "nuclear-looking channel, then the next one), e.g. DAPI,CD45")
+    p.add_argument("--channel-names", help="comma-separated names for the channels of files that have none "
+                   "(a plain TIFF's ch0, ch1, ...), e.g. DAPI,CD45; --channels then picks by these names")
+    p.add_argument("--model-channels", help="the channels that feed the model, in its order (default: chosen by "
+                   "name, a nuclear stain such as DAPI, DNA1, Ir191 or Histone H3, then a membrane marker), "
+                   "e.g. DAPI,CD45")
     p.add_argument("--name", help="image name (default: file name)")
     p.add_argument("--pixel-size", type=float, help="microns per pixel")
     p.add_argument("--tissue", help="tissue tag, kept in dataset metadata")
@@ -415,6 +555,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overlap", type=int, default=30, metavar="PX")
     p.add_argument("--prelabel", default="none", help="with --crop: current, baseline, none or a model version")
     p.set_defaults(func=cmd_ingest)
+
+    p = common(sub.add_parser("settings", help="show the instance in use and its settings, or keep one "
+                              "(base-url URL: the public URL printed in task links)"))
+    p.add_argument("key", nargs="?", choices=["base-url"])
+    p.add_argument("value", nargs="?")
+    p.set_defaults(func=cmd_settings)
 
     p = common(sub.add_parser("links", help="print task links as CSV for a crowd platform"))
     p.add_argument("--project")

@@ -97,6 +97,14 @@ def cmd_publish(args) -> int:
 
     config, session, storage = _open(args)
     batch = _batch(session, args)
+    if args.base_url:
+        from backend.cli.admin_commands import _check_base_url, read_settings, write_setting
+
+        args.base_url = _check_base_url(args.base_url)
+        if read_settings(config.instance_dir).get("base_url") != args.base_url:
+            # once given, kept: later commands print links on it without the flag or the variable
+            write_setting(config.instance_dir, "base_url", args.base_url)
+            print(f"base URL {args.base_url} kept in the instance's settings", file=sys.stderr)
     if args.out:
         with open(args.out, "w") as out:
             n = loop.publish_batch(session, config, batch, out, args.base_url)
@@ -147,7 +155,9 @@ def cmd_stitch(args) -> int:
                                  c.get("outcome", "")])
     for s in summary:
         print(f"{s['image']}: {s['approved']}/{s['crops']} crops approved, {s['cells']} cells stitched, "
-              f"{s['conflicts']} conflicts for QC" + (f" ({s['conflicts_key']})" if s.get("conflicts_key") else ""))
+              f"{s['conflicts']} conflicts for QC" + (f" ({s['conflicts_key']})" if s.get("conflicts_key") else "")
+              + (f"; image QC task {s['qc_task']} {s['qc']}" if s.get("qc_task") else "")
+              + (f", {s['expert_pixels_kept']} px of the expert's QC edits kept" if s.get("expert_pixels_kept") else ""))
     if args.conflicts:
         print(f"{len(conflicts)} conflicts written to {args.conflicts}")
     return 0
@@ -158,11 +168,40 @@ def cmd_dataset(args) -> int:
 
     config, session, storage = _open(args)
     project = _project(session, args.project)
-    summary = loop.build_dataset(session, storage, project, args.out, tile=args.tile, seed=args.seed, block=args.block)
-    print(f"{summary['path']}: {summary['tiles']} tiles of {args.tile} px, split {summary['splits']} "
-          f"(test split frozen), skipped {summary['skipped']}")
+    summary = loop.build_dataset(session, storage, project, args.out, tile=args.tile, seed=args.seed, block=args.block,
+                                 include_unreviewed=args.include_unreviewed)
+    print(f"{summary['path']}: {summary['tiles']} tiles of {args.tile} px from {summary['images']} images, split "
+          f"{summary['splits']} (test split frozen), skipped {summary['skipped']}")
+    if summary["unreviewed_images"]:
+        print(f"  {summary['unreviewed_images']} images not QC-approved included (--include-unreviewed; recorded "
+              f"in each tile's meta)")
     for split, digest in summary["sha256"].items():
         print(f"  {split}: sha256 {digest or '-'}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from backend.loop import export
+
+    if args.dataset:
+        if args.format != "npz":
+            raise CLIError("--dataset exports a dataset split in TissueNet's npz layout: use --format npz")
+        summary = export.export_dataset_split(args.dataset, args.split, args.out)
+        print(f"{summary['images']} tiles of the {args.split} split written to {summary['files'][0]}")
+        return 0
+    if not args.project:
+        raise CLIError("--project: the project to export (or --dataset FILE --split SPLIT for a dataset split)")
+    config, session, storage = _open(args)
+    project = _project(session, args.project)
+    images = [n.strip() for n in args.images.split(",") if n.strip()] if args.images else None
+    summary = export.export_project(session, storage, project, args.format, args.out, images=images,
+                                    include_unreviewed=args.include_unreviewed)
+    what = f"{summary['cells']} cell rows of " if summary["cells"] is not None else ""
+    print(f"exported {what}{len(summary['images'])} images of project {project.name!r} as {args.format}:")
+    for path in summary["files"]:
+        print(f"  {path}")
+    if summary["unreviewed"]:
+        print(f"  not QC-approved (--include-unreviewed): {', '.join(summary['unreviewed'])}")
     return 0
 
 
@@ -224,7 +263,7 @@ def cmd_cycle(args) -> int:
     config, session, storage = _open(args)
     batch = _batch(session, args)
     record = loop.run_cycle(session, storage, config, batch, out=args.out, tile=args.tile, block=args.block,
-                            **_train_options(args))
+                            include_unreviewed=args.include_unreviewed, **_train_options(args))
     print(json.dumps(record, default=str) if args.json else
           f"cycle of batch {batch.name!r} done: {record['candidate']} "
           f"{'promoted' if record['promoted'] else 'not promoted'} ({record['reason']})")
@@ -236,8 +275,35 @@ def cmd_report(args) -> int:
 
     config, session, storage = _open(args)
     project = _project(session, args.project)
-    _json_or_table(args, loop.report(session, project))
+    rows = loop.report(session, project)
+    _json_or_table(args, rows)
+    if not args.json:
+        hint = report_hint(session, project, rows)
+        if hint:
+            print(hint)
     return 0
+
+
+def report_hint(session, project, rows) -> str | None:
+    """What to run next when the report is still empty (all "-" until a cycle has run)."""
+    from sqlalchemy import func, select
+
+    from backend.store.models import Task, TaskState
+
+    if any(r.get("trained") for r in rows):
+        return None
+    if not rows:
+        return (f"no batches yet: cut crops with `cellloop batch create b1 --project {project.name} --all-new`, "
+                "then `cellloop prelabel --batch b1` and `cellloop publish --batch b1`")
+    approved = session.scalar(select(func.count(Task.id)).join(Task.batch).where(
+        Task.state == TaskState.approved, Task.kind == "crop", Task.batch.has(project_id=project.id)))
+    first = rows[0]["batch"]
+    if not approved:
+        return (f"no cycle has run yet, and no crop is approved: see progress with `cellloop status --project "
+                f"{project.name}`; once reviewers approve crops, run `cellloop cycle --batch {first}`")
+    return (f"no cycle has run yet: {approved} approved crops are waiting; run `cellloop cycle --batch {first}` "
+            f"(or step by step: `cellloop stitch --batch {first}`, QC the images in the reviewer queue, "
+            f"`cellloop dataset --project {project.name} --out data.npz`, `cellloop train ...`)")
 
 
 def _registry_train(args) -> int:
@@ -328,7 +394,8 @@ def register(sub) -> None:
     p = common(sub.add_parser("publish", help="task links of a batch as CSV for a crowd platform"))
     p.add_argument("--batch", required=True)
     p.add_argument("--project")
-    p.add_argument("--base-url", help="public URL of the server (default $CELLLOOP_BASE_URL)")
+    p.add_argument("--base-url", help="public URL of the server, kept in the instance's settings once given "
+                   "(default: $CELLLOOP_BASE_URL, else the one kept)")
     p.add_argument("--out", help="write the CSV here instead of stdout")
     p.set_defaults(func=cmd_publish)
 
@@ -351,7 +418,20 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--block", type=int, help="split by spatial blocks of this many px (default 512; an image keeps "
                                              "the block size of its first dataset)")
+    p.add_argument("--include-unreviewed", action="store_true",
+                   help="also stitched images the expert has not QC-approved (recorded in the dataset's meta)")
     p.set_defaults(func=cmd_dataset)
+
+    p = common(sub.add_parser("export", help="reviewed labels as OME-TIFF per image, TissueNet npz, or per-cell CSV"))
+    p.add_argument("--project", help="the project whose QC-approved images to export")
+    p.add_argument("--images", help="comma-separated image names (default: every QC-approved image)")
+    p.add_argument("--format", required=True, choices=("ome-tiff", "npz", "csv"))
+    p.add_argument("--out", required=True, help="folder for the files")
+    p.add_argument("--include-unreviewed", action="store_true",
+                   help="also stitched images the expert has not QC-approved (their current labels)")
+    p.add_argument("--dataset", help="instead of a project: a dataset .npz from `cellloop dataset` (with --split)")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"), help="with --dataset (default test)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("models", help="the model registry")
     actions = p.add_subparsers(dest="models_action", required=True)
@@ -380,6 +460,8 @@ def register(sub) -> None:
     p.add_argument("--tile", type=int, default=256, help="dataset tile size in px (default 256)")
     p.add_argument("--block", type=int, help="split by spatial blocks of this many px (default 512)")
     p.add_argument("--backbone", help="backbone when training from scratch (default the light one)")
+    p.add_argument("--include-unreviewed", action="store_true",
+                   help="train on stitched images the expert has not QC-approved yet (recorded in the dataset)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_cycle)
 

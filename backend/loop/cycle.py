@@ -20,7 +20,7 @@ MIN_TEST_CELLS = 100
 
 
 def run_cycle(session: Session, storage: Storage, config, batch: Batch, *, out=None, log=print, tile: int = 256,
-              block: int | None = None, **train_options) -> dict:
+              block: int | None = None, include_unreviewed: bool = False, **train_options) -> dict:
     """stitch → dataset → train from the current model → evaluate both on the frozen test split (each run as
     prelabel runs it) → promote if strictly better on at least MIN_TEST_CELLS test cells; the outcome is recorded
     on the batch (shown by `cellloop report`)."""
@@ -32,13 +32,13 @@ def run_cycle(session: Session, storage: Storage, config, batch: Batch, *, out=N
     log(f"stitched {sum(s['approved'] for s in stitched)} approved crops into {len(stitched)} images "
         f"({cells} cells, {sum(s['conflicts'] for s in stitched)} conflicts for QC)")
     out = Path(out) if out else Path(config.instance_dir) / "datasets" / project.name / f"{batch.name}.npz"
-    data = build_dataset(session, storage, project, out, tile=tile, block=block)
+    data = build_dataset(session, storage, project, out, tile=tile, block=block, include_unreviewed=include_unreviewed)
     log(f"dataset {data['path']}: {data['splits']} tiles")
     status = batch_status(session, storage, batch)
     current = registry.current_model(session, storage, project)
     candidate, parent = train_version(session, storage, config, project, out, start="current", **train_options)
     log(f"trained {candidate.name} from {parent.name if parent else 'scratch'}")
-    record = {"dataset": data["path"], "sha256": data["sha256"], "splits": data["splits"], "cells": cells,
+    record = {"include_unreviewed": include_unreviewed, "dataset": data["path"], "sha256": data["sha256"], "splits": data["splits"], "cells": cells,
               "edits_per_cell": status["edits_per_cell"], "seconds_per_cell": status["seconds_per_cell"],
               "prelabel": batch.prelabel, "current": current.label, "candidate": candidate.name}
     if data["splits"]["test"] == 0:
@@ -65,8 +65,10 @@ def run_cycle(session: Session, storage: Storage, config, batch: Batch, *, out=N
 
 
 def report(session: Session, project: Project) -> list[dict]:
+    from backend.loop.qc import QC_BATCH
+
     rows = []
-    for batch in sorted(project.batches, key=lambda b: b.id):
+    for batch in sorted((b for b in project.batches if b.name != QC_BATCH), key=lambda b: b.id):
         c = batch.cycle or {}
         rows.append({"batch": batch.name, "prelabel": batch.prelabel or "-", "prelabel_f1": c.get("current_f1"),
                      "cells": c.get("cells"), "edits_per_cell": c.get("edits_per_cell"),

@@ -9,6 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from backend.loop.common import LoopError
+from backend.loop.qc import nothing_reviewed_message, reviewed_images, reviewed_labels
 from backend.loop.stitch import stitched_labels
 from backend.store.models import DatasetBlock, DatasetTile, Project
 from backend.store.projects import model_channel_indices, read_image
@@ -16,21 +17,25 @@ from backend.store.storage import Storage
 
 
 def build_dataset(session: Session, storage: Storage, project: Project, out, *, tile: int = 256,
-                  seed: int = 0, block: int | None = None) -> dict:
-    """The project's stitched images as a QC'd, tiled dataset .npz with a frozen split in each tile's meta. Splits
-    go by spatial block (``block`` px, default ``pipeline.dataset.BLOCK``; an image keeps the block size of its
-    first dataset), so no region of an image is in two splits and the test area survives a change of ``tile``."""
+                  seed: int = 0, block: int | None = None, include_unreviewed: bool = False) -> dict:
+    """The project's QC-approved stitched images (every stitched one with ``include_unreviewed``, recorded in each
+    tile's meta) as a tiled dataset .npz with a frozen split in each tile's meta. Splits go by spatial block
+    (``block`` px, default ``pipeline.dataset.BLOCK``; an image keeps the block size of its first dataset), so no
+    region of an image is in two splits and the test area survives a change of ``tile``."""
     from pipeline import dataset, io
 
     if tile < 16 or (block is not None and block < 16):
         raise LoopError("--tile and --block must be at least 16 px")
     channels = model_channel_indices(project)
-    images = [i for i in project.images if i.labels_key]
+    reviewed = reviewed_images(session, project, include_unreviewed=include_unreviewed)
+    qc_states = {i.id: state for i, state in reviewed}
+    images = [i for i, _ in reviewed]
     if not images:
-        raise LoopError(f"project {project.name!r} has no stitched labels yet: run `cellloop stitch` first")
+        raise LoopError(nothing_reviewed_message(session, project, "build a dataset from"))
     candidates, skipped = [], Counter()
     for image in images:
-        labels, coverage = stitched_labels(storage, image)
+        _, coverage = stitched_labels(storage, image)
+        labels = reviewed_labels(session, storage, image)
         pixels = read_image(storage, image)[..., channels]
         tiles, left_out = dataset.cut_tiles(pixels, labels, coverage, size=tile)
         skipped.update(left_out)
@@ -51,14 +56,17 @@ def build_dataset(session: Session, storage: Storage, project: Project, out, *, 
                      "box": [t.y0, t.x0, min(t.y0 + tile, image.height), min(t.x0 + tile, image.width)],
                      "tissue": image.tissue or "unknown", "platform": image.platform or "unknown",
                      "pixel_size_um": image.pixel_size_um, "split": splits[(image.id, t.y0, t.x0)],
-                     "n_cells": t.n_cells})
+                     "n_cells": t.n_cells, "qc": qc_states[image.id],
+                     "include_unreviewed": include_unreviewed})
     X = np.stack([t.X for _, t in candidates])
     y = np.stack([t.y for _, t in candidates])
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     io.save_dataset(out, X, y, meta)
     data = {"X": X, "y": y, "meta": meta}
-    summary = {"path": str(out), "tiles": len(candidates), "skipped": dict(skipped), "splits": {}, "sha256": {}}
+    summary = {"path": str(out), "tiles": len(candidates), "skipped": dict(skipped), "splits": {}, "sha256": {},
+               "images": len(images), "include_unreviewed": include_unreviewed,
+               "unreviewed_images": sum(state != "approved" for state in qc_states.values())}
     for split in dataset.SPLITS:
         Xs, ys, _ = dataset.select(data, split)
         summary["splits"][split] = int(len(Xs))

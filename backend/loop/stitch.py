@@ -9,6 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from backend.loop.common import batch_images, count_cells
+from backend.loop.qc import refresh_qc
 from backend.store.arrays import decode_array, encode_array
 from backend.store.models import Batch, Image, Task, TaskState, utcnow
 from backend.store.storage import Storage
@@ -27,7 +28,8 @@ def stitch_batch(session: Session, storage: Storage, batch: Batch) -> list[dict]
         in_batch = session.scalar(select(func.count(Task.id)).where(Task.batch_id == batch.id,
                                                                     Task.image_id == image.id))
         approved = list(session.scalars(select(Task).where(Task.image_id == image.id,
-                                                           Task.state == TaskState.approved)
+                                                           Task.state == TaskState.approved,
+                                                           Task.kind == "crop")
                                         .order_by(Task.batch_id, Task.id)))
         if not approved:
             summary.append({"image": image.name, "approved": 0, "crops": in_batch, "cells": 0, "conflicts": 0})
@@ -47,10 +49,12 @@ def stitch_batch(session: Session, storage: Storage, batch: Batch) -> list[dict]
         storage.put(conflicts_key, json.dumps(result.conflicts, indent=1).encode())
         image.labels_key, image.coverage_key, image.stitched_at = labels_key, coverage_key, utcnow()
         session.commit()
+        qc = refresh_qc(session, storage, image, result.labels, result.conflicts, [list(t.box) for t in approved],
+                        source=batch.name)
         summary.append({"image": image.name, "approved": sum(t.batch_id == batch.id for t in approved),
                         "crops": in_batch, "cells": count_cells(result.labels), "coverage": float(result.coverage.mean()),
                         "conflicts": len(result.conflicts), "conflicts_key": conflicts_key,
-                        "conflict_list": result.conflicts})
+                        "conflict_list": result.conflicts, **qc})
     batch.stitched_at = utcnow()
     session.commit()
     return summary

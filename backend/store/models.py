@@ -214,6 +214,8 @@ class Task(Base):
     # beside its prelabel for the assist tools; None when the prelabel had no maps (baseline, none, older tasks)
     maps_key: Mapped[str | None] = mapped_column(String(1024))
     maps_model: Mapped[str | None] = mapped_column(String(200))
+    # "crop": a crop for the crowd; "qc": the expert's whole-image QC of a stitched image (see ImageQC)
+    kind: Mapped[str] = mapped_column(String(16), default="crop", server_default="crop")
 
     batch: Mapped[Batch] = relationship(back_populates="tasks")
     source_image: Mapped[Image | None] = relationship()
@@ -315,3 +317,22 @@ class DatasetBlock(Base):
     split: Mapped[str] = mapped_column(String(8))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     __table_args__ = (UniqueConstraint("image_id", "y0", "x0"),)
+
+
+class ImageQC(Base):
+    """The expert's whole-image QC of a stitched image: its QC task (a task of kind "qc" over the whole image), the
+    stitched labels the task was last refreshed from (what the expert's edits are measured against when the
+    image is stitched again), the conflicts stitch listed, each with a `resolved` flag, and the crop seams."""
+
+    __tablename__ = "image_qc"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"), unique=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"))
+    base_labels_key: Mapped[str] = mapped_column(String(1024))
+    conflicts: Mapped[list] = mapped_column(JSON, default=list)
+    seams: Mapped[list] = mapped_column(JSON, default=list)
+    stitched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    image: Mapped[Image] = relationship()
+    task: Mapped[Task] = relationship()

@@ -10,8 +10,6 @@ from backend.store.arrays import encode_array, validate_image
 from backend.store.models import Image, Project
 from backend.store.storage import Storage
 
-# channel names that mean "nuclear stain" when a project does not say which channels feed the model
-NUCLEAR_NAMES = {"nuclear", "dapi", "hh3", "hoechst", "nuclei", "nucleus", "dna", "h3"}
 
 
 def get_project(session: Session, name: str) -> Project:
@@ -72,10 +70,11 @@ def model_channel_indices(project: Project, n_model_channels: int = 2) -> list[i
         return [names.index(c) for c in project.model_channels]
     if n_model_channels != 2:
         raise ValueError(f"project {project.name!r} does not say which {n_model_channels} channels feed the model")
-    nuclear = next((i for i, n in enumerate(names) if n.lower() in NUCLEAR_NAMES), 0)
-    others = [i for i in range(len(names)) if i != nuclear]
+    from pipeline.channels import choose_model_channels
+
+    choice = choose_model_channels(names)
     # a one-channel panel feeds its nuclear stain twice rather than inventing a membrane channel
-    return [nuclear, others[0] if others else nuclear]
+    return [choice.nuclear, choice.nuclear if choice.membrane is None else choice.membrane]
 
 
 def project_from_image(session: Session, storage: Storage, *, name: str, image: np.ndarray,

@@ -52,7 +52,7 @@ def create_app(config: Config | None = None, **overrides) -> Flask:
     app.extensions["cellloop.storage"] = storage_from_url(config.storage_url)
     app.extensions["cellloop.cache"] = ArrayCache(config.array_cache_mb * 1024 * 1024)
 
-    from backend.web import crowd, review, session as session_routes
+    from backend.web import crowd, qc, review, session as session_routes
 
     app.teardown_appcontext(common.close_db)
     app.before_request(cap_request_body)
@@ -61,6 +61,7 @@ def create_app(config: Config | None = None, **overrides) -> Flask:
     app.register_blueprint(session_routes.bp)
     app.register_blueprint(crowd.bp)
     app.register_blueprint(review.bp)
+    app.register_blueprint(qc.bp)
 
     @app.get("/healthz")
     def healthz():

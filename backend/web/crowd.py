@@ -73,6 +73,7 @@ def task_summary(task: Task, svc) -> dict:
         "channels": list(project.channel_names),
         "layers": ["whole-cell", "nuclear"],
         "project": project.name,
+        "kind": task.kind,
         "can_undo": bool(undo),
         "can_redo": bool(redo),
         "review": None if review is None else {"verdict": review.verdict, "comment": review.comment},

@@ -46,10 +46,19 @@ def list_tasks():
     if project:
         query = query.where(Project.name == project)
     tasks = db().scalars(query.order_by(Task.submitted_at, Task.id)).all()
+    # `?kind=crop|qc`: crop reviews or whole-image QC; the counts of both come back either way
+    kind = request.args.get("kind")
+    if kind not in (None, "", "crop", "qc"):
+        abort(400, description="kind must be 'crop' or 'qc'")
+    counts = {"crop": sum(t.kind != "qc" for t in tasks), "qc": sum(t.kind == "qc" for t in tasks)}
+    if kind:
+        tasks = [t for t in tasks if (t.kind == "qc") == (kind == "qc")]
     return jsonify({"tasks": [{"id": t.id, "state": t.state.value, "revision": t.revision, "box": list(t.box),
-                               "project": t.batch.project.name, "time_open_s": t.time_open_s,
+                               "project": t.batch.project.name, "time_open_s": t.time_open_s, "kind": t.kind,
+                               "image": t.source_image.name if t.source_image else None,
                                "submitted_at": t.submitted_at.isoformat() if t.submitted_at else None}
                               for t in tasks],
+                    "counts": counts,
                     "projects": db().scalars(select(Project.name).order_by(Project.name)).all()})
 
 

@@ -40,6 +40,7 @@ export class Editor {
     this.spaceHeld = false;
     this.frame = null;
     this.timings = { frames: 0 };
+    this.overlayHooks = []; // (ctx, view) => void: pages draw their own marks on the overlay (qc.js)
     this.queue = new EditQueue({
       send: (item) => this.sendItem(item),
       onDone: (item, result) => this.acknowledged(item, result),
@@ -235,6 +236,7 @@ export class Editor {
       ctx.arc(x, y, 5, 0, 2 * Math.PI);
       ctx.fill();
     }
+    for (const hook of this.overlayHooks) hook(ctx, this.view);
   }
 
   // --- pointer -------------------------------------------------------------------------------------------
@@ -623,6 +625,7 @@ export class Editor {
     for (const b of this.container.querySelectorAll('.toolbar button.tool, .toolbar select')) b.disabled = readOnly;
     this.undoButton.disabled = readOnly;
     this.redoButton.disabled = readOnly;
+    if (this.newCellButton) this.newCellButton.disabled = readOnly;
   }
 
   // every edit made so far acknowledged (or refused)

@@ -32,6 +32,7 @@ export function buildPanels(editor) {
   editor.modeSelect.addEventListener('change', () => { editor.overwrite = editor.modeSelect.value === 'overwrite'; });
   const newCell = el('button', { title: `new cell (${keyHint('newCell')})`, disabled: editor.readOnly }, 'New cell', el('kbd', {}, 'N'));
   newCell.addEventListener('click', () => editor.run('newCell'));
+  editor.newCellButton = newCell;
   editor.undoButton = el('button', { title: 'undo (Ctrl+Z)', disabled: editor.readOnly }, 'Undo');
   editor.undoButton.addEventListener('click', () => editor.run('undo'));
   editor.redoButton = el('button', { title: 'redo (Ctrl+Shift+Z)', disabled: editor.readOnly }, 'Redo');
@@ -100,10 +101,12 @@ export function buildPanels(editor) {
 
 function buildHelp() {
   const rows = KEYS.map((k) => el('tr', {}, el('td', {}, k.keys.map(keyLabel).join(' / ')), el('td', {}, k.help)));
-  const close = el('button', {}, 'Close');
+  // Close sits in the card's header, which stays in view while the key table scrolls (a short window)
+  const close = el('button', { className: 'help-close' }, 'Close');
   const box = el('div', { className: 'help', hidden: true },
-    el('div', { className: 'help-card' }, el('h2', {}, 'Keys'), el('table', {}, el('tbody', {}, ...rows)),
-      el('p', {}, 'Wheel zooms to the cursor. Edits are saved as you make them; the queue counter shows those still on their way.'), close));
+    el('div', { className: 'help-card' }, el('div', { className: 'help-head' }, el('h2', {}, 'Keys'), close),
+      el('table', {}, el('tbody', {}, ...rows)),
+      el('p', {}, 'Wheel zooms to the cursor. Edits are saved as you make them; the queue counter shows those still on their way.')));
   close.addEventListener('click', () => { box.hidden = true; });
   return box;
 }

@@ -2,6 +2,7 @@
 // task in the same editor the annotator used, edit, approve or reject with a comment, next task with one key.
 import { ApiError, Client } from './api.js';
 import { Editor } from './editor.js';
+import { QCPanel } from './qc.js';
 
 const $ = (id) => document.getElementById(id);
 const state = { csrf: null, tasks: [], sort: 'submitted_at', descending: false, current: null, editor: null };
@@ -35,7 +36,9 @@ async function loadQueue() {
   const params = new URLSearchParams();
   for (const s of $('state-filter').value.split(',')) params.append('state', s);
   if ($('project-filter').value) params.set('project', $('project-filter').value);
-  const { tasks, projects } = await call(`/api/review/tasks?${params}`);
+  if ($('kind-filter').value) params.set('kind', $('kind-filter').value);
+  const { tasks, projects, counts } = await call(`/api/review/tasks?${params}`);
+  $('kind-counts').textContent = counts ? `${counts.crop} crop reviews · ${counts.qc} image QC` : '';
   state.tasks = sorted(tasks);
   const select = $('project-filter');
   const chosen = select.value;
@@ -46,7 +49,9 @@ async function loadQueue() {
     tr.className = 'task';
     tr.dataset.id = t.id;
     const minutes = t.time_open_s ? `${Math.round(t.time_open_s / 6) / 10} min` : '—';
-    for (const v of [t.id, t.project, t.state.replace('_', ' '), t.revision, minutes, t.submitted_at ? t.submitted_at.slice(0, 16).replace('T', ' ') : '—']) {
+    tr.dataset.kind = t.kind || 'crop';
+    const kind = t.kind === 'qc' ? `image QC · ${t.image || ''}` : 'crop';
+    for (const v of [t.id, t.project, kind, t.state.replace('_', ' '), t.revision, minutes, t.submitted_at ? t.submitted_at.slice(0, 16).replace('T', ' ') : '—']) {
       const td = document.createElement('td');
       td.textContent = v;
       tr.append(td);
@@ -71,7 +76,8 @@ async function openTask(id, notice = '') {
   let info = await client.info();
   if (info.state === 'submitted') info = await client.post('start');
   state.current = info;
-  $('title').textContent = `· task ${info.id} · ${info.project} · ${info.state.replace('_', ' ')}`;
+  const what = info.kind === 'qc' ? 'image QC' : 'task';
+  $('title').textContent = `· ${what} ${info.id} · ${info.project} · ${info.state.replace('_', ' ')}`;
   $('comment').value = '';
   const reviewable = info.state === 'in_review';
   for (const b of ['approve', 'reject']) $(b).disabled = !reviewable;
@@ -82,6 +88,11 @@ async function openTask(id, notice = '') {
   state.editor = new Editor($('editor'), client, info, { readOnly: !reviewable });
   window.cellloop = { editor: state.editor, client };
   await state.editor.load();
+  if (info.kind === 'qc') {
+    state.qc = new QCPanel(state.editor, client, state.csrf);
+    window.cellloop.qc = state.qc;
+    await state.qc.mount();
+  }
   document.body.dataset.ready = 'true';
 }
 
@@ -112,6 +123,7 @@ $('next').addEventListener('click', () => nextTask());
 $('back').addEventListener('click', () => showQueue());
 $('state-filter').addEventListener('change', () => loadQueue());
 $('project-filter').addEventListener('change', () => loadQueue());
+$('kind-filter').addEventListener('change', () => loadQueue());
 for (const b of document.querySelectorAll('[data-sort]')) {
   b.addEventListener('click', async () => {
     state.descending = state.sort === b.dataset.sort ? !state.descending : b.dataset.sort !== 'id' && b.dataset.sort !== 'submitted_at';

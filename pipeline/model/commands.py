@@ -22,7 +22,8 @@ def register(subparsers) -> None:
     p.add_argument("image", nargs="+", help="image file (TIFF/OME-TIFF/NPZ/PNG), or one file per channel")
     p.add_argument("--model", help="model version folder or .keras file (default: the shipped starter model)")
     p.add_argument("--nuclear", help="nuclear channel: name or index")
-    p.add_argument("--membrane", help="membrane/cytoplasm channel: name or index")
+    p.add_argument("--membrane", help="membrane/cytoplasm channel: name or index (leave out for nuclear-only "
+                   "images: whole cells then come from the nuclear channel alone)")
     p.add_argument("--channels", help="comma-separated channels in the model's order (for models not of 2 channels)")
     p.add_argument("--image-mpp", default="auto",
                    help="µm per pixel of the image, or 'auto' (default): estimated from the image's cells")
@@ -112,8 +113,11 @@ def _channel_request(args, n_model_channels: int, model_channels: list[str]):
             raise _error("give --channels or --nuclear/--membrane, not both")
         wanted = [c.strip() for c in args.channels.split(",") if c.strip()]
     elif n_model_channels == 2:
-        if args.nuclear is None or args.membrane is None:
-            raise _error("name both --nuclear and --membrane channels (name or index)")
+        if args.nuclear is None and args.membrane is None:
+            raise _error("name the --nuclear channel (and --membrane, if the image has one) by name or index")
+        if args.nuclear is None:
+            raise _error("--membrane needs --nuclear too (the model always takes a nuclear channel)")
+        # nuclear only: the membrane input stays blank, as the published application allows
         wanted = [args.nuclear, args.membrane]
     else:
         raise _error(
@@ -148,7 +152,16 @@ def cmd_predict(args) -> int:
 
     version = saving.load_model_version(_model_path(args.model))
     wanted = _channel_request(args, len(version.channels), version.channels)
-    image, picked = io.read_image(paths, channels=wanted)
+    nuclear_only = len(wanted) == 2 and wanted[1] is None
+    image, picked = io.read_image(paths, channels=wanted[:1] if nuclear_only else wanted)
+    from pipeline.channels import check_segmentable
+
+    check_segmentable(image.shape, f"the image ({args.image[0]})")
+    if nuclear_only:
+        import numpy as np
+
+        image = np.concatenate([image, np.zeros_like(image)], axis=-1)
+        print(f"no membrane channel: whole cells from nuclear channel {picked[0]!r} only")
     app = Mesmer(version)
     labels = app.predict(
         image.astype("float32"),
@@ -158,9 +171,15 @@ def cmd_predict(args) -> int:
         progress=_progress_bar("predict"),
     )
     out.parent.mkdir(parents=True, exist_ok=True)
-    io.write_labels(out, labels)
+    # the pixel size goes with the labels: the one given, or the one estimated (marked so)
+    estimated = image_mpp == "auto"
+    mpp = app.scale_estimates[0].image_mpp if estimated and app.scale_estimates else (
+        None if estimated else float(image_mpp))
+    io.write_labels(out, labels, pixel_size_um=mpp, pixel_size_estimated=estimated)
     n_cells = int(len(set(labels[..., 0].ravel().tolist()) - {0}))
     n_nuc = int(len(set(labels[..., 1].ravel().tolist()) - {0}))
+    if n_cells == 0 and n_nuc == 0:
+        print(f"warning: no cells found in {out.name}; check the channels ({', '.join(picked)}) and the pixel size")
     t = app.timings
     for estimate in app.scale_estimates:
         print(f"scale: {estimate.describe()}")

@@ -15,18 +15,15 @@ def starter_model_dir() -> Path | None:
     return None
 
 
-NUCLEAR_NAMES = {"nuclear", "nuclei", "nucleus", "dapi", "hoechst", "hh3", "histone", "draq5"}
-
-
 def pick_channels(names) -> tuple[int, int]:
-    """(nuclear, membrane) indices from channel names: the first name that reads as a nuclear stain
-    (channel 0 when none does), and the first other channel as membrane/cytoplasm."""
-    names = [str(n).lower() for n in names]
-    if not names:
+    """(nuclear, membrane) indices from channel names, by `pipeline.channels.choose_model_channels` (the one
+    rule ingest, prelabel and predict share); a one-channel image gives its nuclear channel twice."""
+    from pipeline.channels import choose_model_channels
+
+    if not list(names):
         raise ValueError("the image has no channels")
-    nuclear = next((i for i, n in enumerate(names) if n in NUCLEAR_NAMES), 0)
-    membrane = next((i for i in range(len(names)) if i != nuclear), nuclear)
-    return nuclear, membrane
+    choice = choose_model_channels(names)
+    return choice.nuclear, choice.nuclear if choice.membrane is None else choice.membrane
 
 
 def segment(image, channel_names=None, *, nuclear=None, membrane=None, image_mpp="auto", compartment="both"):

@@ -82,7 +82,8 @@ def test_one_cycle_end_to_end_then_a_fine_tuned_second_version(instance, tmp_pat
     assert status["states"] == {"approved": 8} and status["edits"] == effort.n_ops
 
     # these 256-px images are small: 128-px split blocks give the dataset a test block at all
-    assert main(["cycle", "--batch", "b1", "--tile", "128", "--block", "128", "--epochs", "1", "--steps-per-epoch", "3",
+    assert main(["cycle", "--batch", "b1", "--include-unreviewed", "--tile", "128", "--block", "128",
+                 "--epochs", "1", "--steps-per-epoch", "3",
                  "--batch-size", "2", "--crop-size", "128", "--json"]) == 0
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     session.expire_all()
@@ -127,7 +128,8 @@ def test_one_cycle_end_to_end_then_a_fine_tuned_second_version(instance, tmp_pat
     assert registry.current_model(session, storage, b2.project).label == "syn-v2"
 
     # the test split stays frozen when the dataset is made again
-    assert main(["dataset", "--project", "syn", "--out", str(tmp_path / "again.npz"), "--tile", "128"]) == 0
+    assert main(["dataset", "--project", "syn", "--include-unreviewed", "--out", str(tmp_path / "again.npz"),
+                 "--tile", "128"]) == 0
     session.expire_all()
     assert {(t.image_id, t.y0, t.x0) for t in session.scalars(
         select(DatasetTile).where(DatasetTile.split == "test"))} == test_tiles

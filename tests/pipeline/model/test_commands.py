@@ -49,18 +49,25 @@ def test_predict_writes_both_layers(version, image_file, tmp_path, capsys):
     labels = io.read_labels(out)
     assert labels.shape == (160, 200, 2)
     assert "labels.tif" in capsys.readouterr().out
+    # the estimated pixel size goes into the OME-XML, marked as estimated
+    import ome_types
+
+    with tifffile.TiffFile(out) as tif:
+        ome = ome_types.from_xml(tif.ome_metadata, validate=True)
+    assert ome.images[0].pixels.physical_size_x > 0 and "estimated" in ome.images[0].description
     rc = cli.main(["predict", str(image_file), "--model", str(version), "--nuclear", "1", "--membrane", "0",
                    "--image-mpp", "0.25", "--out", str(tmp_path / "labels.npz")])
     assert rc == 0
     with np.load(tmp_path / "labels.npz") as z:
         assert z["y"].shape == (160, 200, 2)
+        assert float(z["pixel_size_um"]) == 0.25 and not bool(z["pixel_size_estimated"])
 
 
 @pytest.mark.parametrize(
     "extra, message",
     [
         (["--nuclear", "Hoechst", "--membrane", "0"], "Hoechst"),
-        (["--nuclear", "1"], "--membrane"),
+        (["--membrane", "0"], "--nuclear"),
         (["--nuclear", "1", "--membrane", "0", "--image-mpp", "-1"], "image-mpp"),
     ],
 )
@@ -131,3 +138,18 @@ def test_train_then_fine_tune_from_the_command_line(tmp_path, capsys):
     assert cfg["training"]["postprocess_calibration"] is None
     assert cli.main([*base, "--out", str(tmp_path / "v2")]) == 2
     assert "not empty" in capsys.readouterr().err
+
+
+def test_predict_nuclear_only_and_a_tiny_image(version, image_file, tmp_path, capsys):
+    rc = cli.main(["predict", str(image_file), "--model", str(version), "--nuclear", "DAPI", "--image-mpp", "0.5",
+                   "--out", str(tmp_path / "nuc.tif")])
+    assert rc == 0, capsys.readouterr().err
+    assert "whole cells from nuclear channel 'DAPI' only" in capsys.readouterr().out
+    assert io.read_labels(tmp_path / "nuc.tif").shape == (160, 200, 2)
+    tiny = tmp_path / "tiny.ome.tif"
+    tifffile.imwrite(tiny, np.ones((2, 5, 5), np.uint16), ome=True,
+                     metadata={"axes": "CYX", "Channel": {"Name": ["DAPI", "CD45"]}})
+    rc = cli.main(["predict", str(tiny), "--model", str(version), "--nuclear", "DAPI", "--membrane", "CD45",
+                   "--out", str(tmp_path / "t.tif")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "5x5 px: too small to segment" in err and not (tmp_path / "t.tif").exists()
