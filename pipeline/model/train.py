@@ -85,13 +85,11 @@ def augment_pair(rng, x, y, crop: int, zoom=(0.7, 1.43), mask=None):
 
     Zoom is drawn log-uniformly so shrinking and enlarging are equally likely; labels are resized by
     index lookup so ids stay ids. With ``mask`` (H, W) the known-label mask takes the same view and is
-    returned third.
+    returned third. An enlarged view would widen the mask's band around partially traced cells past the
+    one pixel whose targets do not depend on the untraced pixels (``pipeline.dataset.PARTIAL_BAND_PX``), so
+    there the mask loses its outer pixel (a 4-connected erosion; the view's edges stay known).
     """
     from scipy import ndimage as ndi
-
-    if mask is not None:
-        xs, ys = augment_pair(rng, x, np.concatenate([y, np.asarray(mask, y.dtype)[..., None]], -1), crop, zoom)
-        return xs, ys[..., :2], ys[..., 2].astype(bool)
 
     h, w = x.shape[:2]
     z = math.exp(rng.uniform(math.log(zoom[0]), math.log(zoom[1]))) if zoom else 1.0
@@ -100,15 +98,25 @@ def augment_pair(rng, x, y, crop: int, zoom=(0.7, 1.43), mask=None):
     r = int(rng.integers(0, h - src + 1))
     c = int(rng.integers(0, w - src + 1))
     xs, ys = x[r : r + src, c : c + src], y[r : r + src, c : c + src]
+    ms = None if mask is None else np.asarray(mask, bool)[r : r + src, c : c + src]
     if src != crop:
         f = crop / src
         xs = ndi.zoom(xs, (f, f, 1), order=1, grid_mode=True, mode="nearest")[:crop, :crop]
         ys = preprocess.resample_labels(ys, (crop, crop))
+        if ms is not None:
+            ms = preprocess.resample_labels(ms, (crop, crop))
+            if f > 1 and not ms.all():
+                ms = ndi.binary_erosion(ms, structure=ndi.generate_binary_structure(2, 1), border_value=1)
     k = int(rng.integers(0, 4))
+    flip = rng.random() < 0.5
     xs, ys = np.rot90(xs, k), np.rot90(ys, k)
-    if rng.random() < 0.5:
+    if flip:
         xs, ys = xs[:, ::-1], ys[:, ::-1]
-    return np.ascontiguousarray(xs, np.float32), np.ascontiguousarray(ys, np.int32)
+    out = (np.ascontiguousarray(xs, np.float32), np.ascontiguousarray(ys, np.int32))
+    if ms is None:
+        return out
+    ms = np.rot90(ms, k)
+    return out + (np.ascontiguousarray(ms[:, ::-1] if flip else ms),)
 
 
 def _make_dataset_class():

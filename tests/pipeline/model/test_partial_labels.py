@@ -83,14 +83,21 @@ def test_masked_pixels_contribute_no_gradient():
         loss_a, grads_a = _loss_and_grads(model, a)
         loss_b, grads_b = _loss_and_grads(model, b)
         assert loss_a == pytest.approx(loss_b, rel=1e-6)
+        # Equal up to float summation order (oneDNN): compared against the gradient's own scale.
+        scale = max(float(np.abs(g).max()) for g in grads_a)
+        assert scale > 0
         for ga, gb in zip(grads_a, grads_b):
-            np.testing.assert_allclose(ga, gb, rtol=1e-4, atol=1e-8)
+            np.testing.assert_allclose(ga, gb, rtol=1e-4, atol=1e-5 * scale)
     # Without the mask the same change moves the loss: the test can fail.
     c = train.make_dataset(Xn, yp, batch_size=2, augment=False, layer_weights=np.ones((2, 2)))[0]
     d = train.make_dataset(Xn, other, batch_size=2, augment=False, layer_weights=np.ones((2, 2)))[0]
-    assert _loss_and_grads(model, c)[0] != pytest.approx(_loss_and_grads(model, d)[0], rel=1e-3)
+    (loss_c, grads_c), (loss_d, grads_d) = _loss_and_grads(model, c), _loss_and_grads(model, d)
+    assert loss_c != pytest.approx(loss_d, rel=1e-3)
+    scale = max(float(np.abs(g).max()) for g in grads_c)
+    assert max(float(np.abs(gc - gd).max()) for gc, gd in zip(grads_c, grads_d)) > 1e-2 * scale
 
 
+@pytest.mark.slow
 def test_training_on_a_partial_dataset_records_the_mask(tmp_path):
     X, y = synthetic.make_dataset(3, (64, 64), seed=9, density=0.95)
     y[..., 1] = 0
@@ -101,9 +108,21 @@ def test_training_on_a_partial_dataset_records_the_mask(tmp_path):
     yp[2] = y[2]
     io.save_dataset(tmp_path / "partial.npz", X, yp, mask=mask)
     result = train.train(data=tmp_path / "partial.npz", val_split=0.34, backbone="mobilenetv2", heads="fast",
-                         architecture=TINY, epochs=2, steps_per_epoch=2, batch_size=2, crop_size=64,
-                         verbose=0, bn_batches=0, out=tmp_path / "v", seed=1)
+                         architecture=TINY, epochs=2, steps_per_epoch=1, batch_size=2, crop_size=64,
+                         verbose=0, bn_batches=0, calibrate=False, out=tmp_path / "v", seed=1)
     record = json.loads((tmp_path / "v" / "config.json").read_text())["training"]["label_mask"]
-    assert record["of"] == 2 and record["images"] + (result.config["training"]["n_val"] == 1) >= 1
-    assert 0.0 < record["known_fraction"] < 1.0 or record["images"] == 0
+    assert record["of"] == 3 and record["images"] == 2
+    assert record["known_fraction"] == pytest.approx(mask[:2].mean(), abs=1e-4)
     assert all(np.isfinite(h["loss"]) and np.isfinite(h["val_loss"]) for h in result.history)
+
+
+def test_scoring_against_partial_labels_ignores_cells_nobody_traced():
+    _, y = synthetic.make_tissue((96, 96), seed=4, density=0.95)
+    partial, known = _partial(y)
+    from pipeline import metrics
+
+    # A perfect prediction of every cell, traced or not: only the traced ones count, all of them right.
+    kept = dataset.keep_known_cells(y[..., 0], known)
+    assert set(np.unique(kept)) == set(np.unique(partial[..., 0]))
+    assert metrics.evaluate([partial[..., 0]], [kept])["pooled"]["f1"] == 1.0
+    assert metrics.evaluate([partial[..., 0]], [y[..., 0]])["pooled"]["f1"] < 0.7
