@@ -451,6 +451,9 @@ def train(
     parent = None
     if from_version is not None:
         version = from_version if isinstance(from_version, saving.ModelVersion) else saving.load_model_version(from_version)
+        if not saving.can_fine_tune(version.config):
+            raise ValueError(f"{version.config.get('name') or from_version} was imported from a TensorFlow SavedModel, "
+                             "which runs for inference only: import the .keras or .h5 form to fine-tune it")
         model = version.model
         base_cfg = dict(version.config)
         parent = str(version.path) if version.path is not None else base_cfg.get("name")
