@@ -129,3 +129,42 @@ def select(data: dict, split: str) -> tuple[np.ndarray, np.ndarray, list[dict]]:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     keep = [i for i, m in enumerate(data["meta"]) if m.get("split") == split]
     return data["X"][keep], data["y"][keep], [data["meta"][i] for i in keep]
+
+
+# ---- partial labels --------------------------------------------------------------------------------------
+
+# One pixel: the widest band around traced cells whose training targets do not depend on what the untraced
+# pixels hold. A pixel 4-adjacent to a traced cell is "border" in the pixelwise target whether it is
+# background or the edge of an untraced neighbour, and its inner distance is 0 either way (a cell's own
+# edge is eroded away); one pixel further it could be the interior of an untraced cell.
+PARTIAL_BAND_PX = 1
+
+
+def partial_label_mask(labels2d: np.ndarray, band: int = PARTIAL_BAND_PX) -> np.ndarray:
+    """Where partial labels (H, W) are known: the traced cells grown by ``band`` px (4-connected steps).
+    Everything else is unknown, not background, and carries no loss in training."""
+    from scipy import ndimage as ndi
+
+    labels2d = np.asarray(labels2d)
+    if labels2d.ndim != 2:
+        raise ValueError(f"partial_label_mask expects a 2-D label image, got shape {labels2d.shape}")
+    if band < 0:
+        raise ValueError(f"band must be at least 0, got {band}")
+    known = labels2d > 0
+    if band:
+        known = ndi.binary_dilation(known, structure=ndi.generate_binary_structure(2, 1), iterations=int(band))
+    return known
+
+
+def keep_known_cells(pred2d: np.ndarray, known: np.ndarray, min_fraction: float = 0.5) -> np.ndarray:
+    """Predicted cells (H, W) with at least ``min_fraction`` of their pixels where labels are known; the
+    others lie on untraced cells, which partial labels can neither confirm nor refute. Scoring against
+    partial labels after this counts a cell the annotators never traced as neither right nor wrong."""
+    pred2d = np.asarray(pred2d)
+    if not pred2d.any():
+        return pred2d
+    sizes = np.bincount(pred2d.ravel())
+    inside = np.bincount(pred2d.ravel(), weights=np.asarray(known, bool).ravel(), minlength=len(sizes))
+    drop = inside < min_fraction * np.maximum(sizes, 1)
+    drop[0] = False
+    return np.where(drop[pred2d], 0, pred2d).astype(pred2d.dtype, copy=False)

@@ -598,8 +598,12 @@ def _json_default(value):
     raise TypeError(f"metadata value {value!r} of type {type(value).__name__} is not JSON-serialisable")
 
 
-def save_dataset(path, X, y, meta=None) -> None:
+def save_dataset(path, X, y, meta=None, mask=None) -> None:
     """Write a dataset .npz: X (N, H, W, C) float32, y (N, H, W, 2) int32, meta as JSON strings.
+
+    ``mask`` (N, H, W), optional: True where the labels are known (partial labels: the traced cells and
+    a band around them, see ``pipeline.dataset.partial_label_mask``), False where they are unknown, not
+    background. Stored as uint8 ``mask``; without one every pixel is known.
 
     When every image's meta names its tissue and platform, TissueNet's tissue_list and
     platform_list are written too, so TissueNet tooling can read the file.
@@ -630,6 +634,8 @@ def save_dataset(path, X, y, meta=None) -> None:
         "y": y,
         "meta": np.array([json.dumps(m, default=_json_default, sort_keys=True) for m in meta], dtype=str),
     }
+    if mask is not None:
+        arrays["mask"] = _checked_mask(mask, X.shape[:3], path).astype(np.uint8)
     if n and all("tissue" in m and "platform" in m for m in meta):
         arrays["tissue_list"] = np.array([str(m["tissue"]) for m in meta], dtype=str)
         arrays["platform_list"] = np.array([str(m["platform"]) for m in meta], dtype=str)
@@ -651,8 +657,18 @@ def _checked_dataset_labels(y, path):
     return y.astype(np.int32, copy=False)
 
 
+def _checked_mask(mask, shape, path):
+    mask = np.asarray(mask)
+    if mask.shape != tuple(shape):
+        raise ImageReadError(f"{path}: mask must be (N, H, W) = {tuple(shape)}, found {mask.shape}")
+    if mask.dtype.kind not in "biu" or (mask.size and (int(mask.min()) < 0 or int(mask.max()) > 1)):
+        raise ImageReadError(f"{path}: mask must hold 0 (unknown) and 1 (known) only")
+    return mask.astype(bool, copy=False)
+
+
 def load_dataset(path) -> dict:
-    """Load a CellLoop or TissueNet dataset .npz as dict(X=float32, y=int32, meta=list of dicts)."""
+    """Load a CellLoop or TissueNet dataset .npz as dict(X=float32, y=int32, meta=list of dicts, mask=bool
+    (N, H, W) where labels are known, or None when the file has no mask: every pixel known)."""
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(f"{path}: no such file")
@@ -669,6 +685,7 @@ def load_dataset(path) -> dict:
         try:
             X, y = npz["X"], npz["y"]
             meta_raw = npz["meta"] if "meta" in npz.files else None
+            mask = npz["mask"] if "mask" in npz.files else None
             tissues = npz["tissue_list"] if "tissue_list" in npz.files else None
             platforms = npz["platform_list"] if "platform_list" in npz.files else None
         except ValueError as exc:
@@ -676,7 +693,7 @@ def load_dataset(path) -> dict:
             raise ImageReadError(f"{path}: refusing to load pickled/object arrays ({exc})") from None
         except Exception as exc:
             raise ImageReadError(f"{path}: corrupt or truncated dataset ({exc})") from None
-    for name, value in (("X", X), ("y", y), ("meta", meta_raw), ("tissue_list", tissues), ("platform_list", platforms)):
+    for name, value in (("X", X), ("y", y), ("meta", meta_raw), ("mask", mask), ("tissue_list", tissues), ("platform_list", platforms)):
         # NpzFile hands back raw bytes for a member that is not a .npy array (a pickle, say).
         if value is not None and not isinstance(value, np.ndarray):
             raise ImageReadError(f"{path}: member {name!r} is not a .npy array")
@@ -711,4 +728,6 @@ def load_dataset(path) -> dict:
         meta = [{} for _ in range(n)]
     if len(meta) != n or not all(isinstance(m, dict) for m in meta):
         raise ImageReadError(f"{path}: meta must be one JSON object per image ({len(meta)} for {n})")
-    return {"X": X, "y": y, "meta": meta}
+    if mask is not None:
+        mask = _checked_mask(mask, X.shape[:3], path)
+    return {"X": X, "y": y, "meta": meta, "mask": mask}

@@ -246,6 +246,26 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_models_import(args) -> int:
+    from backend.loop import registry
+
+    config, session, storage = _open(args)
+    project = _project(session, args.project)
+    try:
+        row = registry.import_version(session, storage, project, args.path,
+                                      Path(config.instance_dir) / "model-cache", name=args.name, mpp=args.mpp)
+    except (ValueError, FileNotFoundError) as exc:
+        raise CLIError(str(exc).splitlines()[0]) from None
+    if args.promote:
+        registry.promote(session, project, row)
+    fine_tune = (row.config or {}).get("fine_tune", True)
+    print(f"imported {row.name} into project {project.name!r} ({row.config['imported']['format']}, lineage root"
+          f"{'' if fine_tune else ', inference only: a SavedModel is not fine-tuned'})"
+          + (f"; now the project's current model" if args.promote else
+             f"; prelabel with --model {row.name} or `cellloop models promote {row.name}`"))
+    return 0
+
+
 def _train_options(args) -> dict:
     for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size)):
         if value is not None and value < 1:
@@ -444,6 +464,15 @@ def register(sub) -> None:
         c = common(actions.add_parser(action, help=text))
         c.add_argument("version")
         c.set_defaults(func=cmd_models)
+
+    c = common(actions.add_parser("import", help="register a model made elsewhere (.keras, .h5 or a SavedModel "
+                                  "folder with Mesmer's signature) as a lineage root of a project"))
+    c.add_argument("path", help="a Keras 3 .keras, a Keras 2 .h5 or a TensorFlow SavedModel folder")
+    c.add_argument("--project", required=True)
+    c.add_argument("--name", help="version name (default: PROJECT-<file name>)")
+    c.add_argument("--mpp", type=float, default=0.5, help="the model's pixel size in µm (Mesmer: 0.5)")
+    c.add_argument("--promote", action="store_true", help="make it the project's current model at once")
+    c.set_defaults(func=cmd_models_import)
 
     def training(p):
         p.add_argument("--epochs", type=int)

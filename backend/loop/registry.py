@@ -185,7 +185,8 @@ def register(session: Session, storage: Storage, project: Project | None, folder
     for path in sorted(p for p in folder.iterdir() if p.is_file()):
         keys.append(f"{prefix}/{path.name}")
         storage.put(keys[-1], path.read_bytes())
-    summary = {k: config.get(k) for k in ("backbone", "heads", "channels", "mpp") if k in config}
+    summary = {k: config.get(k) for k in ("backbone", "heads", "channels", "mpp", "imported", "model_format",
+                                          "fine_tune") if k in config}
     summary["training"] = {k: v for k, v in (config.get("training") or {}).items()
                            if k in ("epochs", "best_epoch", "best_loss", "monitor", "steps_per_epoch")}
     if dataset:
@@ -220,7 +221,7 @@ def fetch_files(storage: Storage, name: str, prefix: str, cache_root, sha256: st
     """``local_folder`` from plain values, for workers that have no database session. The copy is cached under the
     files' content hash (a re-registered name never serves an older copy) and checked against it once fetched."""
     folder = Path(cache_root) / (f"sha256-{sha256}" if sha256 else name)
-    if (folder / "config.json").is_file() and (folder / "model.keras").is_file():
+    if (folder / "config.json").is_file() and any((folder / f).is_file() for f in ("model.keras", "saved_model.tar")):
         return folder
     # a private partial folder: two workers of one host may fetch the same version at once
     tmp = folder.with_name(f"{folder.name}.partial-{secrets.token_hex(4)}")
@@ -242,6 +243,36 @@ def fetch_files(storage: Storage, name: str, prefix: str, cache_root, sha256: st
 
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def import_version(session: Session, storage: Storage, project: Project, source, cache_root, *,
+                   name: str | None = None, mpp: float = 0.5) -> ModelVersion:
+    """Check a model made elsewhere (``.keras``, ``.h5`` or a SavedModel folder with Mesmer's signature) and
+    register it in ``project`` as a lineage root (no parent). Raises ValueError / FileNotFoundError in one line."""
+    import shutil
+
+    from pipeline.model import importing
+
+    source = Path(source)
+    if name is None:
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "-", source.name.split(".")[0]).strip("-._") or "imported"
+        name = f"{project.name}-{stem}"
+        taken = set(session.scalars(select(ModelVersion.name)))
+        base, n = name, 2
+        while name in taken:
+            name, n = f"{base}-{n}", n + 1
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}", name):
+        raise ValueError(f"model version names use letters, digits, '.', '_' and '-': {name!r}")
+    if session.scalar(select(ModelVersion).where(ModelVersion.name == name)) is not None:
+        raise ValueError(f"a model version named {name!r} exists already")
+    work = Path(cache_root) / f".import-{secrets.token_hex(4)}"
+    try:
+        folder, config = importing.import_model(source, work / name, mpp=mpp, name=name)
+        fmt = config["imported"]["format"]
+        note = f"imported from {source.name} ({fmt})" + ("" if config["fine_tune"] else "; inference only")
+        return register(session, storage, project, folder, name=name, parent=None, note=note)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def record_metrics(session: Session, version: ModelVersion, key: str, metrics: dict) -> None:

@@ -42,6 +42,9 @@ def train_version(session: Session, storage: Storage, config, project: Project, 
         raise LoopError(str(exc)) from None
     cache_root = Path(config.instance_dir) / "model-cache"
     parent = choice.version
+    if parent is not None and not (parent.config or {}).get("fine_tune", True):
+        raise LoopError(f"{parent.name} was imported from a TensorFlow SavedModel, which runs for inference only: "
+                        "import its .keras or .h5 form to fine-tune it, or train from another version (--from)")
     from_folder = registry.local_folder(storage, parent, cache_root) if parent is not None else None
     name = registry.next_name(session, project)
     out = Path(config.instance_dir) / "model-cache" / f"{name}.training-{secrets.token_hex(3)}"

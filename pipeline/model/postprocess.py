@@ -293,24 +293,29 @@ def postprocess_mesmer(
     return np.stack([wc, nuc], axis=-1).astype(np.int32)
 
 
-def calibrate(distances, pixelwise, truths, defaults: dict, grid: dict | None = None) -> dict:
+def calibrate(distances, pixelwise, truths, defaults: dict, grid: dict | None = None, known=None) -> dict:
     """The deep-watershed parameters with the best pooled F1 against ``truths``, searched over ``grid``.
 
     ``distances``/``pixelwise``/``truths`` are per-image lists (one layer's network maps and true
     labels). Meant for images the model was fitted to choose its epoch on (validation), or trained on
     when there are none: never for the images it is scored on. Returns ``{"kwargs": best params
     (``defaults`` updated), "f1": best F1, "default_f1": F1 with ``defaults``, "tried": n}``; on a tie
-    the defaults win, then the earlier grid point.
+    the defaults win, then the earlier grid point. ``known``: per-image masks of where partial truths are
+    known (None: everywhere); predicted cells mostly outside them are left out of the score
+    (``pipeline.dataset.keep_known_cells``).
     """
     import itertools
 
     from pipeline import metrics
+    from pipeline.dataset import keep_known_cells
 
     grid = CALIBRATION_GRID if grid is None else grid
     names = list(grid)
 
     def score(kwargs):
         preds = [deep_watershed(d, p, **kwargs) for d, p in zip(distances, pixelwise)]
+        if known is not None:
+            preds = [p if k is None else keep_known_cells(p, k) for p, k in zip(preds, known)]
         return metrics.evaluate(list(truths), preds)["pooled"]["f1"]
 
     best_kwargs, best = dict(defaults), score(defaults)

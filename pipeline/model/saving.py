@@ -129,6 +129,8 @@ def load_model_version(path, compile: bool = False) -> ModelVersion:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"model not found: {path}")
+    if path.is_dir() and not (path / MODEL_FILE).exists() and (path / "saved_model.tar").is_file():
+        return _load_savedmodel_version(path)
     if path.is_dir():
         model_file = path / MODEL_FILE
         if not model_file.exists():
@@ -170,6 +172,26 @@ def load_model_version(path, compile: bool = False) -> ModelVersion:
             f"{config_file} names {len(full['channels'])} channels but the model takes {n_channels}"
         )
     return ModelVersion(model=model, config=full, path=path if path.is_dir() else path.parent)
+
+
+def _load_savedmodel_version(folder: Path) -> ModelVersion:
+    """A version imported from a TensorFlow SavedModel (``pipeline.model.importing``): inference only."""
+    from pipeline.model import importing, panoptic
+
+    try:
+        config = json.loads((folder / CONFIG_FILE).read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{folder / CONFIG_FILE} is missing or not valid JSON: {exc}") from None
+    model = importing.savedmodel_as_keras(importing.unpacked_savedmodel(folder))
+    panoptic.check_mesmer_outputs(model)
+    full = default_config(int(model.inputs[0].shape[-1]))
+    full.update(config)
+    return ModelVersion(model=model, config=full, path=folder)
+
+
+def can_fine_tune(config: dict) -> bool:
+    """False for versions whose weights cannot be trained here (an imported SavedModel)."""
+    return bool((config or {}).get("fine_tune", True))
 
 
 def _jsonable(obj):

@@ -9,11 +9,17 @@ improves, so a run stopped early still leaves a usable model; ``finish`` fits th
 measures the model and writes the shipped version (float16 weights) with its recipe, data hashes and
 metrics in ``config.json``.
 
-Data (never the MIBI field of view, the cross-platform check, nor the bottom half of Vectra image0, the
-held-out real evaluation):
+Data (``REAL_DATA``; never the MIBI field of view, the cross-platform check, nor any of Vectra image0, the
+held-out real image and the loop's real image: ``HELD_OUT``):
 - synthetic tissue from ``pipeline.synthetic.make_varied_tissue``, cell diameters 8-50 px;
-- the top half of Vectra ``image0`` (whole-cell labels; nuclear heads masked out);
+- Vectra ``image1`` and ``image2`` with their partial whole-cell labels (104 and 84 traced cells): loss only
+  on the traced cells and a 1-px band around them (``pipeline.dataset.partial_label_mask``), untraced
+  pixels unknown; nuclear heads masked out;
 - the DSB 2018 nuclei (nuclear labels; whole-cell heads masked out).
+
+The shipped starter (``pipeline/model/starter``) was made by the previous recipe, which trained on the top
+half of image0; its config says so. The next run of ``train`` + ``finish`` replaces it with one that never
+saw image0, and ``finish`` then scores all of image0 (``HELD_OUT_SETS``).
 """
 from __future__ import annotations
 
@@ -47,48 +53,94 @@ RECIPE = dict(
     share_vectra=0.15,
     share_dsb=0.10,
     seed=0,
+    partial_band_px=1,  # pipeline.dataset.PARTIAL_BAND_PX: known = traced cells grown by this many px
 )
+# The real annotated images the recipe trains on (paths under the shared data folder). ``channels`` picks
+# [nuclear, membrane] from the stored planes; ``layer`` is the labelled layer (the other head is masked out);
+# ``partial`` labels carry a mask of where they are known.
+REAL_DATA = (
+    dict(kind="vectra", image="vectra/image1.tif", labels="vectra/image1_wholecell_partial.tif", channels=(1, 0),
+         layer="whole-cell", partial=True),
+    dict(kind="vectra", image="vectra/image2.tif", labels="vectra/image2_wholecell_partial.tif", channels=(1, 0),
+         layer="whole-cell", partial=True),
+    dict(kind="dsb", image="dsb2018_nuclei/img2d.tif", labels="dsb2018_nuclei/mask2d.tif", channels=None,
+         layer="nuclear", partial=False),
+)
+# Never trained on, never used to fit post-processing or scale: what the starter is judged on.
+HELD_OUT = ("vectra/image0.tif", "vectra/image0_wholecell.tif", "mibi_tnbc/")
+# The held-out sets ``finish`` scores (pipeline.model.heldout): all of image0, which this recipe never sees.
+HELD_OUT_SETS = ("vectra_image0", "mibi", "dsb", "synthetic")
 
 
-def _tiles(X, y, tile=TILE):
-    """Overlapping ``tile`` squares covering (H, W, C) ``X`` and its labels."""
+def _tiles(X, y, tile=TILE, mask=None):
+    """Overlapping ``tile`` squares covering (H, W, C) ``X``, its labels and its known-label mask."""
     from pipeline.model.tiling import tile_starts
 
     h, w = X.shape[:2]
+    mask = np.ones((h, w), bool) if mask is None else mask
     out = []
     for r in tile_starts(h, tile, tile * 3 // 4):
         for c in tile_starts(w, tile, tile * 3 // 4):
-            out.append((X[r:r + tile, c:c + tile], y[r:r + tile, c:c + tile]))
+            out.append((X[r:r + tile, c:c + tile], y[r:r + tile, c:c + tile], mask[r:r + tile, c:c + tile]))
     return out
 
 
-def real_training_data(data_dir: Path):
-    """Vectra top half (whole-cell) and DSB nuclei (nuclear) as (X, y, layer weights, source) tiles."""
-    from pipeline import io
+def check_not_held_out(data_dir: Path, path: Path) -> None:
+    """Refuse a file under ``data_dir`` that ``HELD_OUT`` names (a file, or a folder ending in "/")."""
+    try:
+        rel = Path(path).resolve().relative_to(Path(data_dir).resolve()).as_posix()
+    except ValueError:
+        return
+    for held in HELD_OUT:
+        if rel == held or (held.endswith("/") and rel.startswith(held)):
+            raise ValueError(f"{path} is held out from the starter's training ({held})")
+
+
+def read_real_image(data_dir: Path, entry: dict, band: int = 1):
+    """One ``REAL_DATA`` entry as (X (H, W, 2) [nuclear, membrane], y (H, W, 2), known (H, W) or None)."""
+    from pipeline import dataset, io
+
+    image_path, labels_path = Path(data_dir) / entry["image"], Path(data_dir) / entry["labels"]
+    for path in (image_path, labels_path):
+        check_not_held_out(data_dir, path)
+    if entry["channels"] is None:  # a nuclear-only image: blank membrane channel
+        img = _read_plane(image_path).astype(np.float32)
+        X = np.stack([img, np.zeros_like(img)], -1)
+    else:
+        X, _ = io.read_image(image_path, channels=list(entry["channels"]))
+        X = X.astype(np.float32)
+    cells = _read_plane(labels_path).astype(np.int32)
+    if cells.shape != X.shape[:2]:
+        raise ValueError(f"{labels_path}: labels {cells.shape} do not match the image {X.shape[:2]}")
+    blank = np.zeros_like(cells)
+    y = np.stack([cells, blank] if entry["layer"] == "whole-cell" else [cells, cells], -1)
+    known = dataset.partial_label_mask(cells, band) if entry["partial"] else None
+    return X, y, known
+
+
+def real_training_data(data_dir: Path, band: int = RECIPE["partial_band_px"]):
+    """The ``REAL_DATA`` images as (X, y, layer weights, kind, known mask) tiles, and their sources. Tiles of a
+    partially labelled image with no known pixel teach nothing and are left out."""
     from pipeline.model import saving
 
+    data_dir = Path(data_dir)
     items, sources = [], []
-    vectra = data_dir / "vectra"
-    X, _ = io.read_image(vectra / "image0.tif", channels=[1, 0])  # stored membrane first
-    cells = io.read_labels(vectra / "image0_wholecell.tif")[..., 0]
-    top = X.shape[0] // 2
-    Xv = X[:top].astype(np.float32)
-    yv = np.stack([cells[:top], np.zeros_like(cells[:top])], -1).astype(np.int32)
-    for x, y in _tiles(Xv, yv):
-        items.append((x, y, (1.0, 0.0), "vectra"))
-    sources.append({"name": "vectra image0, top half (rows 0-%d)" % top,
-                    "sha256": saving.sha256_file(vectra / "image0.tif"),
-                    "labels_sha256": saving.sha256_file(vectra / "image0_wholecell.tif")})
-
-    dsb = data_dir / "dsb2018_nuclei"
-    img = _read_plane(dsb / "img2d.tif").astype(np.float32)
-    nuclei = _read_plane(dsb / "mask2d.tif").astype(np.int32)
-    Xd = np.stack([img, np.zeros_like(img)], -1)
-    yd = np.stack([nuclei, nuclei], -1)
-    for x, y in _tiles(Xd, yd):
-        items.append((x, y, (0.0, 1.0), "dsb"))
-    sources.append({"name": "dsb2018 nuclei (StarDist sample)", "sha256": saving.sha256_file(dsb / "img2d.tif"),
-                    "labels_sha256": saving.sha256_file(dsb / "mask2d.tif")})
+    for entry in REAL_DATA:
+        X, y, known = read_real_image(data_dir, entry, band)
+        weights = (1.0, 0.0) if entry["layer"] == "whole-cell" else (0.0, 1.0)
+        kept = 0
+        for x, yt, m in _tiles(X, y, mask=known):
+            if entry["partial"] and not (m & (yt[..., 0] > 0)).any():
+                continue
+            items.append((x, yt, weights, entry["kind"], m))
+            kept += 1
+        n_cells = int(len(np.unique(y[..., 0 if entry["layer"] == "whole-cell" else 1])) - 1)
+        sources.append({"name": entry["image"], "labels": entry["labels"], "layer": entry["layer"],
+                        "partial": bool(entry["partial"]), "cells": n_cells, "tiles": kept,
+                        "known_fraction": None if known is None else round(float(known.mean()), 4),
+                        "band_px": int(band) if entry["partial"] else None,
+                        "sha256": saving.sha256_file(data_dir / entry["image"]),
+                        "labels_sha256": saving.sha256_file(data_dir / entry["labels"])})
     return items, sources
 
 
@@ -114,17 +166,19 @@ def synthetic_data(n: int, seed: int, shape=(TILE, TILE)):
 
 
 def build_training_set(data_dir: Path, recipe: dict):
+    """X, y, layer weights, sampling, sources and the known-label mask of the whole training set."""
     syn_X, syn_y, _ = synthetic_data(recipe["n_synthetic"], recipe["synthetic_seed"])
-    real, sources = real_training_data(data_dir)
+    real, sources = real_training_data(data_dir, recipe.get("partial_band_px", 1))
     X = np.concatenate([syn_X, np.stack([r[0] for r in real]).astype(np.float32)])
     y = np.concatenate([syn_y, np.stack([r[1] for r in real])])
+    mask = np.concatenate([np.ones(syn_X.shape[:3], bool), np.stack([r[4] for r in real])])
     weights = np.concatenate([np.ones((len(syn_X), 2), np.float32), np.array([r[2] for r in real], np.float32)])
     kinds = ["synthetic"] * len(syn_X) + [r[3] for r in real]
     share = {"vectra": recipe["share_vectra"], "dsb": recipe["share_dsb"]}
     share["synthetic"] = 1.0 - share["vectra"] - share["dsb"]
     counts = {k: kinds.count(k) for k in share}
     sampling = np.array([share[k] / counts[k] for k in kinds])
-    return X, y, weights, sampling, sources
+    return X, y, weights, sampling, sources, mask
 
 
 def cmd_train(args) -> int:
@@ -134,7 +188,7 @@ def cmd_train(args) -> int:
     run = Path(args.out)
     run.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    X, y, weights, sampling, sources = build_training_set(Path(args.data), recipe)
+    X, y, weights, sampling, sources, mask = build_training_set(Path(args.data), recipe)
     Xv, yv, _ = synthetic_data(recipe["n_validation"], recipe["validation_seed"])
     print(f"data: {len(X)} training tiles, {len(Xv)} validation, {time.perf_counter() - t0:.0f}s", flush=True)
     (run / "recipe.json").write_text(json.dumps({"recipe": recipe, "sources": sources,
@@ -145,7 +199,7 @@ def cmd_train(args) -> int:
         epochs=recipe["max_epochs"], steps_per_epoch=recipe["steps_per_epoch"],
         batch_size=recipe["batch_size"], crop_size=recipe["crop_size"], lr=recipe["lr"],
         lr_decay=recipe["lr_decay"], nuclear_weight=1.0, seed=recipe["seed"], verbose=2,
-        layer_weights=weights, sampling=sampling, max_seconds=args.minutes * 60,
+        layer_weights=weights, sampling=sampling, mask=mask, max_seconds=args.minutes * 60,
         checkpoint=run / "checkpoint", log_csv=run / "history.csv", calibrate=False,
         out=run / "final", overwrite=True,
     )
@@ -155,21 +209,15 @@ def cmd_train(args) -> int:
 
 def calibration_images(data_dir: Path, recipe: dict, n_synthetic: int = 12):
     """Labelled images the finishing step may tune on: the training images' real data at full size and
-    the synthetic validation tissues. Returns a list of (X, y (H, W, 2), layers annotated, kind)."""
-    from pipeline import io
-
+    the synthetic validation tissues. Returns a list of (X, y (H, W, 2), layers annotated, kind, known
+    mask or None); partially labelled images are scored only on predicted cells that lie mostly where
+    their labels are known (``pipeline.dataset.keep_known_cells``)."""
     items = []
-    vectra = data_dir / "vectra"
-    X, _ = io.read_image(vectra / "image0.tif", channels=[1, 0])
-    cells = io.read_labels(vectra / "image0_wholecell.tif")[..., 0]
-    top = X.shape[0] // 2
-    items.append((X[:top].astype(np.float32), np.stack([cells[:top], np.zeros_like(cells[:top])], -1), (0,), "vectra"))
-    dsb = data_dir / "dsb2018_nuclei"
-    img = _read_plane(dsb / "img2d.tif").astype(np.float32)
-    nuclei = _read_plane(dsb / "mask2d.tif").astype(np.int32)
-    items.append((np.stack([img, np.zeros_like(img)], -1), np.stack([nuclei, nuclei], -1), (1,), "dsb"))
+    for entry in REAL_DATA:
+        X, y, known = read_real_image(Path(data_dir), entry, recipe.get("partial_band_px", 1))
+        items.append((X, y, (0,) if entry["layer"] == "whole-cell" else (1,), entry["kind"], known))
     Xv, yv, _ = synthetic_data(recipe["n_validation"], recipe["validation_seed"])
-    items.extend((x, y, (0, 1), "synthetic") for x, y in zip(Xv[:n_synthetic], yv[:n_synthetic]))
+    items.extend((x, y, (0, 1), "synthetic", None) for x, y in zip(Xv[:n_synthetic], yv[:n_synthetic]))
     return items
 
 
@@ -194,13 +242,17 @@ def auto_maps(app, items, layer_filter=None):
     from pipeline.model import autoscale, preprocess
 
     found = []
-    for X, y, layers, kind in items:
+    for item in items:
+        X, y, layers, kind = item[:4]
+        known = item[4] if len(item) > 4 else None
         if layer_filter is not None and layer_filter not in layers:
             continue
         estimate = autoscale.estimate_image_mpp(app, X)
         outs = app.predict_outputs(X, estimate.image_mpp)
         truth = preprocess.resample_labels(y, outs[0].shape[-3:-1])
-        found.append((outs, truth, layers, kind))
+        if known is not None:
+            known = preprocess.resample_labels(known, outs[0].shape[-3:-1])
+        found.append((outs, truth, layers, kind, known))
     return found
 
 
@@ -208,13 +260,18 @@ def _kind_scores(maps, k, kwargs) -> dict:
     """Whole-cell (``k`` 0) or nuclear F1 of ``kwargs`` on ``maps``, pooled (as the accuracy bench
     scores) within each kind of image: {kind: F1}."""
     from pipeline import metrics
+    from pipeline.dataset import keep_known_cells
     from pipeline.model import postprocess
 
     by_kind = {}
-    for outs, truth, layers, kind in maps:
+    for item in maps:
+        outs, truth, layers, kind = item[:4]
+        known = item[4] if len(item) > 4 else None
         if k not in layers:
             continue
         pred = postprocess.deep_watershed(outs[2 * k], outs[2 * k + 1], **kwargs)
+        if known is not None:
+            pred = keep_known_cells(pred, known)
         truths, preds = by_kind.setdefault(kind, ([], []))
         truths.append(truth[..., k])
         preds.append(pred)
@@ -350,7 +407,8 @@ def cmd_finish(args) -> int:
                                         "seeds": [recipe["synthetic_seed"], recipe["synthetic_seed"] + recipe["n_synthetic"] - 1],
                                         "cell_diameter_px": list(SYNTHETIC_DIAMETERS)}],
             "validation": {"synthetic_seeds": [recipe["validation_seed"], recipe["validation_seed"] + recipe["n_validation"] - 1]},
-            "not_used": ["mibi_tnbc (the cross-platform check)", "vectra image0 bottom half (held out)",
+            "not_used": ["mibi_tnbc (the cross-platform check)",
+                         "vectra image0, all of it (held out: the loop's real image)",
                          "ImageNet weights (not obtainable here: trained from scratch)"],
             "best_epoch": version.config.get("training", {}).get("checkpoint_epoch"),
             "best_val_loss": version.config.get("training", {}).get("checkpoint_loss"),
@@ -365,7 +423,7 @@ def cmd_finish(args) -> int:
     saving.save_model_version(version.model, out, config, overwrite=True)
     finished = saving.load_model_version(out)
     rows = []
-    for name in heldout.SETS:
+    for name in HELD_OUT_SETS:
         row = heldout.evaluate(finished, name, data_dir)
         if row is not None:
             print(json.dumps(row), flush=True)

@@ -3,6 +3,11 @@
 Data: an ``.npz`` with ``X`` (N, H, W, C) and ``y`` (N, H, W, 2) [whole-cell, nuclear], or arrays.
 Images are normalised once like at prediction time; crops, zoom, flips and 90° rotations are drawn
 per batch, and the four targets are computed on the fly from the augmented labels.
+
+Partial labels: an optional ``mask`` (N, H, W), True where the labels are known (the dataset file's
+``mask``, see ``pipeline.dataset.partial_label_mask``). It travels through the same augmentation as the
+labels; unknown pixels get an all-zero pixelwise target (so they neither add loss nor count in the
+class balance) and sample weight 0 on every head, so they contribute nothing to the gradient.
 """
 from __future__ import annotations
 
@@ -35,6 +40,27 @@ def load_npz(path) -> tuple[np.ndarray, np.ndarray]:
     return check_dataset(data["X"], data["y"], str(path))
 
 
+def load_npz_masked(path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """X, y and the known-label mask (None when the file has none) from a dataset ``.npz``."""
+    from pipeline import io
+
+    data = io.load_dataset(path)
+    X, y = check_dataset(data["X"], data["y"], str(path))
+    return X, y, check_mask(data.get("mask"), X, str(path))
+
+
+def check_mask(mask, X, what: str = "dataset") -> np.ndarray | None:
+    """``mask`` as bool (N, H, W) matching images ``X`` (N, H, W, C), or None (every label known)."""
+    if mask is None:
+        return None
+    mask = np.asarray(mask)
+    if mask.ndim == 2 and X.shape[0] == 1:
+        mask = mask[None]
+    if mask.shape != X.shape[:3]:
+        raise ValueError(f"{what}: mask must be (N, H, W) matching X {X.shape[:3]}, got shape {mask.shape}")
+    return mask.astype(bool, copy=False)
+
+
 def check_dataset(X, y, what: str = "dataset") -> tuple[np.ndarray, np.ndarray]:
     X = np.asarray(X)
     y = np.asarray(y)
@@ -54,11 +80,14 @@ def _crop_side(h: int, w: int, crop_size: int) -> int:
     return max(32, side - side % 32)
 
 
-def augment_pair(rng, x, y, crop: int, zoom=(0.7, 1.43)):
+def augment_pair(rng, x, y, crop: int, zoom=(0.7, 1.43), mask=None):
     """One random training view of image ``x`` (H,W,C) and labels ``y`` (H,W,2), both crop × crop.
 
     Zoom is drawn log-uniformly so shrinking and enlarging are equally likely; labels are resized by
-    index lookup so ids stay ids.
+    index lookup so ids stay ids. With ``mask`` (H, W) the known-label mask takes the same view and is
+    returned third. An enlarged view would widen the mask's band around partially traced cells past the
+    one pixel whose targets do not depend on the untraced pixels (``pipeline.dataset.PARTIAL_BAND_PX``), so
+    there the mask loses its outer pixel (a 4-connected erosion; the view's edges stay known).
     """
     from scipy import ndimage as ndi
 
@@ -69,15 +98,25 @@ def augment_pair(rng, x, y, crop: int, zoom=(0.7, 1.43)):
     r = int(rng.integers(0, h - src + 1))
     c = int(rng.integers(0, w - src + 1))
     xs, ys = x[r : r + src, c : c + src], y[r : r + src, c : c + src]
+    ms = None if mask is None else np.asarray(mask, bool)[r : r + src, c : c + src]
     if src != crop:
         f = crop / src
         xs = ndi.zoom(xs, (f, f, 1), order=1, grid_mode=True, mode="nearest")[:crop, :crop]
         ys = preprocess.resample_labels(ys, (crop, crop))
+        if ms is not None:
+            ms = preprocess.resample_labels(ms, (crop, crop))
+            if f > 1 and not ms.all():
+                ms = ndi.binary_erosion(ms, structure=ndi.generate_binary_structure(2, 1), border_value=1)
     k = int(rng.integers(0, 4))
+    flip = rng.random() < 0.5
     xs, ys = np.rot90(xs, k), np.rot90(ys, k)
-    if rng.random() < 0.5:
+    if flip:
         xs, ys = xs[:, ::-1], ys[:, ::-1]
-    return np.ascontiguousarray(xs, np.float32), np.ascontiguousarray(ys, np.int32)
+    out = (np.ascontiguousarray(xs, np.float32), np.ascontiguousarray(ys, np.int32))
+    if ms is None:
+        return out
+    ms = np.rot90(ms, k)
+    return out + (np.ascontiguousarray(ms[:, ::-1] if flip else ms),)
 
 
 def _make_dataset_class():
@@ -87,9 +126,10 @@ def _make_dataset_class():
         """Batches (x, [4 targets]) from normalised images; random views when ``augment``."""
 
         def __init__(self, X, y, batch_size, crop_size, augment, seed, steps=None, zoom=DEFAULTS["zoom"],
-                     layer_weights=None, sampling=None, **kw):
+                     layer_weights=None, sampling=None, mask=None, **kw):
             super().__init__(**kw)
             self.X, self.y = X, y
+            self.mask = None if mask is None else np.asarray(mask, bool)
             self.layer_weights = None if layer_weights is None else np.asarray(layer_weights, np.float32)
             self.sampling = None if sampling is None else np.asarray(sampling, np.float64) / np.sum(sampling)
             self.batch_size = int(batch_size)
@@ -119,16 +159,31 @@ def _make_dataset_class():
                     picks = rng.integers(0, len(self.X), self.batch_size)
                 else:
                     picks = rng.choice(len(self.X), self.batch_size, p=self.sampling)
-                pairs = [augment_pair(rng, self.X[i], self.y[i], self.crop, self.zoom) for i in picks]
+                pairs = [augment_pair(rng, self.X[i], self.y[i], self.crop, self.zoom,
+                                      None if self.mask is None else self.mask[i]) for i in picks]
                 xb = np.stack([p[0] for p in pairs])
                 yb = np.stack([p[1] for p in pairs])
+                mb = None if self.mask is None else np.stack([p[2] for p in pairs])
             else:
                 sl = slice(idx * self.batch_size, (idx + 1) * self.batch_size)
                 h, w = self.X.shape[1:3]
                 picks = np.arange(len(self.X))[sl]
                 xb = self.X[sl, : h - h % 32, : w - w % 32]
                 yb = self.y[sl, : h - h % 32, : w - w % 32]
-            targets = tuple(transforms.make_targets(yb))
+                mb = None if self.mask is None else self.mask[sl, : h - h % 32, : w - w % 32]
+            targets = transforms.make_targets(yb)
+            if mb is not None:
+                # Unknown pixels: no class in the pixelwise targets (no loss, no share in the class
+                # balance) and weight 0 below (no distance loss).
+                targets[1][~mb] = 0.0
+                targets[3][~mb] = 0.0
+            targets = tuple(targets)
+            if self.mask is not None:
+                known = mb.astype(np.float32)
+                lw = (np.ones((len(picks), 2), np.float32) if self.layer_weights is None
+                      else self.layer_weights[picks])
+                w0, w1 = known * lw[:, 0, None, None], known * lw[:, 1, None, None]
+                return xb, targets, (w0, w0, w1, w1)
             if self.layer_weights is None:
                 return xb, targets
             # Per-image loss weights [whole-cell, nuclear] for each head: an image annotated in one
@@ -141,14 +196,16 @@ def _make_dataset_class():
 
 
 def make_dataset(X, y, *, batch_size=8, crop_size=256, augment=True, seed=0, steps=None, zoom=DEFAULTS["zoom"],
-                 layer_weights=None, sampling=None):
+                 layer_weights=None, sampling=None, mask=None):
     """A ``keras.utils.PyDataset`` over already-normalised X and labels y.
 
     ``layer_weights`` (N, 2): per-image loss weights of the whole-cell and nuclear heads (batches
-    then carry sample weights); ``sampling`` (N,): relative chance of each image being drawn.
+    then carry sample weights); ``sampling`` (N,): relative chance of each image being drawn;
+    ``mask`` (N, H, W): True where labels are known (batches then carry per-pixel sample weights, 0 on
+    unknown pixels, times the layer weights).
     """
     return _make_dataset_class()(X, y, batch_size, crop_size, augment, seed, steps=steps, zoom=zoom,
-                                 layer_weights=layer_weights, sampling=sampling)
+                                 layer_weights=layer_weights, sampling=sampling, mask=mask)
 
 
 def _batchnorm_layers(layer) -> list:
@@ -184,7 +241,8 @@ def recalibrate_batchnorm(model, batches) -> int:
 
 
 def _callbacks(lr: float, lr_decay: float, monitor: str, csv_path: Path | None, calibration=None,
-               max_seconds: float | None = None, checkpoint=None):
+               max_seconds: float | None = None, checkpoint=None, patience: int | None = None,
+               warmup_epochs: int = 0):
     import keras
 
     class PreciseBatchNorm(keras.callbacks.Callback):
@@ -231,13 +289,26 @@ def _callbacks(lr: float, lr_decay: float, monitor: str, csv_path: Path | None, 
             if time.perf_counter() - self.start > max_seconds:
                 self.model.stop_training = True
 
+    class EarlyStop(keras.callbacks.Callback):
+        """Stop once ``patience`` epochs in a row brought no new best (KeepBest restores the best)."""
+
+        def on_epoch_end(self, epoch, logs=None):
+            if keep.best_epoch is not None and epoch - keep.best_epoch >= patience:
+                self.model.stop_training = True
+
+    def schedule(epoch, _):
+        ramp = min(1.0, (epoch + 1) / (int(warmup_epochs) + 1)) if warmup_epochs else 1.0
+        return lr * ramp * lr_decay ** max(0, epoch - int(warmup_epochs))
+
     keep = KeepBest()
-    cbs = [keras.callbacks.LearningRateScheduler(lambda epoch, _: lr * lr_decay**epoch)]
+    cbs = [keras.callbacks.LearningRateScheduler(schedule)]
     if max_seconds:
         cbs.append(WallClock())
     if calibration is not None:
         cbs.append(PreciseBatchNorm(*calibration))
     cbs.append(keep)
+    if patience:
+        cbs.append(EarlyStop())
     if csv_path is not None:
         cbs.append(keras.callbacks.CSVLogger(str(csv_path)))
     return cbs, keep
@@ -292,6 +363,10 @@ def train(
     max_seconds: float | None = None,
     checkpoint=None,
     calibration_data=None,
+    mask=None,
+    patience: int | None = None,
+    warmup_epochs: int = 0,
+    extra_config: dict | None = None,
 ) -> TrainResult:
     """Train a new model (``backbone``, ``heads`` and the other ``architecture`` keywords of
     ``panoptic.build_panoptic``) or continue one
@@ -311,6 +386,15 @@ def train(
     stops training after the first epoch that ends past it; ``checkpoint`` is a folder where every
     new best model is saved as a model version as soon as it is found (default post-processing), so a
     long run that is stopped still leaves a usable model.
+
+    Partial labels: ``mask`` (N, H, W) is True where ``y`` is known (read from ``data``'s ``mask`` when
+    ``data`` is a path); ``val`` may be (X, y, mask) likewise. Masked pixels carry no loss. The config's
+    ``training.label_mask`` records how many images had one and what share of their pixels was known.
+
+    Fine-tuning: ``patience`` stops after that many epochs without a better validation loss (early
+    stopping; the best epoch's weights are kept either way); ``warmup_epochs`` ramps the learning rate up
+    linearly over the first epochs so a pretrained model's weights are not shaken by the first large steps
+    of a fresh Adam state. ``extra_config`` is merged into the config's ``training`` record.
     """
     import keras
 
@@ -322,24 +406,32 @@ def train(
             raise ValueError("give either arrays X, y or data, not both")
         if isinstance(data, (str, Path)):
             data_hashes.append({"path": str(data), "sha256": saving.sha256_file(data)})
-            X, y = load_npz(data)
+            X, y, file_mask = load_npz_masked(data)
+            mask = file_mask if mask is None else mask
+        elif len(data) == 3:
+            X, y, mask = data
         else:
             X, y = data
     if X is None or y is None:
         raise ValueError("no training data: pass X and y or data")
     X, y = check_dataset(X, y, "training data")
+    mask = check_mask(mask, X, "training data")
     for name, arr, shape in (("layer_weights", layer_weights, (len(X), 2)), ("sampling", sampling, (len(X),))):
         if arr is not None and np.shape(arr) != shape:
             raise ValueError(f"{name} must have shape {shape}, got {np.shape(arr)}")
     if not data_hashes:
-        data_hashes.append({"path": None, "sha256": saving.sha256_arrays(X, y)})
+        data_hashes.append({"path": None, "sha256": saving.sha256_arrays(X, y) if mask is None
+                            else saving.sha256_arrays(X, y, mask)})
+    mask_record = _mask_record(mask, len(X))
 
+    mv = None
     if val is not None:
         if isinstance(val, (str, Path)):
             data_hashes.append({"path": str(val), "sha256": saving.sha256_file(val), "role": "validation"})
-            Xv, yv = load_npz(val)
+            Xv, yv, mv = load_npz_masked(val)
         else:
-            Xv, yv = check_dataset(*val, "validation data")
+            Xv, yv = check_dataset(*val[:2], "validation data")
+            mv = check_mask(val[2] if len(val) == 3 else None, Xv, "validation data")
     elif val_split and val_split > 0:
         if len(X) < 2:
             raise ValueError("need at least 2 images to split off validation data; pass val instead")
@@ -347,6 +439,8 @@ def train(
         n_val = min(len(X) - 1, max(1, int(round(len(X) * float(val_split)))))
         Xv, yv = X[order[:n_val]], y[order[:n_val]]
         X, y = X[order[n_val:]], y[order[n_val:]]
+        if mask is not None:
+            mv, mask = mask[order[:n_val]], mask[order[n_val:]]
         layer_weights = None if layer_weights is None else np.asarray(layer_weights)[order[n_val:]]
         sampling = None if sampling is None else np.asarray(sampling)[order[n_val:]]
     else:
@@ -357,6 +451,9 @@ def train(
     parent = None
     if from_version is not None:
         version = from_version if isinstance(from_version, saving.ModelVersion) else saving.load_model_version(from_version)
+        if not saving.can_fine_tune(version.config):
+            raise ValueError(f"{version.config.get('name') or from_version} was imported from a TensorFlow SavedModel, "
+                             "which runs for inference only: import the .keras or .h5 form to fine-tune it")
         model = version.model
         base_cfg = dict(version.config)
         parent = str(version.path) if version.path is not None else base_cfg.get("name")
@@ -384,10 +481,11 @@ def train(
 
     Xn = preprocess.normalize(X)
     train_ds = make_dataset(Xn, y, batch_size=batch_size, crop_size=crop_size, augment=True, seed=seed,
-                            steps=steps_per_epoch, zoom=zoom, layer_weights=layer_weights, sampling=sampling)
+                            steps=steps_per_epoch, zoom=zoom, layer_weights=layer_weights, sampling=sampling,
+                            mask=mask)
     val_ds = None
     if Xv is not None:
-        val_ds = make_dataset(preprocess.normalize(Xv), yv, batch_size=batch_size, augment=False)
+        val_ds = make_dataset(preprocess.normalize(Xv), yv, batch_size=batch_size, augment=False, mask=mv)
     monitor = "val_loss" if val_ds is not None else "loss"
     calibration = (train_ds, int(bn_batches)) if bn_batches else None
     save_best = None
@@ -398,7 +496,8 @@ def train(
                    "training": {"checkpoint_epoch": epoch, "checkpoint_loss": loss, "monitor": monitor}}
             saving.save_model_version(model_, checkpoint, cfg, overwrite=True)
     callbacks, keep = _callbacks(lr, lr_decay, monitor, Path(log_csv) if log_csv else None, calibration,
-                                 max_seconds=max_seconds, checkpoint=save_best)
+                                 max_seconds=max_seconds, checkpoint=save_best, patience=patience,
+                                 warmup_epochs=warmup_epochs)
 
     t0 = time.perf_counter()
     hist = model.fit(train_ds, validation_data=val_ds, epochs=int(epochs), callbacks=callbacks, verbose=verbose)
@@ -413,10 +512,12 @@ def train(
     if calibrate:
         if calibration_data is not None:
             # Images of any size: a list of (H, W, C) images and (H, W, 2) labels is fine here.
-            on, (Xc, yc) = "calibration", calibration_data
+            known = calibration_data[2] if len(calibration_data) == 3 else None
+            on, (Xc, yc) = "calibration", calibration_data[:2]
         else:
-            on, (Xc, yc) = ("validation", (Xv, yv)) if Xv is not None else ("training", (X, y))
-        pp_config, pp_report = calibrate_postprocess(model, Xc, yc, pp_config, nuclear=nuclear_weight > 0)
+            on, (Xc, yc), known = (("validation", (Xv, yv), mv) if Xv is not None else ("training", (X, y), mask))
+        pp_config, pp_report = calibrate_postprocess(model, Xc, yc, pp_config, nuclear=nuclear_weight > 0,
+                                                     known=known)
         pp_report["on"] = on
 
     config = dict(base_cfg)
@@ -448,6 +549,12 @@ def train(
             "seconds": round(seconds, 1),
             "history": history,
             "postprocess_calibration": pp_report,
+            "label_mask": mask_record,
+            "patience": patience,
+            "warmup_epochs": int(warmup_epochs),
+            "stopped_early": bool(patience) and len(history) < int(epochs) and keep.best_epoch is not None
+            and len(history) - 1 - keep.best_epoch >= int(patience),
+            **(extra_config or {}),
         },
     )
     path = None
@@ -457,7 +564,17 @@ def train(
     return TrainResult(model=model, config=config, history=history, path=path)
 
 
-def calibrate_postprocess(model, X, y, pp_config: dict, *, nuclear: bool, max_images: int = 16):
+def _mask_record(mask, n: int) -> dict:
+    """What the config says about partial labels: none, or how many images had unknown pixels."""
+    if mask is None:
+        return {"images": 0, "of": int(n), "known_fraction": 1.0}
+    partial = ~mask.reshape(len(mask), -1).all(axis=1)
+    return {"images": int(partial.sum()), "of": int(n),
+            "known_fraction": round(float(mask[partial].mean()) if partial.any() else 1.0, 4),
+            "rule": "loss only where the dataset's mask is 1 (traced cells and a band around them)"}
+
+
+def calibrate_postprocess(model, X, y, pp_config: dict, *, nuclear: bool, max_images: int = 16, known=None):
     """Fit the deep-watershed parameters of ``pp_config`` to labelled images; returns (config, report).
 
     The network runs once per image (at most ``max_images``); each layer's parameters are then
@@ -470,6 +587,7 @@ def calibrate_postprocess(model, X, y, pp_config: dict, *, nuclear: bool, max_im
     app = Mesmer(model)
     outs = [app.predict_outputs(np.asarray(x, np.float32)) for x in X[:max_images]]
     truths = [np.asarray(t) for t in y[:max_images]]
+    known = None if known is None else [None if k is None else np.asarray(k, bool) for k in known[:max_images]]
     new = {k: dict(v) for k, v in pp_config.items()}
     report = {"n_images": len(outs)}
     layers = [("whole_cell_kwargs", 0, postprocess.WHOLE_CELL_DEFAULTS)]
@@ -482,7 +600,8 @@ def calibrate_postprocess(model, X, y, pp_config: dict, *, nuclear: bool, max_im
         if not use:
             continue
         found = postprocess.calibrate([outs[i][2 * k] for i in use], [outs[i][2 * k + 1] for i in use],
-                                      [truths[i][..., k] for i in use], start)
+                                      [truths[i][..., k] for i in use], start,
+                                      known=None if known is None else [known[i] for i in use])
         new[key] = found["kwargs"]
         report[key] = {"f1": round(found["f1"], 4), "default_f1": round(found["default_f1"], 4), "tried": found["tried"]}
     return new, report
