@@ -1,6 +1,6 @@
 """The browser editor, measured in Chromium through Playwright against gunicorn on loopback.
 
-    python bench/editor.py            # paint@270, paint@2048, open@2048, pan@2048x8
+    python bench/editor.py            # paint@270, paint@2048, open@2048, pan@2048x8, assist_click@270
     python bench/editor.py --quick    # fewer repetitions
     python bench/editor.py --case open   # one kind of case (paint, open, pan; repeatable)
 
@@ -13,6 +13,8 @@ rasteriser, on machines without a GPU):
   received per edit. The 2048² task has 8 uint16 channels and 4,000 cells.
 - ``open@2048``: navigation start to the first full render (task JSON, image and labels fetched, decoded,
   uploaded, drawn and finished).
+- ``assist_click@270``: an assist click (A) on a cell missing from the labels, mouse-down to the server's cell drawn,
+  split like ``paint``; the crop's maps are those a perfect model would give (its labels' training targets).
 - ``pan@2048x8``: frames per second while panning and zooming a 2048² 8-channel task, with the WebGL2
   renderer and, in the same run, the plain Canvas2D renderer drawing the same views (``baseline_fps``).
 """
@@ -85,6 +87,27 @@ def setup(tmp: Path, quick: bool) -> tuple[dict, dict]:
         session.commit()
         with app.app_context():
             tokens[name] = make_task_token(task)
+    # a crop with model maps whose labels miss every third cell: for the assist click
+    from backend.tasks.maps import keep_crop_maps
+    from pipeline.model.maps import maps_from_labels
+
+    image, truth = tissue(270, 70, 2, seed=1)
+    labels = truth.copy()
+    missing = [int(i) for i in np.unique(truth[..., 0]) if i][::3]
+    labels[np.isin(labels, missing)] = 0
+    project = project_from_image(session, storage, name="bench-assist", image=image, channel_names=["ch0", "ch1"])
+    batch = Batch(project=project, name="b")
+    session.add(batch)
+    task = TaskService(session, storage).create_task(batch, (0, 0, 270, 270), image, labels)
+    session.commit()
+    keep_crop_maps(session, storage, task, maps_from_labels(truth), "bench")
+    with app.app_context():
+        tokens["assist"] = make_task_token(task)
+    tokens["assist_points"] = []
+    from scipy import ndimage
+    for label in missing:
+        depth = ndimage.distance_transform_edt(truth[..., 0] == label)
+        tokens["assist_points"].append([int(v) for v in np.unravel_index(np.argmax(depth), depth.shape)])
     session.close()
     env = {**os.environ, "CELLLOOP_INSTANCE_DIR": str(tmp), "CELLLOOP_SECRET_KEY": BENCH_SECRET,
            "CELLLOOP_DATABASE_URL": config.database_url, "CELLLOOP_STORAGE_URL": config.storage_url,
@@ -154,6 +177,28 @@ def paint(browser, url, size, reps) -> dict:
     # the same kind of stroke posted from Python: what the server and loopback HTTP take without the browser
     out["server_roundtrip_ms"] = stats(server_ms)["median_ms"]
     out["bytes_sent"] = int(np.median([r["sent"] for r in rows]))
+    out["bytes_received"] = int(np.median([r["received"] for r in rows]))
+    out["device"] = device
+    return out
+
+
+def assist_click(browser, url, points, reps) -> dict:
+    page = open_editor(browser, url)
+    page.evaluate("() => { const e = window.cellloop.editor; e.view.scale = 2; e.view.centerOn(135, 135); e.drawNow(); }")
+    page.keyboard.press("a")
+    rows = []
+    for i, (r, c) in enumerate(points[:reps + 2]):
+        page.evaluate("([r, c]) => { const e = window.cellloop.editor; e.view.centerOn(r, c); e.drawNow(); }", [r, c])
+        page.mouse.click(*page.evaluate(TO_SCREEN, [r + 0.5, c + 0.5]))
+        row = page.evaluate(ONE_EDIT)
+        if i >= 2 and row.get("tool") == "assist_click":  # the first edits on a worker pay for its caches
+            rows.append(row)
+    device = page.evaluate("() => window.cellloop.editor.renderer.name")
+    page.close()
+    total = [r["queuedMs"] + r["roundtripMs"] + r["applyMs"] + r["drawMs"] for r in rows]
+    out = {"bench": "editor", "case": "assist_click@270", **stats(total), "n": len(rows)}
+    for key, name in [("queuedMs", "queued"), ("roundtripMs", "roundtrip"), ("applyMs", "apply"), ("drawMs", "draw")]:
+        out[f"{name}_ms"] = stats([r[key] for r in rows])["median_ms"]
     out["bytes_received"] = int(np.median([r["received"] for r in rows]))
     out["device"] = device
     return out
@@ -239,7 +284,7 @@ def pan(browser, url, frames) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--case", action="append", choices=["paint", "open", "pan"],
+    parser.add_argument("--case", action="append", choices=["paint", "open", "pan", "assist"],
                         help="run only these cases (repeatable; default: all)")
     args = parser.parse_args(argv)
     reps = 8 if args.quick else 30
@@ -266,7 +311,9 @@ def main(argv=None) -> int:
                 cases = [("paint", lambda: paint(browser, f"{base}/task/{tokens['270']}", 270, reps)),
                          ("paint", lambda: paint(browser, f"{base}/task/{tokens['2048']}", 2048, reps)),
                          ("open", lambda: open_case(browser, f"{base}/task/{tokens['2048']}", 3 if args.quick else 5)),
-                         ("pan", lambda: pan(browser, f"{base}/task/{tokens['2048']}", 20 if args.quick else 60))]
+                         ("pan", lambda: pan(browser, f"{base}/task/{tokens['2048']}", 20 if args.quick else 60)),
+                         ("assist", lambda: assist_click(browser, f"{base}/task/{tokens['assist']}",
+                                                         tokens["assist_points"], reps))]
                 for name, case in cases:
                     if not args.case or name in args.case:
                         print(json.dumps({**case(), "load_avg": load_average()}), flush=True)

@@ -1,6 +1,6 @@
 """Benchmarks of the human-in-the-loop cycle; prints one JSON object per line (DESIGN.md's format).
 
-  python bench/loop.py [--quick] [--case crop_stitch|loop|vectra|all]
+  python bench/loop.py [--quick] [--case crop_stitch|loop|vectra|assist|all] [--cycles N]
 
 - ``crop_stitch@SIZE``: cut a SIZE² label image into 270-px crops (overlap 40) and stitch them back by maximum
   overlap (``median_ms`` over the repeats; ``same_partition`` checks the result).
@@ -21,6 +21,12 @@
   used to train a light model from nothing (not from the starter, which trained on this very half); ``f1`` is
   that model's whole-cell F1 on the held-back bottom half (``baseline_f1``: the nuclear-expansion baseline on the
   same half). ``image3.tif`` (unlabelled) is then prelabelled with the new model.
+- ``cycle1`` … ``cycle3`` and ``cycle1+assist`` … (``--case assist``): each cycle's new synthetic images are cut
+  into two batches prelabelled by the current model (the shipped starter model at cycle 1, so the crops have its
+  maps); the simulated annotator corrects one with the hand tools and the other with the assist tools first
+  (``simulate.annotate_assisted``: click -> cell, box -> re-segment where its preview reaches the target IoU), on
+  the same crops. ``painted_px`` counts hand-painted pixels; ``model_px`` those the assist tools drew; then the
+  hand-corrected batch trains the next cycle's model as in ``loop``.
 """
 from __future__ import annotations
 
@@ -218,10 +224,66 @@ def vectra_case(quick: bool) -> dict:
             "cycle_s": round(train_s, 1), "image3_crops_prelabelled": prelabel["crops"], "device": "cpu"}
 
 
+def assist_cases(quick: bool, cycles: int = 3) -> list[dict]:
+    from backend import loop
+    from backend.store.projects import add_image
+    from backend.web.app import create_app
+    from backend.web.localserver import serving
+    from pipeline import simulate
+    from pipeline.synthetic import make_tissue
+
+    shape = (256, 256) if quick else (384, 384)
+    per_batch = 2 if quick else 3
+    train_options = dict(epochs=2 if quick else 4, steps_per_epoch=10 if quick else 25, batch_size=4,
+                         crop_size=128, seed=0)
+    config, session, storage, project = _fresh_instance("assist", "bench", ["DAPI", "CD45"])
+    truths, records = {}, []
+    with serving(create_app(config)) as url:
+        for n in range(1, cycles + 1):
+            images = []
+            for i in range(per_batch):
+                name = f"cycle{n}-{i}"
+                X, y = make_tissue(shape, seed=2000 + 10 * n + i)
+                truths[name] = y
+                images.append(add_image(session, storage, project, X, name=name, pixel_size_um=0.5,
+                                        tissue="synthetic", platform="simulated"))
+            session.commit()
+            efforts = {}
+            for case in (f"cycle{n}", f"cycle{n}+assist"):
+                batch, _ = loop.create_batch(session, storage, project, case, images=images, size=160, overlap=32)
+                chosen = loop.prelabel_batch(session, storage, config, batch, "current")["model"]
+                out = io.StringIO()
+                loop.publish_batch(session, config, batch, out, base_url=url)
+                rows = list(csv.DictReader(io.StringIO(out.getvalue())))
+                t0 = time.perf_counter()
+                annotate = simulate.annotate_batch_assisted if case.endswith("+assist") else simulate.annotate_batch
+                effort = annotate(url, rows, truths)
+                efforts[case] = (batch, effort, chosen, time.perf_counter() - t0)
+            simulate.Reviewer(url, "rev", "bench-password-1").approve_all()
+            session.expire_all()
+            plain = efforts[f"cycle{n}"][1]
+            for case, (batch, effort, chosen, seconds) in efforts.items():
+                record = {"bench": "loop", "case": case, "prelabel": chosen, "cells": effort.cells,
+                          "ops": effort.n_ops, "ops_per_100_cells": effort.as_dict()["ops_per_100_cells"],
+                          "by_tool": dict(effort.ops), "painted_px": effort.painted_px,
+                          "annotate_s": round(seconds, 1), "device": "cpu"}
+                if case.endswith("+assist"):
+                    record.update(model_px=effort.model_px, previews=effort.previews,
+                                  ops_ratio=round(plain.n_ops / max(effort.n_ops, 1), 2),
+                                  painted_ratio=round(plain.painted_px / max(effort.painted_px, 1), 1))
+                records.append(record)
+                emit(record)
+            if n < cycles:  # the hand-corrected batch trains the next cycle's model
+                loop.run_cycle(session, storage, config, efforts[f"cycle{n}"][0], tile=128, log=lambda *_: None,
+                               **train_options)
+    return records
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small images, short training, one repeat")
-    parser.add_argument("--case", choices=("all", "crop_stitch", "loop", "vectra"), default="all")
+    parser.add_argument("--case", choices=("all", "crop_stitch", "loop", "vectra", "assist"), default="all")
+    parser.add_argument("--cycles", type=int, default=3, help="cycles of the assist case")
     args = parser.parse_args()
     if args.case in ("all", "crop_stitch"):
         emit(crop_stitch_case(4096, 1 if args.quick else 3))
@@ -230,6 +292,8 @@ def main() -> int:
             emit(record)
     if args.case in ("all", "vectra"):
         emit(vectra_case(args.quick))
+    if args.case in ("all", "assist"):
+        assist_cases(args.quick, args.cycles)  # prints each case as it is measured
     return 0
 
 

@@ -112,9 +112,19 @@ def _touches_inner_edge(cell, box, shape):
 
 
 def _cell_at(ctx, point, box, settings):
-    """The model's cell containing ``point`` in ``box``, as a mask over ``box`` (None: no cell there)."""
+    """The model's cell containing ``point`` in ``box``, as a mask over ``box`` (None: no cell there). The maps
+    are read with a margin of context, so the smoothing sees past the window's edge."""
+    outer = ctx.padded(box, _CONTEXT)
+    cell = _cell_in(ctx, (point[0] - outer[0], point[1] - outer[1]), outer, settings)
+    if cell is None:
+        return None
+    oy, ox = box[0] - outer[0], box[1] - outer[1]
+    return cell[oy:oy + box[2] - box[0], ox:ox + box[3] - box[1]]
+
+
+def _cell_in(ctx, local, box, settings):
     dist, interior = _maps_window(ctx, box)
-    ly, lx = point[0] - box[0], point[1] - box[1]
+    ly, lx = local
     if settings is None:  # click: threshold from the maps around the click
         smooth = ndimage.gaussian_filter(interior, INTERIOR_SMOOTH, truncate=3.0)
         near = smooth[max(ly - 3, 0):ly + 4, max(lx - 3, 0):lx + 4]
