@@ -86,6 +86,15 @@ def login(client):
 
 
 def test_stitch_qc_edit_approve_dataset_restitch_keeps_the_experts_edits(instance, tmp_path, capsys):
+    round_trip(tmp_path, capsys)
+
+
+def test_the_qc_round_trip_on_postgres(instance, tmp_path, capsys, pg_url, monkeypatch):
+    monkeypatch.setenv("CELLLOOP_DATABASE_URL", pg_url)
+    round_trip(tmp_path, capsys)
+
+
+def round_trip(tmp_path, capsys):
     config, session, storage, X, truth = make_project(tmp_path, capsys)
     crops = list(session.scalars(select(Task).join(Batch).where(Batch.name == "b1").order_by(Task.id)))
     boxes = [t.box for t in crops]
