@@ -272,7 +272,7 @@ def setup_qc(tmp: Path) -> None:
 
 
 def open_qc_case(browser, base, reps) -> dict:
-    times = []
+    times, parts = [], []
     for _ in range(reps):
         page = browser.new_page(viewport={"width": 1314, "height": 900})
         page.goto(base + "/")
@@ -287,12 +287,16 @@ def open_qc_case(browser, base, reps) -> dict:
         page.wait_for_selector("body[data-ready]", timeout=120_000)
         page.evaluate("() => window.cellloop.editor.renderer.finish()")
         times.append((time.perf_counter() - t0) * 1000)
+        parts.append(page.evaluate("() => window.cellloop.editor.timings.open"))
         device = page.evaluate("() => window.cellloop.editor.renderer.name")
         conflicts = page.locator("#qc-conflicts li.conflict").count()
         page.click("#back")  # back to the queue: the task stays in review for the next repetition
         page.close()
-    return {"bench": "editor", "case": "open_qc@4096", **stats(times), "n": len(times), "conflicts": conflicts,
-            "device": device}
+    # prepare: channels split, ranges, cell statistics; upload: textures; draw: the first frame (the rest of the
+    # time: the task JSON, the two downloads and their decoding, and the QC panel)
+    split = {f"{k[:-2]}_ms": round(float(np.median([p[k] for p in parts])), 1) for k in parts[0]}
+    return {"bench": "editor", "case": "open_qc@4096", **stats(times), "n": len(times), **split,
+            "conflicts": conflicts, "device": device}
 
 
 def main(argv=None) -> int:
