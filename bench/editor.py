@@ -17,6 +17,8 @@ rasteriser, on machines without a GPU):
   split like ``paint``; the crop's maps are those a perfect model would give (its labels' training targets).
 - ``pan@2048x8``: frames per second while panning and zooming a 2048² 8-channel task, with the WebGL2
   renderer and, in the same run, the plain Canvas2D renderer drawing the same views (``baseline_fps``).
+- ``open_qc@4096``: a reviewer opens the whole-image QC task of a stitched 4096² image (2 uint16 channels,
+  16,000 cells, 200 listed conflicts) from the queue: click to the editor drawn with its conflicts panel.
 """
 from __future__ import annotations
 
@@ -281,10 +283,71 @@ def pan(browser, url, frames) -> dict:
             "baseline": cpu["device"]}
 
 
+QC_PASSWORD = "bench-reviewer-password"
+
+
+def setup_qc(tmp: Path) -> None:
+    """A stitched 4096² image with its QC task (as `cellloop stitch` leaves it) and a reviewer to open it."""
+    from backend.cli.admin_commands import create_user
+    from backend.config import Config
+    from backend.loop.qc import refresh_qc
+    from backend.store.arrays import encode_array
+    from backend.store.db import make_engine, make_sessionmaker
+    from backend.store.projects import project_from_image
+    from backend.store.storage import storage_from_url
+
+    config = Config.from_env(instance_dir=tmp, database_url=f"sqlite:///{tmp / 'db.sqlite'}",
+                             storage_url=str(tmp / "storage"), secret_key=BENCH_SECRET)
+    session = make_sessionmaker(make_engine(config.database_url))()
+    storage = storage_from_url(config.storage_url)
+    create_user(session, "qcbench", QC_PASSWORD, "reviewer")
+    image, labels = tissue(4096, 16000, 2, seed=3)
+    project = project_from_image(session, storage, name="bench-qc", image=image, channel_names=["DAPI", "CD45"])
+    row = project.images[0]
+    row.labels_key = f"projects/{project.id}/images/{row.id}/labels/bench.npy.gz"
+    storage.put(row.labels_key, encode_array(labels))
+    session.commit()
+    rng = np.random.default_rng(4)
+    conflicts = [{"kind": "disagreement", "crops": [0, 1], "cells": [int(a), int(b)], "pixels": 50,
+                  "zone": "overlap", "y": int(y), "x": int(x)}
+                 for a, b, y, x in rng.integers(1, 4000, (200, 4))]
+    refresh_qc(session, storage, row, labels, conflicts, [[y, x, y + 270, x + 270] for y in range(0, 4096, 230)
+                                                            for x in range(0, 4096, 230)], source="bench")
+    session.close()
+
+
+def open_qc_case(browser, base, reps) -> dict:
+    times, parts = [], []
+    for _ in range(reps):
+        page = browser.new_page(viewport={"width": 1314, "height": 900})
+        page.goto(base + "/")
+        if page.locator("input[name=username]").is_visible():
+            page.fill("input[name=username]", "qcbench")
+            page.fill("input[name=password]", QC_PASSWORD)
+            page.click("#login button")
+        row = page.locator("tr.task[data-kind=qc]").first
+        row.wait_for(timeout=60_000)
+        t0 = time.perf_counter()
+        row.click()
+        page.wait_for_selector("body[data-ready]", timeout=120_000)
+        page.evaluate("() => window.cellloop.editor.renderer.finish()")
+        times.append((time.perf_counter() - t0) * 1000)
+        parts.append(page.evaluate("() => window.cellloop.editor.timings.open"))
+        device = page.evaluate("() => window.cellloop.editor.renderer.name")
+        conflicts = page.locator("#qc-conflicts li.conflict").count()
+        page.click("#back")  # back to the queue: the task stays in review for the next repetition
+        page.close()
+    # prepare: channels split, ranges, cell statistics; upload: textures; draw: the first frame (the rest of the
+    # time: the task JSON, the two downloads and their decoding, and the QC panel)
+    split = {f"{k[:-2]}_ms": round(float(np.median([p[k] for p in parts])), 1) for k in parts[0]}
+    return {"bench": "editor", "case": "open_qc@4096", **stats(times), "n": len(times), **split,
+            "conflicts": conflicts, "device": device}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--case", action="append", choices=["paint", "open", "pan", "assist"],
+    parser.add_argument("--case", action="append", choices=["paint", "open", "pan", "assist", "open_qc"],
                         help="run only these cases (repeatable; default: all)")
     args = parser.parse_args(argv)
     reps = 8 if args.quick else 30
@@ -292,6 +355,8 @@ def main(argv=None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         tokens, env = setup(Path(tmp), args.quick)
+        if not args.case or "open_qc" in args.case:
+            setup_qc(Path(tmp))
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
@@ -313,7 +378,8 @@ def main(argv=None) -> int:
                          ("open", lambda: open_case(browser, f"{base}/task/{tokens['2048']}", 3 if args.quick else 5)),
                          ("pan", lambda: pan(browser, f"{base}/task/{tokens['2048']}", 20 if args.quick else 60)),
                          ("assist", lambda: assist_click(browser, f"{base}/task/{tokens['assist']}",
-                                                         tokens["assist_points"], reps))]
+                                                         tokens["assist_points"], reps)),
+                         ("open_qc", lambda: open_qc_case(browser, base, 2 if args.quick else 5))]
                 for name, case in cases:
                     if not args.case or name in args.case:
                         print(json.dumps({**case(), "load_avg": load_average()}), flush=True)

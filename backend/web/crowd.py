@@ -60,6 +60,16 @@ def _task_from_token(token: str) -> tuple[Task, Actor]:
     return task, Actor(ref=_worker_ref(payload) or f"link:{task.id}")
 
 
+def _roles(project) -> dict:
+    from backend.store.projects import model_channel_indices
+
+    try:
+        nuclear, membrane = model_channel_indices(project)
+    except ValueError:
+        return {}
+    return {"nuclear": nuclear} if membrane == nuclear else {"nuclear": nuclear, "membrane": membrane}
+
+
 def task_summary(task: Task, svc) -> dict:
     project = task.batch.project
     undo, redo = svc.history(task)
@@ -74,6 +84,8 @@ def task_summary(task: Task, svc) -> dict:
         "layers": ["whole-cell", "nuclear"],
         "project": project.name,
         "kind": task.kind,
+        # which channels feed the model: the editor colours them by role (nuclear green, membrane red)
+        "roles": _roles(project),
         "can_undo": bool(undo),
         "can_redo": bool(redo),
         "review": None if review is None else {"verdict": review.verdict, "comment": review.comment},

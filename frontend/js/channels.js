@@ -4,6 +4,9 @@
 // turns them into brightness, on the GPU. Settings persist per project in localStorage.
 import { CHANNEL_COLORS, hexToRgb } from './palette.js';
 
+// the nuclear and membrane channels by role, whatever their place in the panel
+const ROLE_COLORS = { nuclear: '#00ff00', membrane: '#ff0000' };
+
 const HIST_BINS = 128;
 const SAMPLE = 1 << 18; // pixels sampled per channel for histograms and percentiles
 export const AUTO_PERCENTILES = [1, 99.5];
@@ -49,17 +52,25 @@ export function percentile(stats, p) {
 }
 
 export class Channels {
-  constructor(names, planes, project) {
+  // roles: {nuclear, membrane} channel indices (those that feed the model), coloured the same in every project
+  constructor(names, planes, project, roles = {}) {
     this.storageKey = `cellloop.view.${project}`;
     this.gray = false;
     this.invert = false;
     this.active = 0;
     this.listeners = [];
+    const byRole = { [roles.nuclear]: ROLE_COLORS.nuclear, [roles.membrane]: ROLE_COLORS.membrane };
+    const rest = CHANNEL_COLORS.filter((c) => !Object.values(ROLE_COLORS).includes(c));
+    let next = 0;
+    const hasRoles = roles.nuclear !== undefined;
     this.channels = names.map((name, index) => {
       const stats = channelStats(planes[index]);
       const auto = AUTO_PERCENTILES.map((p) => percentile(stats, p));
-      return { name, index, on: index < 3, color: CHANNEL_COLORS[index % CHANNEL_COLORS.length],
-               min: auto[0], max: Math.max(auto[1], auto[0] + 1e-6), stats };
+      const role = index in byRole && byRole[index];
+      const color = !hasRoles ? CHANNEL_COLORS[index % CHANNEL_COLORS.length] : role || rest[next++ % rest.length];
+      // the model's channels show from the start, wherever they sit in a large panel
+      const on = hasRoles ? Boolean(role) || (index < 3 && names.length <= 3) : index < 3;
+      return { name, index, on, color, min: auto[0], max: Math.max(auto[1], auto[0] + 1e-6), stats };
     });
     this.load();
   }

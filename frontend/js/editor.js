@@ -60,7 +60,7 @@ export class Editor {
     this.planes = splitChannels(image.data, h, w, count);
     this.labels = new Labels(labels.data, h, w, labels.revision);
     this.brushLabel = this.labels.nextId();
-    this.channels = new Channels(this.info.channels, this.planes, this.info.project);
+    this.channels = new Channels(this.info.channels, this.planes, this.info.project, this.info.roles || {});
     this.view = new Viewport(w, h);
     this.build();
     this.channels.mount(this.channelList);

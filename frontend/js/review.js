@@ -72,6 +72,7 @@ async function showQueue() {
 
 async function openTask(id, notice = '') {
   if (state.editor) { state.editor.destroy(); state.editor = null; }
+  state.qc = null;
   const client = new Client(`/api/review/tasks/${id}`, { csrf: state.csrf });
   let info = await client.info();
   if (info.state === 'submitted') info = await client.post('start');

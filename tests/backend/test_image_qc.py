@@ -86,6 +86,15 @@ def login(client):
 
 
 def test_stitch_qc_edit_approve_dataset_restitch_keeps_the_experts_edits(instance, tmp_path, capsys):
+    round_trip(tmp_path, capsys)
+
+
+def test_the_qc_round_trip_on_postgres(instance, tmp_path, capsys, pg_url, monkeypatch):
+    monkeypatch.setenv("CELLLOOP_DATABASE_URL", pg_url)
+    round_trip(tmp_path, capsys)
+
+
+def round_trip(tmp_path, capsys):
     config, session, storage, X, truth = make_project(tmp_path, capsys)
     crops = list(session.scalars(select(Task).join(Batch).where(Batch.name == "b1").order_by(Task.id)))
     boxes = [t.box for t in crops]
@@ -110,6 +119,10 @@ def test_stitch_qc_edit_approve_dataset_restitch_keeps_the_experts_edits(instanc
     assert main(["export", "--project", "syn", "--format", "csv", "--out", str(tmp_path / "ex")]) == 2
     err = capsys.readouterr().err
     assert "no QC-approved image" in err and "--include-unreviewed" in err
+    assert main(["cycle", "--batch", "b1", "--tile", "128"]) == 2  # the cycle trains on QC'd images only
+    assert "waiting for the expert's QC" in capsys.readouterr().err
+    session.expire_all()
+    assert session.get(Task, task.id).revision == 0  # stitching again with nothing new changed nothing
 
     client = create_app(config).test_client()
     csrf = login(client)

@@ -98,7 +98,7 @@ def test_no_second_instance_outside_demo_and_db_upgrade(bare, capsys):
 
 def test_the_base_url_is_kept_once_given_and_report_says_what_to_run(bare, capsys, monkeypatch):
     assert main(["db", "upgrade"]) == 0
-    assert main(["ingest", str(_plain_tiff(bare / "a.tif")), "--project", "p", "--channel-names", "DAPI,CD45"]) == 0
+    assert main(["ingest", str(_plain_tiff(bare / "a.tif")), "--project", "p", "--channel-names", "CD45,DAPI"]) == 0
     assert main(["report", "--project", "p"]) == 0
     assert "no batches yet" in capsys.readouterr().out
     assert main(["batch", "create", "b1", "--project", "p", "--all-new", "--size", "64", "--overlap", "16"]) == 0
@@ -121,6 +121,14 @@ def test_the_base_url_is_kept_once_given_and_report_says_what_to_run(bare, capsy
     monkeypatch.setenv("CELLLOOP_BASE_URL", "https://other.example.org")  # the variable still wins
     assert main(["links", "--project", "p"]) == 0
     assert ",https://other.example.org/task/" in capsys.readouterr().out
+    # the task JSON names the channels' roles, so the editor colours DAPI as nuclear wherever it sits
+    from backend.config import Config
+    from backend.web.app import create_app
+
+    token = rows[0].rsplit("/task/", 1)[1]
+    client = create_app(Config.from_env(instance_dir=bare / "cellloop-data")).test_client()
+    info = client.get(f"/api/task/{token}").get_json()
+    assert info["channels"] == ["CD45", "DAPI"] and info["roles"] == {"nuclear": 1, "membrane": 0}
 
 
 def test_model_commands_print_no_tensorflow_start_up_lines_and_refuse_a_tiny_image(tmp_path):
