@@ -53,7 +53,7 @@ def _split_mask(project, tiles):
 
 def test_blocks_keep_regions_in_one_split_and_the_test_area_frozen_across_tile_sizes(stitched_project, tmp_path):
     session, storage, project = stitched_project
-    first = loop.build_dataset(session, storage, project, tmp_path / "a.npz", tile=128, block=256)
+    first = loop.build_dataset(session, storage, project, tmp_path / "a.npz", tile=128, block=256, include_unreviewed=True)
     tiles = _tiles(tmp_path / "a.npz")
     assert first["splits"]["test"] >= 1 and first["splits"]["train"] >= 4
     blocks = {(b.image_id, b.y0, b.x0): b.split for b in session.scalars(select(DatasetBlock))}
@@ -66,7 +66,7 @@ def test_blocks_keep_regions_in_one_split_and_the_test_area_frozen_across_tile_s
         assert not (masks["train"] & masks["test"]).any() and not (masks["val"] & masks["test"]).any()
 
     # another tile size later: the blocks (and so the test area) stay; tiles across blocks of two splits are out
-    second = loop.build_dataset(session, storage, project, tmp_path / "b.npz", tile=96, block=512)
+    second = loop.build_dataset(session, storage, project, tmp_path / "b.npz", tile=96, block=512, include_unreviewed=True)
     assert {(b.image_id, b.y0, b.x0): b.split for b in session.scalars(select(DatasetBlock))} == blocks
     tiles2 = _tiles(tmp_path / "b.npz")
     test_area = {i.id: np.zeros((i.height, i.width), bool) for i in project.images}
@@ -79,4 +79,4 @@ def test_blocks_keep_regions_in_one_split_and_the_test_area_frozen_across_tile_s
     assert second["splits"]["test"] >= 1 and second["skipped"].get("straddles_splits", 0) > 0
     assert sum(second["splits"].values()) == second["tiles"]
     with pytest.raises(loop.LoopError, match="at least 16"):
-        loop.build_dataset(session, storage, project, tmp_path / "c.npz", tile=8)
+        loop.build_dataset(session, storage, project, tmp_path / "c.npz", tile=8, include_unreviewed=True)

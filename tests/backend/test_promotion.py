@@ -49,7 +49,7 @@ def scored(tmp_path, monkeypatch):
     storage.put(image.coverage_key, encode_array(np.ones((300, 300), np.uint8)))
     session.commit()
     data = tmp_path / "d.npz"
-    summary = loop.build_dataset(session, storage, project, data, tile=128, block=128)
+    summary = loop.build_dataset(session, storage, project, data, tile=128, block=128, include_unreviewed=True)
     assert summary["splits"]["test"] >= 1
     model = RecordingModel(y.astype(np.int32))
     monkeypatch.setattr(training, "load_mesmer", lambda folder: model)
