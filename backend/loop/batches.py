@@ -119,6 +119,10 @@ def batch_status(session: Session, storage: Storage, batch: Batch) -> dict:
     cells += sum(count_cells(crops[t.id]) for t in done if t.image_id is None)  # crops of no known image
     edits = session.scalar(select(func.count(Revision.id)).where(
         Revision.task_id.in_([t.id for t in done]), Revision.action.in_(EDIT_REVISIONS))) if done else 0
+    # which crops had their nuclear layer (1) corrected at all: training on the others learns the prelabel's nuclei
+    nuclear_edited = {r.task_id for r in session.scalars(select(Revision).where(
+        Revision.task_id.in_([t.id for t in done]), Revision.action == "edit"))
+        if (r.params or {}).get("layer") == 1} if done else set()
     seconds = float(sum(t.time_open_s or 0.0 for t in done))
     from backend.tasks.transitions import aware  # SQLite hands back naive times, fresh writes are aware
 
@@ -128,7 +132,7 @@ def batch_status(session: Session, storage: Storage, batch: Batch) -> dict:
     return {
         "batch": batch.name, "project": batch.project.name, "prelabel": batch.prelabel, "tasks": len(tasks),
         "states": dict(sorted(states.items())), "submitted_cells": cells, "submitted_crop_cells": crop_cells,
-        "edits": int(edits or 0),
+        "edits": int(edits or 0), "nuclear_corrected_crops": len(nuclear_edited),
         "seconds": round(seconds, 1),
         "edits_per_cell": round(edits / cells, 3) if cells else None,
         "seconds_per_cell": round(seconds / cells, 2) if cells else None,

@@ -35,11 +35,16 @@ def run_cycle(session: Session, storage: Storage, config, batch: Batch, *, out=N
     data = build_dataset(session, storage, project, out, tile=tile, block=block, include_unreviewed=include_unreviewed)
     log(f"dataset {data['path']}: {data['splits']} tiles")
     status = batch_status(session, storage, batch)
+    done = sum(status["states"].get(s, 0) for s in ("submitted", "in_review", "approved"))
+    if status["nuclear_corrected_crops"] < done:
+        log(f"nuclear layer corrected in {status['nuclear_corrected_crops']} of {done} crops: the nuclear head also "
+            f"learns the others' uncorrected prelabel nuclei")
     current = registry.current_model(session, storage, project)
     candidate, parent = train_version(session, storage, config, project, out, start="current", **train_options)
     log(f"trained {candidate.name} from {parent.name if parent else 'scratch'}")
     record = {"include_unreviewed": include_unreviewed, "dataset": data["path"], "sha256": data["sha256"], "splits": data["splits"], "cells": cells,
               "edits_per_cell": status["edits_per_cell"], "seconds_per_cell": status["seconds_per_cell"],
+              "nuclear_corrected_crops": status["nuclear_corrected_crops"], "crops_done": done,
               "prelabel": batch.prelabel, "current": current.label, "candidate": candidate.name}
     if data["splits"]["test"] == 0:
         record.update(promoted=False, reason="no test tiles yet")

@@ -40,14 +40,17 @@ def test_status_counts_each_cell_of_the_image_once(tmp_path):
         spot = [int(v) for v in np.argwhere(labels == 0)[0]]
         svc.edit(task, actor, 0, "paint", {"layer": 0, "points": [spot], "radius": 1, "label": int(labels.max()) + 1})
         svc.undo(task, actor, 1)
-        svc.submit(task, actor, 2)
+        if i == 0:  # one crop's nuclear layer corrected too
+            svc.edit(task, actor, 2, "paint", {"layer": 1, "points": [spot], "radius": 1, "label": 1})
+        svc.submit(task, actor, task.revision)
     status = loop.batch_status(session, storage, batch)
     true_cells = len(np.unique(y[..., 0])) - 1
     per_crop = sum(len(np.unique(y[t.y0:t.y1, t.x0:t.x1, 0])) - 1 for t in tasks)
     assert status["submitted_cells"] == true_cells
     assert status["submitted_crop_cells"] == per_crop > 1.5 * true_cells
-    assert status["edits"] == 2 * len(tasks)
-    assert status["edits_per_cell"] == round(2 * len(tasks) / true_cells, 3)
+    assert status["edits"] == 2 * len(tasks) + 1
+    assert status["nuclear_corrected_crops"] == 1  # the others' nuclear layer is the uncorrected prelabel
+    assert status["edits_per_cell"] == round((2 * len(tasks) + 1) / true_cells, 3)
 
 
 def test_the_simulated_annotator_counts_distinct_cells():
