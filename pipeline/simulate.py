@@ -28,6 +28,9 @@ from scipy import ndimage as ndi
 TARGET_IOU = 0.8
 # a cell whose pixels lie mostly outside every true cell is a false positive
 FALSE_CELL_OVERLAP = 0.5
+# a true cell whose parts were merged this often in one pass is oscillating with a split of the merged cell (its
+# two halves each mostly one true cell, the whole hosting two): a person would stop, so the annotator leaves it
+MAX_MERGES_PER_CELL = 3
 
 
 RETRY_PAUSES_S = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, None)
@@ -324,6 +327,15 @@ class TaskClient:
         return self.http.json("POST", self.path + "/submit", {"base_revision": self.revision})
 
 
+def _oscillating(key: tuple, merges: Counter) -> bool:
+    """Count a merge of a true cell's parts; True once that cell has been merged more than MAX_MERGES_PER_CELL
+    times in this pass."""
+    if key[0] != "merge":
+        return False
+    merges[key[1]] += 1
+    return merges[key[1]] > MAX_MERGES_PER_CELL
+
+
 def annotate(base_url: str, token: str, truth: np.ndarray, *, layers=(0,), target_iou: float = TARGET_IOU,
              noise: float = 0.0, seed: int = 0, max_ops: int | None = None, submit: bool = True) -> Effort:
     """Correct one task towards ``truth`` (the crop's (h, w, 2) or (h, w) ground truth) and submit it."""
@@ -338,12 +350,16 @@ def annotate(base_url: str, token: str, truth: np.ndarray, *, layers=(0,), targe
         effort.crop_cells += int(len(np.unique(true_layer)) - 1)
         budget = max_ops if max_ops is not None else 12 * (int(true_layer.max()) + 5)
         skip: set = set()
+        merges: Counter = Counter()
         labels = client.labels()
         while budget > 0:
             fix = next_fix(labels[..., layer], true_layer, target_iou=target_iou, skip=frozenset(skip))
             if fix is None:
                 break
             key, tool, params = fix
+            if _oscillating(key, merges):
+                skip.add(key)
+                continue
             skip.add(key)  # a fix is tried once; if it changed nothing it is not repeated
             if noise and rng.random() < noise:
                 continue
@@ -530,6 +546,7 @@ def annotate_assisted(base_url: str, token: str, truth: np.ndarray, *, layers=(0
         effort.cells += int(len(np.unique(true_layer)) - 1)
         budget = max_ops if max_ops is not None else 12 * (int(true_layer.max()) + 5)
         skip: set = set()
+        merges: Counter = Counter()
         labels = client.labels()
         while budget > 0:
             fix = (next_assist_fix(client, labels, true_layer, layer, target_iou=target_iou, skip=frozenset(skip))
@@ -537,6 +554,9 @@ def annotate_assisted(base_url: str, token: str, truth: np.ndarray, *, layers=(0
             if fix is None:
                 break
             key, tool, params = fix
+            if _oscillating(key, merges):
+                skip.add(key)
+                continue
             skip.add(key)
             before = labels[..., layer].copy()
             client.edit(labels, tool, params, layer)

@@ -46,3 +46,17 @@ def test_paints_every_cell_from_nothing():
     ops = _correct(labels, y[..., 0], X)
     result = metrics.object_accuracy(y[..., 0], labels[..., 0])
     assert result["f1"] >= 0.95 and ops >= y[..., 0].max()
+
+
+def test_the_annotator_stops_merging_a_cell_that_oscillates_with_a_split():
+    """A merge whose result the next split undoes would repeat until the budget ran out (1,000+ operations on two
+    crops were seen): merges of one true cell are capped per pass, other fixes never are."""
+    from collections import Counter
+
+    from pipeline.simulate import MAX_MERGES_PER_CELL, _oscillating
+
+    merges = Counter()
+    verdicts = [_oscillating(("merge", 7, 100 + i), merges) for i in range(MAX_MERGES_PER_CELL + 2)]
+    assert verdicts == [False] * MAX_MERGES_PER_CELL + [True, True]
+    assert not _oscillating(("merge", 8, 1), merges)  # another true cell has its own count
+    assert not any(_oscillating(("split", 5), merges) for _ in range(10))
