@@ -261,7 +261,7 @@ def cmd_models_import(args) -> int:
     fine_tune = (row.config or {}).get("fine_tune", True)
     print(f"imported {row.name} into project {project.name!r} ({row.config['imported']['format']}, lineage root"
           f"{'' if fine_tune else ', inference only: a SavedModel is not fine-tuned'})"
-          + (f"; now the project's current model" if args.promote else
+          + ("; now the project's current model" if args.promote else
              f"; prelabel with --model {row.name} or `cellloop models promote {row.name}`"))
     return 0
 
@@ -277,13 +277,33 @@ def _train_options(args) -> dict:
     return options
 
 
+def _budget_options(args) -> dict:
+    """`cycle` trains within a wall-clock budget (default 10 minutes) unless a fixed --epochs is asked for alone."""
+    if args.minutes is None and args.epochs is not None:
+        return {}
+    minutes = 10.0 if args.minutes is None else args.minutes
+    if not 0 < minutes <= 24 * 60:
+        raise CLIError("--minutes must be more than 0 and at most 1440")
+    if args.replay is not None and not 0 <= args.replay < 1:
+        raise CLIError("--replay must be at least 0 and below 1")
+    if args.patience is not None and args.patience < 1:
+        raise CLIError("--patience must be at least 1")
+    return {"minutes": minutes, "replay": args.replay, "patience": args.patience, "epochs": args.epochs}
+
+
 def cmd_cycle(args) -> int:
     from backend import loop
 
+    options = _train_options(args)
+    budget = _budget_options(args)
     config, session, storage = _open(args)
     batch = _batch(session, args)
+    if budget:
+        options.update(budget)
+        if args.steps_per_epoch is None:
+            options.pop("steps_per_epoch")
     record = loop.run_cycle(session, storage, config, batch, out=args.out, tile=args.tile, block=args.block,
-                            include_unreviewed=args.include_unreviewed, **_train_options(args))
+                            include_unreviewed=args.include_unreviewed, **options)
     print(json.dumps(record, default=str) if args.json else
           f"cycle of batch {batch.name!r} done: {record['candidate']} "
           f"{'promoted' if record['promoted'] else 'not promoted'} ({record['reason']})")
@@ -491,6 +511,12 @@ def register(sub) -> None:
     p.add_argument("--backbone", help="backbone when training from scratch (default the light one)")
     p.add_argument("--include-unreviewed", action="store_true",
                    help="train on stitched images the expert has not QC-approved yet (recorded in the dataset)")
+    p.add_argument("--minutes", type=float, help="training budget of this cycle in minutes (default 10; with "
+                   "--epochs alone training runs that many epochs instead)")
+    p.add_argument("--replay", type=float, help="share of each batch drawn from the starter's synthetic tissue "
+                   "so the model does not forget (default 0.25; 0: none)")
+    p.add_argument("--patience", type=int, help="stop after this many epochs without a better validation loss "
+                   "(default 4)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_cycle)
 

@@ -188,7 +188,8 @@ def register(session: Session, storage: Storage, project: Project | None, folder
     summary = {k: config.get(k) for k in ("backbone", "heads", "channels", "mpp", "imported", "model_format",
                                           "fine_tune") if k in config}
     summary["training"] = {k: v for k, v in (config.get("training") or {}).items()
-                           if k in ("epochs", "best_epoch", "best_loss", "monitor", "steps_per_epoch")}
+                           if k in ("epochs", "best_epoch", "best_loss", "monitor", "steps_per_epoch", "seconds",
+                                    "stopped_early", "fine_tune", "label_mask")}
     if dataset:
         summary["dataset"] = dataset
     if note:

@@ -26,9 +26,15 @@ def _load_split(path, split):
 
 def train_version(session: Session, storage: Storage, config, project: Project, data, *, start: str = "current",
                   epochs: int = 4, steps_per_epoch: int | None = None, batch_size: int = 8, crop_size: int = 256,
-                  backbone: str | None = None, lr: float = 1e-4, seed: int = 0) -> tuple:
+                  backbone: str | None = None, lr: float = 1e-4, seed: int = 0, minutes: float | None = None,
+                  replay: float | None = None, patience: int | None = None) -> tuple:
     """Fine-tune ``start`` (a version, or from scratch when it is the baseline) on the dataset's train split,
-    validating on its val split; register the result with its parent and data hashes. Returns (row, parent)."""
+    validating on its val split; register the result with its parent and data hashes. Returns (row, parent).
+
+    With ``minutes`` training follows ``pipeline.model.finetune`` instead of a fixed number of epochs: a
+    wall-clock budget (``epochs`` then only caps it), synthetic replay (``replay``: the share of each batch,
+    none when training from scratch), warm-up, early stopping after ``patience`` epochs without a better
+    validation loss, post-processing recalibrated on the val split."""
     from pipeline import dataset
     from pipeline.model import panoptic, train
 
@@ -49,12 +55,30 @@ def train_version(session: Session, storage: Storage, config, project: Project, 
     name = registry.next_name(session, project)
     out = Path(config.instance_dir) / "model-cache" / f"{name}.training-{secrets.token_hex(3)}"
     sizes = {i.pixel_size_um for i in project.images if i.labels_key}
-    result = train.train(
-        Xt, yt, val=(Xv, yv) if len(Xv) else None, val_split=0.0 if len(Xv) or len(Xt) < 2 else 0.1,
-        from_version=from_folder, backbone=backbone or panoptic.LIGHT_BACKBONE, epochs=epochs,
-        steps_per_epoch=steps_per_epoch, batch_size=batch_size, crop_size=crop_size, lr=lr, seed=seed,
-        mpp=(sizes.pop() if len(sizes) == 1 and None not in sizes else None) if from_folder is None else None,
-        out=out, verbose=0)
+    if minutes is not None:
+        from pipeline.model import finetune
+
+        if not 0 < float(minutes) <= 24 * 60:
+            raise LoopError(f"--minutes must be between 0 and {24 * 60}, got {minutes}")
+        if replay is not None and not 0 <= float(replay) < 1:
+            raise LoopError(f"--replay must be in [0, 1), got {replay}")
+        try:
+            result = finetune.fine_tune(
+                Xt, yt, from_version=from_folder, val=(Xv, yv) if len(Xv) else None, minutes=minutes,
+                replay=(replay if from_folder is not None else 0.0), patience=patience, epochs=epochs,
+                steps_per_epoch=steps_per_epoch, batch_size=batch_size, crop_size=crop_size,
+                lr=lr if lr != 1e-4 else None, seed=seed, out=out, verbose=0,
+                backbone=backbone or panoptic.LIGHT_BACKBONE,
+                mpp=(sizes.pop() if len(sizes) == 1 and None not in sizes else None) if from_folder is None else None)
+        except ValueError as exc:
+            raise LoopError(str(exc).splitlines()[0]) from None
+    else:
+        result = train.train(
+            Xt, yt, val=(Xv, yv) if len(Xv) else None, val_split=0.0 if len(Xv) or len(Xt) < 2 else 0.1,
+            from_version=from_folder, backbone=backbone or panoptic.LIGHT_BACKBONE, epochs=epochs,
+            steps_per_epoch=steps_per_epoch, batch_size=batch_size, crop_size=crop_size, lr=lr, seed=seed,
+            mpp=(sizes.pop() if len(sizes) == 1 and None not in sizes else None) if from_folder is None else None,
+            out=out, verbose=0)
     hashes = {"path": str(data), "train": dataset.data_hash(Xt, yt),
               "val": dataset.data_hash(Xv, yv) if len(Xv) else None}
     # name=None: the next free name when the row goes in (a concurrent cycle may have taken ``name`` meanwhile)

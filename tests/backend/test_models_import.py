@@ -149,6 +149,14 @@ def test_import_prelabels_and_fine_tunes_from_the_imported_root(files, instance,
                                        steps_per_epoch=1, batch_size=2, crop_size=64)
     assert parent.name == "mesmer" and child.parent_id == rows["mesmer"].id
     assert [v.name for v in registry.lineage(session, child)] == [child.name, "mesmer"]
+    # Within a budget: the fine-tuning recipe (replay of the starter's synthetic tissue, early stopping).
+    budgeted, _ = loop.train_version(session, storage, config, project, data, start="mesmer", minutes=0.001,
+                                     replay=0.5, epochs=3, batch_size=2, crop_size=64)
+    summary = budgeted.config["training"]
+    assert budgeted.parent_id == rows["mesmer"].id and summary["epochs"] == 1  # the budget ends the first epoch
+    assert summary["fine_tune"]["replay"]["share"] == 0.5 and summary["fine_tune"]["replay"]["tiles"] > 0
+    assert main(["cycle", "--batch", "b1", "--minutes", "0"]) == 2
+    assert "--minutes must be" in capsys.readouterr().err
     with pytest.raises(LoopError, match="inference only"):
         loop.train_version(session, storage, config, project, data, start="lab-mesmer_savedmodel", epochs=1,
                            steps_per_epoch=1, batch_size=2, crop_size=64)
