@@ -131,3 +131,17 @@ def login(client, username, password=PASSWORD) -> str:
                        headers={"X-CSRF-Token": csrf})
     assert resp.status_code == 200, resp.get_json()
     return resp.get_json()["csrf_token"]
+
+
+@pytest.fixture
+def instance(tmp_path):
+    """A migrated SQLite instance with a local storage folder, as the loop's commands see it: (config, session,
+    storage)."""
+    from backend.store.storage import storage_from_url
+
+    config = Config.from_env(instance_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'db.sqlite'}",
+                             storage_url=str(tmp_path / "storage"), secret_key="test-secret-key-" * 4)
+    dbmod.upgrade(config.database_url)
+    session = dbmod.make_sessionmaker(dbmod.make_engine(config.database_url))()
+    yield config, session, storage_from_url(config.storage_url)
+    session.close()

@@ -7,23 +7,16 @@ import pytest
 from sqlalchemy import select
 
 from backend import loop
-from backend.config import Config
-from backend.store import db
 from backend.store.arrays import encode_array
 from backend.store.models import DatasetBlock
 from backend.store.projects import add_image, create_project
-from backend.store.storage import storage_from_url
 from pipeline import io
 from pipeline.synthetic import make_tissue
 
 
 @pytest.fixture
-def stitched_project(tmp_path):
-    config = Config.from_env(instance_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'db.sqlite'}",
-                             storage_url=str(tmp_path / "storage"), secret_key="test-secret-key-" * 4)
-    db.upgrade(config.database_url)
-    session = db.make_sessionmaker(db.make_engine(config.database_url))()
-    storage = storage_from_url(config.storage_url)
+def stitched_project(instance):
+    config, session, storage = instance
     project = create_project(session, name="p", channel_names=["DAPI", "CD45"])
     for i, shape in enumerate([(512, 768), (384, 512)]):
         X, y = make_tissue(shape, seed=10 + i)

@@ -6,23 +6,16 @@ import numpy as np
 from sqlalchemy import select
 
 from backend import loop
-from backend.config import Config
-from backend.store import db
 from backend.store.models import Task
 from backend.store.projects import add_image, create_project
-from backend.store.storage import storage_from_url
 from backend.tasks import Actor, TaskService
 from pipeline import simulate
 from pipeline.stitch import relabel_crop
 from pipeline.synthetic import make_tissue
 
 
-def test_status_counts_each_cell_of_the_image_once(tmp_path):
-    config = Config.from_env(instance_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'db.sqlite'}",
-                             storage_url=str(tmp_path / "storage"), secret_key="test-secret-key-" * 4)
-    db.upgrade(config.database_url)
-    session = db.make_sessionmaker(db.make_engine(config.database_url))()
-    storage = storage_from_url(config.storage_url)
+def test_status_counts_each_cell_of_the_image_once(instance):
+    config, session, storage = instance
     project = create_project(session, name="p", channel_names=["DAPI", "CD45"])
     X, y = make_tissue((200, 200), seed=7)
     add_image(session, storage, project, X, name="im")

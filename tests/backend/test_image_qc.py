@@ -15,7 +15,7 @@ from sqlalchemy import select
 from backend.cli import main
 from backend.config import Config
 from backend.store.db import make_engine, make_sessionmaker
-from backend.store.models import Batch, Image, ImageQC, Task, TaskState, User
+from backend.store.models import Batch, ImageQC, Task, TaskState, User
 from backend.store.storage import storage_from_url
 from backend.tasks import Actor, TaskService
 from backend.web.app import create_app

@@ -6,23 +6,16 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from backend.store import db
 from backend import loop
-from backend.config import Config
 from backend.store.models import Task, TaskState
 from backend.store.projects import add_image, create_project
-from backend.store.storage import storage_from_url
 from backend.tasks import Actor, TaskService
 from pipeline.synthetic import make_tissue
 
 
 @pytest.fixture
-def project_world(tmp_path):
-    config = Config.from_env(instance_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'db.sqlite'}",
-                             storage_url=str(tmp_path / "storage"), secret_key="test-secret-key-" * 4)
-    db.upgrade(config.database_url)
-    session = db.make_sessionmaker(db.make_engine(config.database_url))()
-    storage = storage_from_url(config.storage_url)
+def project_world(instance):
+    config, session, storage = instance
     project = create_project(session, name="p", channel_names=["CD45", "DAPI"])  # nuclear second: guessed by name
     for i in range(3):
         X, _ = make_tissue((180, 200 + 10 * i), seed=i)

@@ -6,13 +6,10 @@ import numpy as np
 from sqlalchemy import select
 
 from backend import loop
-from backend.config import Config
 from backend.edits import apply_edit
-from backend.store import db
 from backend.store.arrays import decode_array
 from backend.store.models import Task
 from backend.store.projects import add_image, create_project
-from backend.store.storage import storage_from_url
 from backend.tasks import Actor, TaskService
 from backend.tasks.maps import NOISE_FLOOR, load_maps
 from pipeline.model.maps import maps_from_outputs
@@ -21,12 +18,8 @@ from pipeline.model.starter import starter_model_dir
 from pipeline.synthetic import make_tissue
 
 
-def test_prelabel_stores_each_crops_maps_and_baseline_clears_them(tmp_path):
-    config = Config.from_env(instance_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'db.sqlite'}",
-                             storage_url=str(tmp_path / "storage"), secret_key="test-secret-key-" * 4)
-    db.upgrade(config.database_url)
-    session = db.make_sessionmaker(db.make_engine(config.database_url))()
-    storage = storage_from_url(config.storage_url)
+def test_prelabel_stores_each_crops_maps_and_baseline_clears_them(instance):
+    config, session, storage = instance
     project = create_project(session, name="p", channel_names=["DAPI", "CD45"])
     X, _ = make_tissue((150, 190), seed=4)
     image = add_image(session, storage, project, X, name="im0", pixel_size_um=0.5)

@@ -9,13 +9,10 @@ import pytest
 from sqlalchemy import select
 
 from backend import loop
-from backend.config import Config
 from backend.loop import registry, training
-from backend.store import db
 from backend.store.arrays import encode_array
 from backend.store.models import ModelVersion
 from backend.store.projects import add_image, create_project
-from backend.store.storage import storage_from_url
 from pipeline.synthetic import make_tissue
 
 
@@ -34,12 +31,8 @@ class RecordingModel:
 
 
 @pytest.fixture
-def scored(tmp_path, monkeypatch):
-    config = Config.from_env(instance_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'db.sqlite'}",
-                             storage_url=str(tmp_path / "storage"), secret_key="test-secret-key-" * 4)
-    db.upgrade(config.database_url)
-    session = db.make_sessionmaker(db.make_engine(config.database_url))()
-    storage = storage_from_url(config.storage_url)
+def scored(instance, tmp_path, monkeypatch):
+    config, session, storage = instance
     project = create_project(session, name="p", channel_names=["DAPI", "CD45"])
     X, y = make_tissue((300, 300), seed=21)
     image = add_image(session, storage, project, X, name="im")  # no pixel size known

@@ -7,11 +7,8 @@ from sqlalchemy import select
 
 from backend import loop
 from backend.cli.admin_commands import create_user
-from backend.config import Config
-from backend.store import db
 from backend.store.models import Task
 from backend.store.projects import add_image, create_project
-from backend.store.storage import storage_from_url
 from backend.tasks import Actor, TaskService
 from pipeline.stitch import same_partition
 
@@ -26,12 +23,8 @@ def _approve_all(session, storage, batch, labels_of, reviewer):
         svc.review(task, Actor(user=reviewer), "approve")
 
 
-def test_a_later_batch_wins_over_an_earlier_one_on_the_same_box(tmp_path):
-    config = Config.from_env(instance_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'db.sqlite'}",
-                             storage_url=str(tmp_path / "storage"), secret_key="test-secret-key-" * 4)
-    db.upgrade(config.database_url)
-    session = db.make_sessionmaker(db.make_engine(config.database_url))()
-    storage = storage_from_url(config.storage_url)
+def test_a_later_batch_wins_over_an_earlier_one_on_the_same_box(instance):
+    config, session, storage = instance
     reviewer = create_user(session, "rev", "correct horse battery", "reviewer")
     project = create_project(session, name="p", channel_names=["DAPI", "CD45"])
     image = add_image(session, storage, project, np.random.default_rng(0).random((96, 96, 2), np.float32), name="im")
