@@ -28,9 +28,9 @@ from scipy import ndimage as ndi
 TARGET_IOU = 0.8
 # a cell whose pixels lie mostly outside every true cell is a false positive
 FALSE_CELL_OVERLAP = 0.5
-# a true cell whose parts were merged this often in one pass is oscillating with a split of the merged cell (its
-# two halves each mostly one true cell, the whole hosting two): a person would stop, so the annotator leaves it
-MAX_MERGES_PER_CELL = 3
+# a true cell merged or split this often in one pass is oscillating (a split undoing a merge, or a split retried on
+# the new parts it makes): a person would stop there, so the annotator leaves it to the hand tools
+MAX_TOPOLOGY_FIXES_PER_CELL = 3
 
 
 RETRY_PAUSES_S = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, None)
@@ -327,13 +327,18 @@ class TaskClient:
         return self.http.json("POST", self.path + "/submit", {"base_revision": self.revision})
 
 
-def _oscillating(key: tuple, merges: Counter) -> bool:
-    """Count a merge of a true cell's parts; True once that cell has been merged more than MAX_MERGES_PER_CELL
-    times in this pass."""
-    if key[0] != "merge":
+def _oscillating(key: tuple, params: dict, truth: np.ndarray, counts: Counter) -> bool:
+    """Count a merge or split by the true cells it is for; True once one of them has had more than
+    MAX_TOPOLOGY_FIXES_PER_CELL of either in this pass (the two undo each other, or a split that cannot separate two cells
+    is retried on each new part it makes)."""
+    if key[0] == "merge":
+        cells = {("merge", key[1])}
+    elif key[0] == "split":
+        cells = {("split", int(truth[y, x])) for y, x in params["seeds"]}
+    else:
         return False
-    merges[key[1]] += 1
-    return merges[key[1]] > MAX_MERGES_PER_CELL
+    counts.update(cells)
+    return any(counts[c] > MAX_TOPOLOGY_FIXES_PER_CELL for c in cells)
 
 
 def annotate(base_url: str, token: str, truth: np.ndarray, *, layers=(0,), target_iou: float = TARGET_IOU,
@@ -357,7 +362,7 @@ def annotate(base_url: str, token: str, truth: np.ndarray, *, layers=(0,), targe
             if fix is None:
                 break
             key, tool, params = fix
-            if _oscillating(key, merges):
+            if _oscillating(key, params, true_layer, merges):
                 skip.add(key)
                 continue
             skip.add(key)  # a fix is tried once; if it changed nothing it is not repeated
@@ -554,7 +559,7 @@ def annotate_assisted(base_url: str, token: str, truth: np.ndarray, *, layers=(0
             if fix is None:
                 break
             key, tool, params = fix
-            if _oscillating(key, merges):
+            if _oscillating(key, params, true_layer, merges):
                 skip.add(key)
                 continue
             skip.add(key)

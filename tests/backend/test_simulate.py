@@ -48,15 +48,22 @@ def test_paints_every_cell_from_nothing():
     assert result["f1"] >= 0.95 and ops >= y[..., 0].max()
 
 
-def test_the_annotator_stops_merging_a_cell_that_oscillates_with_a_split():
-    """A merge whose result the next split undoes would repeat until the budget ran out (1,000+ operations on two
-    crops were seen): merges of one true cell are capped per pass, other fixes never are."""
+def test_the_annotator_stops_merging_or_splitting_a_cell_that_oscillates():
+    """A merge whose result the next split undoes, or a split retried on each new part it makes, would repeat until
+    the budget ran out (1,000+ operations on two crops were seen): merges and splits are capped per true cell and
+    pass, other fixes never are."""
     from collections import Counter
 
-    from pipeline.simulate import MAX_MERGES_PER_CELL, _oscillating
+    from pipeline.simulate import MAX_TOPOLOGY_FIXES_PER_CELL, _oscillating
 
-    merges = Counter()
-    verdicts = [_oscillating(("merge", 7, 100 + i), merges) for i in range(MAX_MERGES_PER_CELL + 2)]
-    assert verdicts == [False] * MAX_MERGES_PER_CELL + [True, True]
-    assert not _oscillating(("merge", 8, 1), merges)  # another true cell has its own count
-    assert not any(_oscillating(("split", 5), merges) for _ in range(10))
+    truth = np.zeros((20, 20), np.int32)
+    truth[:, :10], truth[:, 10:] = 7, 8
+    counts = Counter()
+    verdicts = [_oscillating(("merge", 7, 100 + i), {}, truth, counts) for i in range(MAX_TOPOLOGY_FIXES_PER_CELL + 2)]
+    assert verdicts == [False] * MAX_TOPOLOGY_FIXES_PER_CELL + [True, True]
+    assert not _oscillating(("merge", 8, 1), {}, truth, counts)  # another true cell has its own count
+    # splits count by the true cells their seeds are in, whatever the (ever new) predicted label
+    splits = [_oscillating(("split", 50 + i), {"seeds": [[5, 2], [5, 15]], "label": 50 + i}, truth, counts)
+              for i in range(MAX_TOPOLOGY_FIXES_PER_CELL + 1)]
+    assert splits == [False] * MAX_TOPOLOGY_FIXES_PER_CELL + [True]
+    assert not any(_oscillating(("grow", 7), {}, truth, counts) for _ in range(10))
