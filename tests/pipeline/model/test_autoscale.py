@@ -36,7 +36,6 @@ def app():
     return Mesmer(folder)
 
 
-@pytest.mark.skipif(not (VECTRA / "image0.tif").exists(), reason="needs ../shared/data/vectra (real sample data)")
 def test_same_cells_at_half_native_and_double_resolution(app):
     X, _ = io.read_image(VECTRA / "image0.tif", channels=[1, 0])
     X = X.astype(np.float32)

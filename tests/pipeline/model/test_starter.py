@@ -39,7 +39,6 @@ def test_starter_is_small_and_says_how_it_was_made(version):
     assert version.channels == ["nuclear", "membrane"]
 
 
-@pytest.mark.skipif(not (VECTRA / "image0.tif").exists(), reason="needs ../shared/data/vectra (real sample data)")
 def test_segments_held_out_vectra_better_than_nuclear_expansion(version):
     # The bottom half of the labelled Vectra sample, which the starter never trained on, at default
     # settings (automatic scale), scored as the accuracy bench scores it (`python bench/model.py --case
