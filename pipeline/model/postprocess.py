@@ -130,6 +130,64 @@ def fill_small_holes(labels: np.ndarray, max_size: int) -> np.ndarray:
     return out
 
 
+def seeds_and_mask(
+    inner_distance,
+    pixelwise,
+    *,
+    maxima_threshold: float = 0.1,
+    interior_threshold: float = 0.2,
+    radius: int = 2,
+    maxima_smooth: float = 0.0,
+    interior_smooth: float = 2.0,
+    exclude_border: bool = False,
+    maxima_algorithm: str = "peak_local_max",
+    flood: str = "distance",
+):
+    """What ``deep_watershed`` floods: (smoothed distance, smoothed interior probability, foreground mask,
+    markers int32), each (H, W). Split out so a diagnosis (``pipeline.model.diagnose``) can tell a cell
+    the interior head missed from one that got no marker."""
+    if maxima_algorithm not in MAXIMA_ALGORITHMS:
+        raise ValueError(f"maxima_algorithm must be one of {', '.join(MAXIMA_ALGORITHMS)}, got {maxima_algorithm!r}")
+    if flood not in FLOOD_SURFACES:
+        raise ValueError(f"flood must be one of {', '.join(FLOOD_SURFACES)}, got {flood!r}")
+    dist = np.asarray(inner_distance, dtype=np.float32)
+    if dist.ndim == 3:
+        dist = dist[..., 0]
+    pw = np.asarray(pixelwise, dtype=np.float32)
+    if pw.ndim == 3:
+        interior = pw[..., 1] if pw.shape[-1] >= 2 else pw[..., 0]
+    else:
+        interior = pw
+    if dist.shape != interior.shape:
+        raise ValueError(f"distance {dist.shape} and pixelwise {interior.shape} maps differ in size")
+    if interior_smooth and interior_smooth > 0:
+        interior = ndi.gaussian_filter(interior, interior_smooth)
+    if maxima_smooth and maxima_smooth > 0:
+        dist = ndi.gaussian_filter(dist, maxima_smooth)
+    mask = interior > interior_threshold
+    if not mask.any():
+        return dist, interior, mask, np.zeros(dist.shape, np.int32)
+    if maxima_algorithm == "h_maxima":
+        from skimage.measure import label as cc_label
+        from skimage.morphology import disk, h_maxima
+
+        peaks = h_maxima(dist, maxima_threshold, footprint=disk(max(int(radius), 1))).astype(bool)
+        markers = cc_label(peaks).astype(np.int32)
+    else:
+        coords = peak_local_max(
+            dist,
+            min_distance=max(int(radius), 1),
+            threshold_abs=maxima_threshold,
+            exclude_border=bool(exclude_border),
+        )
+        markers = np.zeros(dist.shape, np.int32)
+        if len(coords):
+            markers[coords[:, 0], coords[:, 1]] = np.arange(1, len(coords) + 1, dtype=np.int32)
+    # A marker outside the mask would seed nothing but still cost a label id.
+    markers[~mask] = 0
+    return dist, interior, mask, markers
+
+
 def deep_watershed(
     inner_distance,
     pixelwise,
@@ -162,45 +220,10 @@ def deep_watershed(
     ``maxima_threshold`` high (``h_maxima`` with a disk of ``radius``, then ``label``, so touching
     peaks make one seed) and the flood runs on the negative smoothed interior probability.
     """
-    if maxima_algorithm not in MAXIMA_ALGORITHMS:
-        raise ValueError(f"maxima_algorithm must be one of {', '.join(MAXIMA_ALGORITHMS)}, got {maxima_algorithm!r}")
-    if flood not in FLOOD_SURFACES:
-        raise ValueError(f"flood must be one of {', '.join(FLOOD_SURFACES)}, got {flood!r}")
-    dist = np.asarray(inner_distance, dtype=np.float32)
-    if dist.ndim == 3:
-        dist = dist[..., 0]
-    pw = np.asarray(pixelwise, dtype=np.float32)
-    if pw.ndim == 3:
-        interior = pw[..., 1] if pw.shape[-1] >= 2 else pw[..., 0]
-    else:
-        interior = pw
-    if dist.shape != interior.shape:
-        raise ValueError(f"distance {dist.shape} and pixelwise {interior.shape} maps differ in size")
-    if interior_smooth and interior_smooth > 0:
-        interior = ndi.gaussian_filter(interior, interior_smooth)
-    if maxima_smooth and maxima_smooth > 0:
-        dist = ndi.gaussian_filter(dist, maxima_smooth)
-    mask = interior > interior_threshold
-    if not mask.any():
-        return np.zeros(dist.shape, np.int32)
-    if maxima_algorithm == "h_maxima":
-        from skimage.measure import label as cc_label
-        from skimage.morphology import disk, h_maxima
-
-        peaks = h_maxima(dist, maxima_threshold, footprint=disk(max(int(radius), 1))).astype(bool)
-        markers = cc_label(peaks).astype(np.int32)
-    else:
-        coords = peak_local_max(
-            dist,
-            min_distance=max(int(radius), 1),
-            threshold_abs=maxima_threshold,
-            exclude_border=bool(exclude_border),
-        )
-        markers = np.zeros(dist.shape, np.int32)
-        if len(coords):
-            markers[coords[:, 0], coords[:, 1]] = np.arange(1, len(coords) + 1, dtype=np.int32)
-    # A marker outside the mask would seed nothing but still cost a label id.
-    markers[~mask] = 0
+    dist, interior, mask, markers = seeds_and_mask(
+        inner_distance, pixelwise, maxima_threshold=maxima_threshold, interior_threshold=interior_threshold,
+        radius=radius, maxima_smooth=maxima_smooth, interior_smooth=interior_smooth,
+        exclude_border=exclude_border, maxima_algorithm=maxima_algorithm, flood=flood)
     if not markers.any():
         return np.zeros(dist.shape, np.int32)
     labels = watershed(-(interior if flood == "interior" else dist), markers, mask=mask)
