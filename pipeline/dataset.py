@@ -6,7 +6,9 @@ image is in two splits, the test area stays frozen across cycles and tile sizes,
 same data.
 
 Tiles lie on a fixed grid from the image origin (so a tile's identity survives re-stitching); edge tiles are
-padded with background. A tile is used only when annotated crops cover all of its image pixels.
+padded with background. A tile is used only when annotated crops cover all of its image pixels, or, with
+``min_known``, at least that share of them: the rest of it (the uncovered pixels and the cells they cut) is
+then unknown, carried as the tile's ``known`` mask, so training puts no loss there.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ class Tile:
     X: np.ndarray  # (size, size, C) float32
     y: np.ndarray  # (size, size, 2) int32 after QC
     n_cells: int
+    known: np.ndarray | None = None  # (size, size) bool where the labels are known; None: everywhere
 
 
 def grid(shape, size: int = TILE) -> list[tuple[int, int]]:
@@ -52,13 +55,20 @@ def quality_controlled(labels: np.ndarray, min_cell_pixels: int = MIN_CELL_PIXEL
 
 
 def cut_tiles(image: np.ndarray, labels: np.ndarray, coverage: np.ndarray, *, size: int = TILE,
-              min_cells: int = MIN_CELLS, min_cell_pixels: int = MIN_CELL_PIXELS) -> tuple[list[Tile], dict]:
-    """The QC-passing tiles of one stitched image, and counts of the tiles left out and why."""
+              min_cells: int = MIN_CELLS, min_cell_pixels: int = MIN_CELL_PIXELS,
+              min_known: float | None = None) -> tuple[list[Tile], dict]:
+    """The QC-passing tiles of one stitched image, and counts of the tiles left out and why. With ``min_known``
+    (0 < share <= 1) a tile that annotated crops cover only in part is kept when at least that share of its
+    image pixels is covered, with its ``known`` mask (``known_where_covered``) and its unknown labels zeroed."""
+    if min_known is not None and not 0 < float(min_known) <= 1:
+        raise ValueError(f"min_known must be in (0, 1], got {min_known}")
     h, w = labels.shape[:2]
     tiles, skipped = [], {"uncovered": 0, "few_cells": 0}
     for y0, x0 in grid((h, w), size):
         y1, x1 = min(y0 + size, h), min(x0 + size, w)
-        if not coverage[y0:y1, x0:x1].all():
+        covered = np.asarray(coverage[y0:y1, x0:x1], bool)
+        partial = not covered.all()
+        if partial and (min_known is None or covered.mean() < float(min_known)):
             skipped["uncovered"] += 1
             continue
         X = np.zeros((size, size, image.shape[2]), np.float32)
@@ -66,12 +76,34 @@ def cut_tiles(image: np.ndarray, labels: np.ndarray, coverage: np.ndarray, *, si
         X[:y1 - y0, :x1 - x0] = image[y0:y1, x0:x1]
         y[:y1 - y0, :x1 - x0] = labels[y0:y1, x0:x1]
         y = quality_controlled(y, min_cell_pixels)
+        known = None
+        if partial:
+            padded = np.ones((size, size), bool)  # the padding beyond the image is background, known
+            padded[:y1 - y0, :x1 - x0] = covered
+            known = known_where_covered(y, padded)
+            y = np.where(known[..., None], y, 0).astype(np.int32)
         n_cells = int(len(np.unique(y[..., 0])) - 1)
         if n_cells < min_cells:
             skipped["few_cells"] += 1
             continue
-        tiles.append(Tile(y0, x0, X, y, n_cells))
+        tiles.append(Tile(y0, x0, X, y, n_cells, known))
     return tiles, skipped
+
+
+def known_where_covered(labels: np.ndarray, covered: np.ndarray) -> np.ndarray:
+    """Where a partly reviewed tile's labels (H, W, 2) are known: the covered pixels less every cell (of
+    either layer) that touches an uncovered one, since the uncovered side may hold the rest of it."""
+    from scipy import ndimage as ndi
+
+    covered = np.asarray(covered, bool)
+    near = ndi.binary_dilation(~covered, structure=ndi.generate_binary_structure(2, 1)) & covered
+    known = covered.copy()
+    for layer in range(labels.shape[-1]):
+        lab = labels[..., layer]
+        cut = np.unique(lab[near & (lab > 0)])
+        if cut.size:
+            known &= ~np.isin(lab, cut)
+    return known
 
 
 BLOCK = 512
@@ -114,9 +146,10 @@ def assign_splits(existing: dict, new_keys: list, ratios: dict = RATIOS, seed: i
     return assigned
 
 
-def data_hash(X: np.ndarray, y: np.ndarray) -> str:
+def data_hash(X: np.ndarray, y: np.ndarray, mask: np.ndarray | None = None) -> str:
+    """Hash of a split's arrays; a known-label mask, where there is one, is part of what was trained or scored on."""
     digest = hashlib.sha256()
-    for arr in (X, y):
+    for arr in (X, y) if mask is None else (X, y, np.asarray(mask, bool)):
         arr = np.ascontiguousarray(arr)
         digest.update(str((arr.dtype.str, arr.shape)).encode())
         digest.update(arr.tobytes())
@@ -129,6 +162,15 @@ def select(data: dict, split: str) -> tuple[np.ndarray, np.ndarray, list[dict]]:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     keep = [i for i, m in enumerate(data["meta"]) if m.get("split") == split]
     return data["X"][keep], data["y"][keep], [data["meta"][i] for i in keep]
+
+
+def select_mask(data: dict, split: str) -> np.ndarray | None:
+    """The known-label mask of one split (as ``select`` orders its tiles), or None when every label is known."""
+    if data.get("mask") is None:
+        return None
+    keep = [i for i, m in enumerate(data["meta"]) if m.get("split") == split]
+    mask = np.asarray(data["mask"], bool)[keep]
+    return None if mask.all() else mask
 
 
 # ---- partial labels --------------------------------------------------------------------------------------

@@ -169,9 +169,12 @@ def cmd_dataset(args) -> int:
     config, session, storage = _open(args)
     project = _project(session, args.project)
     summary = loop.build_dataset(session, storage, project, args.out, tile=args.tile, seed=args.seed, block=args.block,
-                                 include_unreviewed=args.include_unreviewed)
+                                 include_unreviewed=args.include_unreviewed, partial=args.partial_tiles)
     print(f"{summary['path']}: {summary['tiles']} tiles of {args.tile} px from {summary['images']} images, split "
           f"{summary['splits']} (test split frozen), skipped {summary['skipped']}")
+    if summary["partial_tiles"]:
+        print(f"  {summary['partial_tiles']} tiles reviewed only in part: the rest of each is unknown (the file's "
+              f"mask), no loss there")
     if summary["unreviewed_images"]:
         print(f"  {summary['unreviewed_images']} images not QC-approved included (--include-unreviewed; recorded "
               f"in each tile's meta)")
@@ -303,7 +306,7 @@ def cmd_cycle(args) -> int:
         if args.steps_per_epoch is None:
             options.pop("steps_per_epoch")
     record = loop.run_cycle(session, storage, config, batch, out=args.out, tile=args.tile, block=args.block,
-                            include_unreviewed=args.include_unreviewed, **options)
+                            include_unreviewed=args.include_unreviewed, partial=args.partial_tiles, **options)
     print(json.dumps(record, default=str) if args.json else
           f"cycle of batch {batch.name!r} done: {record['candidate']} "
           f"{'promoted' if record['promoted'] else 'not promoted'} ({record['reason']})")
@@ -460,6 +463,9 @@ def register(sub) -> None:
                                              "the block size of its first dataset)")
     p.add_argument("--include-unreviewed", action="store_true",
                    help="also stitched images the expert has not QC-approved (recorded in the dataset's meta)")
+    p.add_argument("--partial-tiles", type=float, metavar="SHARE",
+                   help="also keep tiles the approved crops cover only in part, when at least this share (0-1] is "
+                        "covered; the rest is unknown to training (default: only fully covered tiles)")
     p.set_defaults(func=cmd_dataset)
 
     p = common(sub.add_parser("export", help="reviewed labels as OME-TIFF per image, TissueNet npz, or per-cell CSV"))
@@ -511,6 +517,9 @@ def register(sub) -> None:
     p.add_argument("--backbone", help="backbone when training from scratch (default the light one)")
     p.add_argument("--include-unreviewed", action="store_true",
                    help="train on stitched images the expert has not QC-approved yet (recorded in the dataset)")
+    p.add_argument("--partial-tiles", type=float, metavar="SHARE",
+                   help="also keep tiles the approved crops cover only in part, when at least this share (0-1] is "
+                        "covered; the rest is unknown to training (default: only fully covered tiles)")
     p.add_argument("--minutes", type=float, help="training budget of this cycle in minutes (default 10; with "
                    "--epochs alone training runs that many epochs instead)")
     p.add_argument("--replay", type=float, help="share of each batch drawn from the starter's synthetic tissue "

@@ -20,7 +20,8 @@ MIN_TEST_CELLS = 100
 
 
 def run_cycle(session: Session, storage: Storage, config, batch: Batch, *, out=None, log=print, tile: int = 256,
-              block: int | None = None, include_unreviewed: bool = False, **train_options) -> dict:
+              block: int | None = None, include_unreviewed: bool = False, partial: float | None = None,
+              **train_options) -> dict:
     """stitch → dataset → train from the current model → evaluate both on the frozen test split (each run as
     prelabel runs it) → promote if strictly better on at least MIN_TEST_CELLS test cells; the outcome is recorded
     on the batch (shown by `cellloop report`)."""
@@ -32,7 +33,8 @@ def run_cycle(session: Session, storage: Storage, config, batch: Batch, *, out=N
     log(f"stitched {sum(s['approved'] for s in stitched)} approved crops into {len(stitched)} images "
         f"({cells} cells, {sum(s['conflicts'] for s in stitched)} conflicts for QC)")
     out = Path(out) if out else Path(config.instance_dir) / "datasets" / project.name / f"{batch.name}.npz"
-    data = build_dataset(session, storage, project, out, tile=tile, block=block, include_unreviewed=include_unreviewed)
+    data = build_dataset(session, storage, project, out, tile=tile, block=block, include_unreviewed=include_unreviewed,
+                         partial=partial)
     log(f"dataset {data['path']}: {data['splits']} tiles")
     status = batch_status(session, storage, batch)
     done = sum(status["states"].get(s, 0) for s in ("submitted", "in_review", "approved"))
@@ -42,7 +44,7 @@ def run_cycle(session: Session, storage: Storage, config, batch: Batch, *, out=N
     current = registry.current_model(session, storage, project)
     candidate, parent = train_version(session, storage, config, project, out, start="current", **train_options)
     log(f"trained {candidate.name} from {parent.name if parent else 'scratch'}")
-    record = {"include_unreviewed": include_unreviewed, "dataset": data["path"], "sha256": data["sha256"], "splits": data["splits"], "cells": cells,
+    record = {"include_unreviewed": include_unreviewed, "partial_tiles": data["partial_tiles"], "dataset": data["path"], "sha256": data["sha256"], "splits": data["splits"], "cells": cells,
               "edits_per_cell": status["edits_per_cell"], "seconds_per_cell": status["seconds_per_cell"],
               "nuclear_corrected_crops": status["nuclear_corrected_crops"], "crops_done": done,
               "prelabel": batch.prelabel, "current": current.label, "candidate": candidate.name}

@@ -17,15 +17,21 @@ from backend.store.storage import Storage
 
 
 def build_dataset(session: Session, storage: Storage, project: Project, out, *, tile: int = 256,
-                  seed: int = 0, block: int | None = None, include_unreviewed: bool = False) -> dict:
+                  seed: int = 0, block: int | None = None, include_unreviewed: bool = False,
+                  partial: float | None = None) -> dict:
     """The project's QC-approved stitched images (every stitched one with ``include_unreviewed``, recorded in each
     tile's meta) as a tiled dataset .npz with a frozen split in each tile's meta. Splits go by spatial block
     (``block`` px, default ``pipeline.dataset.BLOCK``; an image keeps the block size of its first dataset), so no
-    region of an image is in two splits and the test area survives a change of ``tile``."""
+    region of an image is in two splits and the test area survives a change of ``tile``. With ``partial`` (a share
+    in (0, 1]) a tile the approved crops cover only in part is kept when that share of it is covered: what nobody
+    reviewed (and the cells it cuts) goes into the file's ``mask`` as unknown, so training puts no loss there and
+    scoring ignores predictions there."""
     from pipeline import dataset, io
 
     if tile < 16 or (block is not None and block < 16):
         raise LoopError("--tile and --block must be at least 16 px")
+    if partial is not None and not 0 < float(partial) <= 1:
+        raise LoopError(f"--partial-tiles must be a share in (0, 1], got {partial}")
     channels = model_channel_indices(project)
     reviewed = reviewed_images(session, project, include_unreviewed=include_unreviewed)
     qc_states = {i.id: state for i, state in reviewed}
@@ -37,7 +43,7 @@ def build_dataset(session: Session, storage: Storage, project: Project, out, *, 
         _, coverage = stitched_labels(storage, image)
         labels = reviewed_labels(session, storage, image)
         pixels = read_image(storage, image)[..., channels]
-        tiles, left_out = dataset.cut_tiles(pixels, labels, coverage, size=tile)
+        tiles, left_out = dataset.cut_tiles(pixels, labels, coverage, size=tile, min_known=partial)
         skipped.update(left_out)
         candidates.extend((image, t) for t in tiles)
     if not candidates:
@@ -57,20 +63,24 @@ def build_dataset(session: Session, storage: Storage, project: Project, out, *, 
                      "tissue": image.tissue or "unknown", "platform": image.platform or "unknown",
                      "pixel_size_um": image.pixel_size_um, "split": splits[(image.id, t.y0, t.x0)],
                      "n_cells": t.n_cells, "qc": qc_states[image.id],
-                     "include_unreviewed": include_unreviewed})
+                     "include_unreviewed": include_unreviewed,
+                     "known_fraction": 1.0 if t.known is None else round(float(t.known.mean()), 4)})
     X = np.stack([t.X for _, t in candidates])
     y = np.stack([t.y for _, t in candidates])
+    n_partial = sum(t.known is not None for _, t in candidates)
+    mask = (np.stack([np.ones(X.shape[1:3], bool) if t.known is None else t.known for _, t in candidates])
+            if n_partial else None)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    io.save_dataset(out, X, y, meta)
-    data = {"X": X, "y": y, "meta": meta}
+    io.save_dataset(out, X, y, meta, mask=mask)
+    data = {"X": X, "y": y, "meta": meta, "mask": mask}
     summary = {"path": str(out), "tiles": len(candidates), "skipped": dict(skipped), "splits": {}, "sha256": {},
-               "images": len(images), "include_unreviewed": include_unreviewed,
+               "images": len(images), "include_unreviewed": include_unreviewed, "partial_tiles": n_partial,
                "unreviewed_images": sum(state != "approved" for state in qc_states.values())}
     for split in dataset.SPLITS:
         Xs, ys, _ = dataset.select(data, split)
         summary["splits"][split] = int(len(Xs))
-        summary["sha256"][split] = dataset.data_hash(Xs, ys) if len(Xs) else None
+        summary["sha256"][split] = dataset.data_hash(Xs, ys, dataset.select_mask(data, split)) if len(Xs) else None
     return summary
 
 

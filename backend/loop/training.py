@@ -16,12 +16,13 @@ from backend.store.storage import Storage
 
 
 def _load_split(path, split):
+    """X, y, meta and the known-label mask (None: every label known) of one split of a `cellloop dataset` file."""
     from pipeline import dataset, io
 
     data = io.load_dataset(path)
     if not any("split" in m for m in data["meta"]):
         raise LoopError(f"{path} has no split in its meta; make it with `cellloop dataset`")
-    return dataset.select(data, split)
+    return (*dataset.select(data, split), dataset.select_mask(data, split))
 
 
 def train_version(session: Session, storage: Storage, config, project: Project, data, *, start: str = "current",
@@ -38,8 +39,9 @@ def train_version(session: Session, storage: Storage, config, project: Project, 
     from pipeline import dataset
     from pipeline.model import panoptic, train
 
-    Xt, yt, _ = _load_split(data, "train")
-    Xv, yv, meta_v = _load_split(data, "val")
+    Xt, yt, _, mt = _load_split(data, "train")
+    Xv, yv, _, mv = _load_split(data, "val")
+    val = None if not len(Xv) else (Xv, yv) if mv is None else (Xv, yv, mv)
     if len(Xt) == 0:
         raise LoopError(f"{data} has no training tiles")
     try:
@@ -64,7 +66,7 @@ def train_version(session: Session, storage: Storage, config, project: Project, 
             raise LoopError(f"--replay must be in [0, 1), got {replay}")
         try:
             result = finetune.fine_tune(
-                Xt, yt, from_version=from_folder, val=(Xv, yv) if len(Xv) else None, minutes=minutes,
+                Xt, yt, from_version=from_folder, val=val, mask=mt, minutes=minutes,
                 replay=(replay if from_folder is not None else 0.0), patience=patience, epochs=epochs,
                 steps_per_epoch=steps_per_epoch, batch_size=batch_size, crop_size=crop_size,
                 lr=lr if lr != 1e-4 else None, seed=seed, out=out, verbose=0,
@@ -74,13 +76,13 @@ def train_version(session: Session, storage: Storage, config, project: Project, 
             raise LoopError(str(exc).splitlines()[0]) from None
     else:
         result = train.train(
-            Xt, yt, val=(Xv, yv) if len(Xv) else None, val_split=0.0 if len(Xv) or len(Xt) < 2 else 0.1,
+            Xt, yt, val=val, mask=mt, val_split=0.0 if len(Xv) or len(Xt) < 2 else 0.1,
             from_version=from_folder, backbone=backbone or panoptic.LIGHT_BACKBONE, epochs=epochs,
             steps_per_epoch=steps_per_epoch, batch_size=batch_size, crop_size=crop_size, lr=lr, seed=seed,
             mpp=(sizes.pop() if len(sizes) == 1 and None not in sizes else None) if from_folder is None else None,
             out=out, verbose=0)
-    hashes = {"path": str(data), "train": dataset.data_hash(Xt, yt),
-              "val": dataset.data_hash(Xv, yv) if len(Xv) else None}
+    hashes = {"path": str(data), "train": dataset.data_hash(Xt, yt, mt),
+              "val": dataset.data_hash(Xv, yv, mv) if len(Xv) else None}
     # name=None: the next free name when the row goes in (a concurrent cycle may have taken ``name`` meanwhile)
     row = registry.register(session, storage, project, result.path, name=None, parent=parent, dataset=hashes)
     import shutil
@@ -97,10 +99,10 @@ def evaluate_choice(session: Session, storage: Storage, config, project: Project
     (`scale_for`), then cut to each tile's box; a tile whose image is not in this project is run on its own."""
     from pipeline import dataset, metrics
 
-    X, y, meta = _load_split(data, split)
+    X, y, meta, known = _load_split(data, split)
     if len(X) == 0:
         raise LoopError(f"{data} has no {split} tiles (the project needs more annotated tiles)")
-    data_hash = dataset.data_hash(X, y)
+    data_hash = dataset.data_hash(X, y, known)
     key = f"{split}:{data_hash[:16]}:as-prelabel"
     if choice.version is not None and key in (choice.version.metrics or {}):
         return choice.version.metrics[key]
@@ -118,6 +120,9 @@ def evaluate_choice(session: Session, storage: Storage, config, project: Project
     else:
         raise LoopError("nothing to evaluate: choose a model version or the baseline")
     pred = _predict_as_prelabel(session, storage, project, X, meta, segment)
+    if known is not None:
+        # Predicted cells where nobody reviewed can be neither right nor wrong.
+        pred[..., 0] = np.stack([dataset.keep_known_cells(p, k) for p, k in zip(pred[..., 0], known)])
     pooled = metrics.evaluate(y, pred, layer=0)["pooled"]
     result = {"model": choice.label, "split": split, "data_sha256": data_hash, "n_images": int(len(X)),
               **{k: (round(float(pooled[k]), 4) if isinstance(pooled[k], float) else pooled[k])

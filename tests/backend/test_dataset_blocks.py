@@ -73,3 +73,51 @@ def test_blocks_keep_regions_in_one_split_and_the_test_area_frozen_across_tile_s
     assert sum(second["splits"].values()) == second["tiles"]
     with pytest.raises(loop.LoopError, match="at least 16"):
         loop.build_dataset(session, storage, project, tmp_path / "c.npz", tile=8, include_unreviewed=True)
+
+
+def test_partly_reviewed_images_give_masked_tiles_that_training_and_scoring_respect(instance, tmp_path):
+    """A crop an annotator left unreviewed: with --partial-tiles its tiles still teach, with that part unknown."""
+    config, session, storage = instance
+    project = create_project(session, name="part", channel_names=["DAPI", "CD45"])
+    X, y = make_tissue((256, 512), seed=4)
+    image = add_image(session, storage, project, X, name="half")
+    session.flush()
+    coverage = np.zeros((256, 512), np.uint8)
+    coverage[:, :192] = 1  # approved crops cover the left three quarters of the first tile only
+    coverage[:, 256:] = 1  # and all of the second
+    stitched = np.where(coverage[..., None] > 0, y, 0).astype(np.int32)
+    image.labels_key, image.coverage_key = "test/labels.npy.gz", "test/coverage.npy.gz"
+    storage.put(image.labels_key, encode_array(stitched))
+    storage.put(image.coverage_key, encode_array(coverage))
+    session.commit()
+
+    whole = loop.build_dataset(session, storage, project, tmp_path / "whole.npz", tile=256, include_unreviewed=True)
+    assert whole["tiles"] == 1 and whole["skipped"]["uncovered"] == 1 and whole["partial_tiles"] == 0
+    assert io.load_dataset(tmp_path / "whole.npz")["mask"] is None
+    with pytest.raises(loop.LoopError, match="partial-tiles"):
+        loop.build_dataset(session, storage, project, tmp_path / "bad.npz", tile=256, partial=1.5,
+                           include_unreviewed=True)
+
+    part = loop.build_dataset(session, storage, project, tmp_path / "part.npz", tile=256, include_unreviewed=True,
+                              partial=0.5)
+    assert part["tiles"] == 2 and part["partial_tiles"] == 1
+    data = io.load_dataset(tmp_path / "part.npz")
+    first = [i for i, m in enumerate(data["meta"]) if m["box"][1] == 0][0]
+    known, labels = data["mask"][first], data["y"][first, ..., 0]
+    assert not known[:, 192:].any() and known[:, :150].mean() > 0.8
+    # no known pixel belongs to a cell that the unreviewed side cuts, and the cut cells' labels are gone
+    cut = np.unique(stitched[:, 191, 0])
+    cut = cut[cut > 0]
+    assert cut.size and not np.isin(labels, cut).any()
+    assert 0 < data["meta"][first]["known_fraction"] < 0.75
+    assert data["mask"][1 - first].all()
+
+    # training reads the mask: the version's config records the partly known tile (a two-step run)
+    from backend.loop import training
+
+    assert data["meta"][first]["split"] == "train"  # a project's first two tiles both train
+    _, _, _, split_mask = training._load_split(tmp_path / "part.npz", "train")
+    assert split_mask is not None and not split_mask.all()
+    row, _ = loop.train_version(session, storage, config, project, tmp_path / "part.npz", start="baseline",
+                                epochs=1, steps_per_epoch=1, batch_size=1, crop_size=64)
+    assert row.config["training"]["label_mask"]["images"] == 1

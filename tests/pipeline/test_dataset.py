@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from pipeline import dataset
 from pipeline.synthetic import make_tissue
@@ -45,3 +46,22 @@ def test_select_and_hash():
     Xt, yt, meta = dataset.select(data, "test")
     assert len(Xt) == 1 and yt[0].any() and meta == [{"split": "test"}]
     assert dataset.data_hash(Xt, yt) != dataset.data_hash(*dataset.select(data, "train")[:2])
+
+
+def test_partly_covered_tiles_are_kept_with_what_is_known():
+    X, y = make_tissue((128, 128), seed=2)
+    coverage = np.ones((128, 128), bool)
+    coverage[:, 96:] = False
+    assert dataset.cut_tiles(X, y, coverage, size=128, min_cells=1)[0] == []
+    assert dataset.cut_tiles(X, y, coverage, size=128, min_cells=1, min_known=0.8)[0] == []  # 75% covered
+    (tile,), _ = dataset.cut_tiles(X, y, coverage, size=128, min_cells=1, min_known=0.7)
+    assert tile.known is not None and not tile.known[:, 96:].any()
+    touching = set(np.unique(y[:, 95, 0])) - {0}
+    assert touching and not np.isin(tile.y[..., 0], list(touching)).any()
+    kept = set(np.unique(tile.y[..., 0])) - {0}
+    assert kept and all((tile.known[tile.y[..., 0] == c]).all() for c in kept)
+    # a cell wholly inside the covered part is kept as it was
+    inside = [c for c in np.unique(y[:, :80, 0]) if c and not (y[:, 80:, 0] == c).any()]
+    assert inside and all(c in kept for c in inside if (y[..., 0] == c).sum() >= dataset.MIN_CELL_PIXELS)
+    with pytest.raises(ValueError, match="min_known"):
+        dataset.cut_tiles(X, y, coverage, size=128, min_known=0)
