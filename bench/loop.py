@@ -294,6 +294,14 @@ def _score_version(session, storage, config, name, X, truth) -> float:
     return round(float(metrics.evaluate(truth, pred[..., 0])["pooled"]["f1"]), 4)
 
 
+# A 400² image is small for the loop's defaults: 128-px dataset tiles in 128-px split blocks (the default 512-px
+# block would put each strip wholly in one split), tiles covered in part kept with the rest unknown, and promotion
+# allowed on the loop's own test split from 20 cells (the CLI's default is 100; the JSON says which was used).
+REAL_BLOCK = 128
+REAL_PARTIAL = 0.5
+REAL_MIN_TEST_CELLS = 20
+
+
 def real_cases(image_path, truth_path, nuclear: int, membrane: int, minutes: float) -> list[dict]:
     """The loop on a densely labelled real image (``--case real``): its top three quarters cut into three strips
     (one batch each, 128-px crops), the bottom quarter frozen as the test the bench scores on. ``real:scratch``
@@ -341,7 +349,8 @@ def real_cases(image_path, truth_path, nuclear: int, membrane: int, minutes: flo
     for n in range(3):
         batch, chosen, effort = annotate(config, session, storage, project, n, "current")
         t0 = time.perf_counter()
-        cycle = loop.run_cycle(session, storage, config, batch, tile=128, log=lambda *_: None, minutes=minutes,
+        cycle = loop.run_cycle(session, storage, config, batch, tile=128, block=REAL_BLOCK, partial=REAL_PARTIAL,
+                               min_test_cells=REAL_MIN_TEST_CELLS, log=lambda *_: None, minutes=minutes,
                                batch_size=4, crop_size=128, seed=0)
         cycle_s = time.perf_counter() - t0
         records.append({"bench": "loop", "case": f"real:cycle{n + 1}", "prelabel": chosen, "cells": effort.cells,
@@ -350,6 +359,8 @@ def real_cases(image_path, truth_path, nuclear: int, membrane: int, minutes: flo
                         "trained": cycle["candidate"], "promoted": cycle["promoted"],
                         "trained_f1": _score_version(session, storage, config, cycle["candidate"], X_test, y_test),
                         "cycle_s": round(cycle_s, 1), "minutes": minutes, "splits": cycle["splits"],
+                        "loop_test_cells": cycle.get("test_cells"), "min_test_cells": REAL_MIN_TEST_CELLS,
+                        "reason": cycle.get("reason"),
                         "test": f"{Path(image_path).name} rows {test_from}-{X.shape[0]}", "device": "cpu"})
     return records
 

@@ -306,7 +306,9 @@ def cmd_cycle(args) -> int:
         if args.steps_per_epoch is None:
             options.pop("steps_per_epoch")
     record = loop.run_cycle(session, storage, config, batch, out=args.out, tile=args.tile, block=args.block,
-                            include_unreviewed=args.include_unreviewed, partial=args.partial_tiles, **options)
+                            include_unreviewed=args.include_unreviewed, partial=args.partial_tiles,
+                            min_test_cells=loop.MIN_TEST_CELLS if args.min_test_cells is None else args.min_test_cells,
+                            **options)
     print(json.dumps(record, default=str) if args.json else
           f"cycle of batch {batch.name!r} done: {record['candidate']} "
           f"{'promoted' if record['promoted'] else 'not promoted'} ({record['reason']})")
@@ -526,6 +528,9 @@ def register(sub) -> None:
                    "so the model does not forget (default 0.25; 0: none)")
     p.add_argument("--patience", type=int, help="stop after this many epochs without a better validation loss "
                    "(default 4)")
+    p.add_argument("--min-test-cells", type=int,
+                   help="promote only when the frozen test split holds at least this many cells (default 100: a "
+                        "difference on fewer is mostly noise; below it the admin decides with `models promote`)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_cycle)
 

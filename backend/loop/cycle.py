@@ -21,10 +21,12 @@ MIN_TEST_CELLS = 100
 
 def run_cycle(session: Session, storage: Storage, config, batch: Batch, *, out=None, log=print, tile: int = 256,
               block: int | None = None, include_unreviewed: bool = False, partial: float | None = None,
-              **train_options) -> dict:
+              min_test_cells: int = MIN_TEST_CELLS, **train_options) -> dict:
     """stitch → dataset → train from the current model → evaluate both on the frozen test split (each run as
-    prelabel runs it) → promote if strictly better on at least MIN_TEST_CELLS test cells; the outcome is recorded
-    on the batch (shown by `cellloop report`)."""
+    prelabel runs it) → promote if strictly better on at least ``min_test_cells`` test cells (default
+    MIN_TEST_CELLS); the outcome is recorded on the batch (shown by `cellloop report`)."""
+    if int(min_test_cells) < 1:
+        raise LoopError(f"--min-test-cells must be at least 1, got {min_test_cells}")
     project = batch.project
     stitched = stitch_batch(session, storage, batch)
     cells = sum(s["cells"] for s in stitched)
@@ -54,10 +56,11 @@ def run_cycle(session: Session, storage: Storage, config, batch: Batch, *, out=N
         cur = evaluate_choice(session, storage, config, project, current, out)
         cand = evaluate_choice(session, storage, config, project, registry.ModelChoice("version", candidate), out)
         record.update(current_f1=cur["f1"], candidate_f1=cand["f1"], test_cells=cur["n_true"])
-        if cur["n_true"] < MIN_TEST_CELLS:
+        record["min_test_cells"] = int(min_test_cells)
+        if cur["n_true"] < min_test_cells:
             # a difference on a few dozen cells is noise: the admin decides (`cellloop models promote`)
             promoted = False
-            reason = (f"too few test cells ({cur['n_true']} < {MIN_TEST_CELLS}): not promoted; "
+            reason = (f"too few test cells ({cur['n_true']} < {min_test_cells}): not promoted; "
                       f"`cellloop models promote {candidate.name}` to overrule")
         else:
             promoted = promote_if_not_worse(session, project, candidate, cand["f1"], cur["f1"])

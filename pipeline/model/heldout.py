@@ -1,6 +1,8 @@
 """The held-out sets a generalist model is judged on, each scored next to the nuclear-expansion baseline.
 
-(a) ``vectra``: the bottom half of Vectra image0 (the starter never trains on it), whole-cell F1;
+(a) ``vectra_image0``: all of Vectra image0 (259 cells), whole-cell F1; the starter recipe never reads it
+    (``starter_recipe.HELD_OUT``). ``vectra``, its bottom half only, is kept for models that trained on its top
+    half (the starter before this recipe);
 (b) ``mibi``: the MIBI-TOF field of view, whole-cell agreement with the published Mesmer model's output
     (a reference prediction, not ground truth);
 (c) ``dsb``: the DSB 2018 nuclei, nuclear F1 (the starter trains on this image: a fit check only);
@@ -19,10 +21,9 @@ from pathlib import Path
 import numpy as np
 
 SYNTHETIC_SEED = 990_000
-SETS = ("vectra", "mibi", "dsb", "synthetic")
-# Also known to ``load_set``: "vectra_image0", all of Vectra image0 (259 cells), held out only for a model that
-# never trained on any of it (the starter recipe's ``HELD_OUT_SETS``; the shipped starter saw its top half).
-ALL_SETS = SETS + ("vectra_image0",)
+SETS = ("vectra_image0", "mibi", "dsb", "synthetic")
+# Also known to ``load_set``: "vectra", the bottom half of image0, for a model that trained on its top half.
+ALL_SETS = SETS + ("vectra",)
 
 
 def _read_plane(path):

@@ -157,6 +157,8 @@ def test_import_prelabels_and_fine_tunes_from_the_imported_root(files, instance,
     assert summary["fine_tune"]["replay"]["share"] == 0.5 and summary["fine_tune"]["replay"]["tiles"] > 0
     assert main(["cycle", "--batch", "b1", "--minutes", "0"]) == 2
     assert "--minutes must be" in capsys.readouterr().err
+    assert main(["cycle", "--batch", "b1", "--min-test-cells", "0"]) == 2
+    assert "--min-test-cells must be at least 1" in capsys.readouterr().err
     with pytest.raises(LoopError, match="inference only"):
         loop.train_version(session, storage, config, project, data, start="lab-mesmer_savedmodel", epochs=1,
                            steps_per_epoch=1, batch_size=2, crop_size=64)
