@@ -14,6 +14,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from backend.store.models import Task, TaskEvent, User
 from backend.tasks import states
+from backend.tasks.crowd import check_worker_may_take
 from backend.tasks.states import TransitionError
 
 
@@ -85,6 +86,12 @@ def transition(db: Session, task: Task, action: str, actor: Actor, *, base_revis
     values: dict = {"state": target}
     time_open = None
     if action == "assign":
+        # one worker never holds two replicas of a crop: refused here, and re-checked inside the update itself
+        try:
+            where = (*where, *check_worker_may_take(db, task, actor.ref))
+        except TransitionError:
+            db.rollback()
+            raise
         values["assigned_at"] = at
         if actor.user is not None:
             values["assignee_id"] = actor.user.id

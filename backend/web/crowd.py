@@ -88,7 +88,8 @@ def task_summary(task: Task, svc) -> dict:
         "roles": _roles(project),
         "can_undo": bool(undo),
         "can_redo": bool(redo),
-        "review": None if review is None else {"verdict": review.verdict, "comment": review.comment},
+        "review": None if review is None else {"verdict": review.verdict, "comment": review.comment,
+                                                "pin": review.pin},
         "assist": assist_status(task),
     }
 

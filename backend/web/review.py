@@ -146,7 +146,7 @@ def _verdict(task_id: int, verdict: str):
     task = _task(task_id)
     svc = service()
     try:
-        svc.review(task, _actor(), verdict, comment)
+        svc.review(task, _actor(), verdict, comment, body.get("pin"))
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
     return jsonify(task_summary(task, svc))
