@@ -172,3 +172,72 @@ def check_pin(pin, task: Task) -> dict | None:
             raise ValueError("'pin.cell' must be a positive cell id and 'pin.layer' 0 or 1")
         return {"cell": cell, "layer": layer}
     raise ValueError("'pin' must be {\"point\": [y, x]} or {\"cell\": id, \"layer\": 0|1}")
+
+
+# --- what flows on ------------------------------------------------------------------------------------------------
+
+def stitchable(tasks: list[Task]) -> list[Task]:
+    """Of approved crop tasks, the ones whose labels go into the image: no gold task (a worker's answer to a
+    known question, never training data), and of each replicated crop one task: its consensus when there is one,
+    else the replica an expert approved last. Order kept."""
+    chosen: dict[int, Task] = {}
+    for t in tasks:
+        if t.crop_group is None or t.crowd_role == GOLD:
+            continue
+        best = chosen.get(t.crop_group)
+        if best is None or _rank(t) > _rank(best):
+            chosen[t.crop_group] = t
+    keep = {t.id for t in chosen.values()}
+    return [t for t in tasks if t.crowd_role != GOLD and (t.crop_group is None or t.id in keep)]
+
+
+def _rank(task: Task) -> tuple:
+    from backend.tasks.transitions import aware
+
+    reviewed = aware(task.reviewed_at)
+    return (task.crowd_role == CONSENSUS, reviewed.timestamp() if reviewed else 0.0, task.id)
+
+
+# --- the reviewer queue ---------------------------------------------------------------------------------------
+
+def review_risk(db: Session, tasks: list[Task]) -> dict[int, dict]:
+    """{task id: {"risk": r, "why": [...]}} for the reviewer queue: how likely the task's labels are wrong. The
+    highest of: 1 - its agreement with the other replicas, 1 - its worker's mean gold F1, its prelabel difficulty;
+    replicas whose crop consensus refused to merge (too little agreement) come before everything (risk + 1)."""
+    from backend.store.models import CropAgreement
+
+    groups = {t.crop_group for t in tasks if t.crop_group is not None}
+    rows = list(db.scalars(select(CropAgreement).where(CropAgreement.crop_group.in_(groups)))) if groups else []
+    agreement: dict[int, list[float]] = {}
+    disputed = {r.crop_group for r in rows if r.outcome == "expert"}
+    for r in rows:
+        for a, b, f in r.pairs:
+            agreement.setdefault(a, []).append(f)
+            agreement.setdefault(b, []).append(f)
+    refs = {t.assignee_ref for t in tasks if t.assignee_ref}
+    gold: dict[str, list[float]] = {}
+    if refs:
+        for ref, f1 in db.execute(select(GoldScore.worker_ref, GoldScore.f1).where(GoldScore.worker_ref.in_(refs))):
+            gold.setdefault(ref, []).append(f1)
+    out = {}
+    for t in tasks:
+        parts = {}
+        if t.id in agreement:
+            parts["low agreement"] = 1.0 - float(np.mean(agreement[t.id]))
+        if t.assignee_ref in gold:
+            parts["low-scoring worker"] = 1.0 - float(np.mean(gold[t.assignee_ref]))
+        if t.difficulty is not None:
+            parts["hard crop"] = float(t.difficulty)
+        risk = max(parts.values()) if parts else 0.0
+        if t.crop_group in disputed:
+            risk += 1.0
+            parts["replicas disagree"] = 1.0
+        out[t.id] = {"risk": round(risk, 4), "why": sorted(parts, key=lambda k: -parts[k])}
+    return out
+
+
+def merged_groups(db: Session) -> set[int]:
+    """Crops whose replicas consensus merged: those replicas need no review of their own."""
+    from backend.store.models import CropAgreement
+
+    return set(db.scalars(select(CropAgreement.crop_group).where(CropAgreement.outcome == "merged")))

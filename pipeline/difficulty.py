@@ -1,0 +1,78 @@
+"""How hard a crop is likely to be for an annotator, from the model's own outputs at prelabel time.
+
+Three signs that the model was unsure or that the tissue is crowded, each in [0, 1]:
+- ``uncertainty``: the interior probability close to the 0.5 fence (a small margin) over the pixels that are
+  anything but plain background;
+- ``maxima``: the share of predicted cells whose inner distance has no clear single peak inside them (weak, under
+  ``WEAK_PEAK``, or several peaks: a likely merge or split);
+- ``crowding``: the share of cells touching ``CROWDED_NEIGHBOURS`` or more neighbours.
+The score is their mean (crowding alone when there are no maps, as with the baseline prelabel). Numpy in, numpy out.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage as ndi
+
+WEAK_PEAK = 0.3          # inner distance (0..1) a well-seen cell's centre reaches
+PEAK_FLOOR = 0.1         # the deep watershed's marker threshold: peaks below it are no markers at all
+CROWDED_NEIGHBOURS = 4
+ACTIVE_PROBABILITY = 0.1
+
+
+def neighbour_counts(labels: np.ndarray) -> dict[int, int]:
+    """{cell: how many other cells it touches (8-connected)}."""
+    counts: dict[int, set] = {int(c): set() for c in np.unique(labels) if c}
+    grown = ndi.grey_dilation(labels, size=3)
+    shrunk = -ndi.grey_dilation(-np.where(labels > 0, labels, np.iinfo(np.int32).max), size=3)
+    for a, b in ((labels, grown), (labels, shrunk)):
+        edge = (a > 0) & (b > 0) & (a != b) & (b != np.iinfo(np.int32).max)
+        for x, y in set(zip(a[edge].tolist(), b[edge].tolist())):
+            counts[x].add(y)
+            counts.setdefault(y, set()).add(x)
+    return {c: len(n) for c, n in counts.items()}
+
+
+def _peaks_per_cell(labels: np.ndarray, distance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per cell (ids 1..n): the number of local maxima of ``distance`` above PEAK_FLOOR inside it (2-px radius,
+    as the deep watershed's peak finder) and its highest distance."""
+    n = int(labels.max())
+    local = (distance == ndi.maximum_filter(distance, size=5)) & (distance > PEAK_FLOOR) & (labels > 0)
+    # a plateau counts once: its connected pixels are one peak
+    pieces, _ = ndi.label(local)
+    owners = np.zeros(int(pieces.max()) + 1, np.int64)
+    owners[pieces[local]] = labels[local]
+    peaks = np.bincount(owners[1:], minlength=n + 1)
+    highest = ndi.maximum(distance, labels, index=np.arange(n + 1)) if n else np.zeros(1)
+    return peaks, np.asarray(highest, float)
+
+
+def crop_difficulty(labels: np.ndarray, maps: np.ndarray | None = None) -> tuple[float, dict]:
+    """(score in [0, 1], its parts) for one crop: ``labels`` the prelabel ((H, W) or (H, W, 2), whole-cell layer
+    used), ``maps`` the model maps (uint8 (H, W, 4): whole-cell distance, whole-cell interior, nuclear distance,
+    nuclear interior; see ``pipeline.model.maps``) or None."""
+    cells = np.asarray(labels)
+    cells = (cells[..., 0] if cells.ndim == 3 else cells).astype(np.int32)
+    ids = np.unique(cells)
+    ids = ids[ids > 0]
+    degree = neighbour_counts(cells)
+    crowding = float(np.mean([degree.get(int(c), 0) >= CROWDED_NEIGHBOURS for c in ids])) if len(ids) else 0.0
+    parts = {"cells": int(len(ids)), "crowding": round(crowding, 4)}
+    if maps is None:
+        parts["score_from"] = "crowding"
+        return crowding, parts
+    maps = np.asarray(maps, np.float32) / 255.0
+    distance, interior = maps[..., 0], maps[..., 1]
+    active = (interior > ACTIVE_PROBABILITY) | (cells > 0)
+    uncertainty = float(np.mean(1.0 - np.abs(2.0 * interior[active] - 1.0))) if active.any() else 0.0
+    if len(ids):
+        # compact ids so per-cell tables stay small
+        compact = np.searchsorted(ids, cells) + 1
+        compact[cells == 0] = 0
+        peaks, highest = _peaks_per_cell(compact, distance)
+        unclear = (peaks[1:] != 1) | (highest[1:] < WEAK_PEAK)
+        maxima = float(np.mean(unclear))
+    else:
+        maxima = 0.0
+    score = float(np.mean([uncertainty, maxima, crowding]))
+    parts.update(uncertainty=round(uncertainty, 4), maxima=round(maxima, 4), score_from="maps")
+    return score, parts
