@@ -17,6 +17,7 @@ import json
 import struct
 import time
 import urllib.error
+import urllib.parse
 import zlib
 import urllib.request
 from collections import Counter
@@ -55,9 +56,13 @@ class _HTTP:
         self.base = base_url.rstrip("/")
         self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
         self.headers: dict[str, str] = {}
+        # appended to every path: the crowd platform's `?worker=ID` on a task link
+        self.query = ""
 
     def request(self, method: str, path: str, body: dict | None = None):
         data = None if body is None else json.dumps(body).encode()
+        if self.query:
+            path += ("&" if "?" in path else "?") + self.query
         headers = dict(self.headers)
         if data is not None:
             headers["Content-Type"] = "application/json"
@@ -295,8 +300,10 @@ def _union(a, b):
 class TaskClient:
     """One crowd task, driven through its token link like the browser editor does."""
 
-    def __init__(self, base_url: str, token: str):
+    def __init__(self, base_url: str, token: str, worker: str | None = None):
         self.http = _HTTP(base_url)
+        if worker is not None:
+            self.http.query = urllib.parse.urlencode({"worker": worker})
         self.path = f"/api/task/{token}"
         self.revision = None
 
@@ -342,11 +349,13 @@ def _oscillating(key: tuple, params: dict, truth: np.ndarray, counts: Counter) -
 
 
 def annotate(base_url: str, token: str, truth: np.ndarray, *, layers=(0,), target_iou: float = TARGET_IOU,
-             noise: float = 0.0, seed: int = 0, max_ops: int | None = None, submit: bool = True) -> Effort:
-    """Correct one task towards ``truth`` (the crop's (h, w, 2) or (h, w) ground truth) and submit it."""
+             noise: float = 0.0, seed: int = 0, max_ops: int | None = None, submit: bool = True,
+             worker: str | None = None) -> Effort:
+    """Correct one task towards ``truth`` (the crop's (h, w, 2) or (h, w) ground truth) and submit it; ``worker``:
+    the crowd platform's worker id the link is opened with (``?worker=ID``)."""
     rng = np.random.default_rng(seed)
     truth = truth if truth.ndim == 3 else truth[..., None]
-    client = TaskClient(base_url, token)
+    client = TaskClient(base_url, token, worker=worker)
     client.open()
     effort = Effort()
     for layer in layers:
