@@ -154,11 +154,12 @@ def _replica_groups(session: Session, batch: Batch) -> dict[int, list[Task]]:
     return dict(groups)
 
 
-def replica_agreement(replicas: list[np.ndarray]) -> list[tuple[int, int, float]]:
-    """Pairwise F1 of the replicas, averaged over the layers any of them drew cells in."""
+def replica_agreement(replicas: list[np.ndarray], start: np.ndarray) -> list[tuple[int, int, float]]:
+    """Pairwise F1 of the replicas, averaged over the layers any of them corrected from ``start`` (their common
+    revision 0)."""
     from pipeline.consensus import pairwise_agreement
 
-    layers = [layer for layer in range(replicas[0].shape[-1]) if any(r[..., layer].any() for r in replicas)] or [0]
+    layers = task_crowd.corrected_layers(start, *replicas)
     per_layer = [pairwise_agreement([r[..., layer] for r in replicas]) for layer in layers]
     return [(i, j, float(np.mean([pairs[n][2] for pairs in per_layer])))
             for n, (i, j, _) in enumerate(per_layer[0])]
@@ -185,7 +186,7 @@ def run_consensus(session: Session, storage: Storage, batch: Batch, *, threshold
             summary["waiting"] += 1
             continue
         labels = [svc.labels(t) for t in replicas]
-        pairs = replica_agreement(labels)
+        pairs = replica_agreement(labels, svc.labels_at(replicas[0], 0))
         agreement = mean_agreement(pairs)
         row = CropAgreement(crop_group=group, batch_id=batch.id, agreement=agreement,
                             pairs=[[replicas[i].id, replicas[j].id, f] for i, j, f in pairs],

@@ -130,15 +130,24 @@ def score_against(truth: np.ndarray, labels: np.ndarray) -> tuple[list[float], d
     return f1s, detail
 
 
+def corrected_layers(start: np.ndarray, *labels: np.ndarray) -> list[int]:
+    """The layers any of ``labels`` changed from ``start`` (a crop annotated for whole cells only leaves the
+    nuclear prelabel as it was: agreeing on it says nothing); the whole-cell layer when none changed."""
+    return [layer for layer in range(start.shape[-1])
+            if any((l[..., layer] != start[..., layer]).any() for l in labels)] or [0]
+
+
 def score_gold_submit(svc, task: Task, worker_ref: str | None) -> GoldScore | None:
     """On submit of a gold task: its labels scored against the truth and stored (in the caller's transaction).
-    Layers the truth leaves empty (a crop annotated for whole cells only) are not scored."""
+    Every layer's F1 is kept; ``f1`` is the mean over the layers the expert corrected in the truth."""
     if task.crowd_role != GOLD or task.gold_id is None:
         return None
     gold = svc.db.get(GoldTruth, task.gold_id)
     truth = gold_truth_labels(svc, gold)
     f1s, detail = score_against(truth, svc.labels(task))
-    scored = [f for layer, f in enumerate(f1s) if truth[..., layer].any()] or f1s[:1]
+    start = decode_array(svc.storage.get(gold.start_key), max_pixels=None)
+    detail["scored_layers"] = corrected_layers(start, truth)
+    scored = [f1s[layer] for layer in detail["scored_layers"]]
     row = GoldScore(task_id=task.id, worker_ref=worker_ref, revision=task.revision, f1=float(np.mean(scored)),
                     f1_layers=f1s, detail=detail)
     svc.db.add(row)

@@ -277,9 +277,11 @@ def test_gold_scores_rank_workers_and_equal_f1_from_the_stored_labels(campaign):
         truth_task = s.get(Task, s.get(GoldTruth, task.gold_id).source_task_id)
         # independently: the expert's approved labels of the source crop against the task's stored labels
         truth, labels = svc.labels(truth_task), svc.labels(task)
-        for layer in (0,):
+        for layer in (0, 1):
             assert g.f1_layers[layer] == pytest.approx(metrics.object_accuracy(truth[..., layer],
                                                                                labels[..., layer])["f1"])
+        # the workers correct whole cells only: the score is the whole-cell layer's, the nuclear one is kept too
+        assert g.detail["scored_layers"] == [0] and g.f1 == g.f1_layers[0]
         assert g.worker_ref == f"worker:{campaign.assigned[task.id]}"
         by_worker.setdefault(campaign.assigned[task.id], []).append(g.f1_layers[0])
     careful, careless = np.mean(by_worker["careful"]), np.mean(by_worker["careless"])
@@ -328,7 +330,8 @@ def test_consensus_of_three_middling_workers_beats_the_median_worker(campaign):
 def test_merged_crops_flow_on_and_gold_work_never_does(campaign):
     s = campaign.session
     # a reviewer may even approve a gold task by hand: it still never reaches the stitched labels
-    gold_task = s.get(Task, int(campaign.gold_rows[0]["task_id"]))
+    careless = [r for r in campaign.gold_rows if campaign.assigned[int(r["task_id"])] == "careless"][0]
+    gold_task = s.get(Task, int(careless["task_id"]))
     with serving(create_app(campaign.config)) as url:
         reviewer = simulate.Reviewer(url, "rev", PASSWORD)
         queue = {t["id"] for t in reviewer.waiting()}
