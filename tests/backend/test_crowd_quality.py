@@ -422,3 +422,51 @@ def test_a_pinned_review_comment_comes_back_to_the_worker(world):
     info = c.get(f"/api/task/{token}").get_json()
     assert info["state"] == "rejected"
     assert info["review"] == {"verdict": "rejected", "comment": "this cell is two cells", "pin": {"cell": 2, "layer": 0}}
+
+
+def test_the_html_report_renders_its_plots_in_chromium_and_its_numbers_match_the_json(campaign):
+    from playwright.sync_api import sync_playwright
+
+    from backend import loop
+
+    s = campaign.session
+    # the F1 per cycle comes from what `cellloop cycle` records on a batch (training is not this test's business)
+    for name, before, after in (("g", 0.61, 0.7), ("b1", 0.7, 0.74)):
+        batch = loop.get_batch(s, None, name)
+        batch.cycle = {"current": "baseline", "current_f1": before, "candidate": f"syn-{name}", "candidate_f1": after}
+    s.commit()
+    out = campaign.folder / "report.html"
+    assert main(["report", "--project", "syn", "--html", str(out)]) == 0
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert [c["trained_f1"] for c in data["f1_per_cycle"]] == [0.7, 0.74]
+    assert {w["worker"] for w in data["workers"]} >= {"careful", "middling", "careless"}
+    assert data["agreement_histogram"]["n"] == 8 and sum(data["agreement_histogram"]["counts"]) == 8
+    assert data["cost"]["cost"]["pathologist"] == pytest.approx(25 * data["cost"]["cost"]["crowd"], rel=1e-3)
+    # one point per crop of the three batches that ended with labels (a crop left to the experts has none yet)
+    waiting = len(list(s.scalars(select(CropAgreement).where(CropAgreement.outcome == "expert"))))
+    assert len(data["difficulty_vs_error"]) == 12 - waiting
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto(out.as_uri())
+            figures = page.eval_on_selector_all(
+                "img[data-figure]", "els => els.map(e => [e.dataset.figure, e.complete && e.naturalWidth > 100])")
+            assert dict(figures) == {name: True for name in ("f1_per_cycle", "effort_per_batch", "cells_annotated",
+                                                             "workers", "agreement_histogram",
+                                                             "difficulty_vs_error", "cost")}
+            embedded = json.loads(page.eval_on_selector("#figures", "e => e.textContent"))
+            assert embedded == data
+            workers = page.eval_on_selector_all(
+                "table[data-table=workers] tbody tr",
+                "rows => rows.map(r => Object.fromEntries([...r.cells].map(c => [c.dataset.key, c.textContent])))")
+            cost = page.eval_on_selector_all(
+                "table[data-table=cost] tbody tr",
+                "rows => rows.map(r => Object.fromEntries([...r.cells].map(c => [c.dataset.key, c.textContent])))")
+        finally:
+            browser.close()
+    assert [w["worker"] for w in workers] == [w["worker"] for w in data["workers"]]
+    for shown, w in zip(workers, data["workers"]):
+        for key in ("gold_f1", "agreement", "seconds_per_cell"):
+            assert shown[key] == ("-" if w[key] is None else f"{w[key]:.4g}")
+    assert {r["who"]: float(r["cost"]) for r in cost} == pytest.approx(data["cost"]["cost"], rel=1e-3)
