@@ -441,7 +441,10 @@ def test_the_html_report_renders_its_plots_in_chromium_and_its_numbers_match_the
     assert [c["trained_f1"] for c in data["f1_per_cycle"]] == [0.7, 0.74]
     assert {w["worker"] for w in data["workers"]} >= {"careful", "middling", "careless"}
     assert data["agreement_histogram"]["n"] == 8 and sum(data["agreement_histogram"]["counts"]) == 8
-    assert data["cost"]["cost"]["pathologist"] == pytest.approx(25 * data["cost"]["cost"]["crowd"], rel=1e-3)
+    hours = sum(e["seconds"] for e in data["effort_per_batch"]) / 3600
+    assert hours > 0 and data["cost"]["hours"] == pytest.approx(hours, abs=1e-4)
+    for who, rate in (("crowd", 6), ("trained", 30), ("pathologist", 150)):
+        assert data["cost"]["cost"][who] == pytest.approx(hours * rate, abs=0.01)
     # one point per crop of the three batches that ended with labels (a crop left to the experts has none yet)
     waiting = len(list(s.scalars(select(CropAgreement).where(CropAgreement.outcome == "expert"))))
     assert len(data["difficulty_vs_error"]) == 12 - waiting
