@@ -422,6 +422,19 @@ def test_a_pinned_review_comment_comes_back_to_the_worker(world):
     info = c.get(f"/api/task/{token}").get_json()
     assert info["state"] == "rejected"
     assert info["review"] == {"verdict": "rejected", "comment": "this cell is two cells", "pin": {"cell": 2, "layer": 0}}
+    # the worker's page says where, and selects the cell the comment is pinned to
+    from playwright.sync_api import sync_playwright
+
+    with serving(world.app) as url, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto(f"{url}/task/{token}?worker=w1")
+            page.wait_for_selector("body[data-ready=true]", timeout=30000)
+            assert "(cell 2, selected): “this cell is two cells”" in page.inner_text("body")
+            assert page.evaluate("window.cellloop.editor.display.selected") == 2
+        finally:
+            browser.close()
 
 
 def test_the_html_report_renders_its_plots_in_chromium_and_its_numbers_match_the_json(campaign):
