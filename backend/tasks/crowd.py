@@ -110,7 +110,10 @@ def gold_task(svc, batch: Batch, gold: GoldTruth) -> Task:
     """A honeypot in ``batch``: a crop task like the batch's own, starting from the gold crop's prelabel."""
     source = svc.db.get(Task, gold.source_task_id)
     start = decode_array(svc.storage.get(gold.start_key), max_pixels=None)
-    return copy_task(svc, batch, source, start, role=GOLD, group=None, gold_id=gold.id)
+    task = copy_task(svc, batch, source, start, role=GOLD, group=None, gold_id=gold.id)
+    # tied to no image: stitching, batch images and image QC never see it (its crop is the source's already)
+    task.image_id = None
+    return task
 
 
 def gold_truth_labels(svc, gold: GoldTruth) -> np.ndarray:

@@ -48,11 +48,16 @@ def test_touching_cells_are_harder_than_separate_ones_without_maps():
     assert crowded > sparse == 0.0 and parts["score_from"] == "crowding"
 
 
-def test_an_unsure_model_and_double_peaks_raise_the_score():
+def test_an_unsure_model_and_weak_peaks_raise_the_score_and_double_peaks_are_reported():
     labels = _grid(4, size=12, gap=3)
     sure, parts = crop_difficulty(labels, _maps(labels))
-    assert parts["score_from"] == "maps" and parts["maxima"] == 0.0
+    assert parts["score_from"] == "maps" and parts["maxima"] == 0.0 and parts["weakness"] == 0.0
     unsure, parts_unsure = crop_difficulty(labels, _maps(labels, interior=0.55))
     assert parts_unsure["uncertainty"] > parts["uncertainty"] + 0.5 and unsure > sure
-    doubled, parts_doubled = crop_difficulty(labels, _maps(labels, peaks=2))
-    assert parts_doubled["maxima"] == 1.0 and doubled > sure
+    weak_maps = _maps(labels)
+    weak_maps[..., 0] //= 4  # the same peaks, a quarter as high
+    weak, parts_weak = crop_difficulty(labels, weak_maps)
+    assert parts_weak["weakness"] > 0.7 and weak > sure + 0.3
+    assert parts_weak["maxima"] == 1.0  # every peak under WEAK_PEAK: no clear one
+    _, parts_doubled = crop_difficulty(labels, _maps(labels, peaks=2))
+    assert parts_doubled["maxima"] == 1.0
