@@ -1,7 +1,7 @@
 """Crowd quality: consensus of replicas, difficulty triage and gold scoring, measured on synthetic tissue (truth known).
 
-    python bench/crowd.py            # 12 crops of 270 px per case
-    python bench/crowd.py --quick    # 4 crops of 128 px (consensus), 18 crops of 128 px (triage)
+    python bench/crowd.py            # 12 crops of 270 px (consensus), 32 (triage)
+    python bench/crowd.py --quick    # 4 crops of 128 px (consensus), 24 (triage)
     python bench/crowd.py --case gold
 
 One JSON line per case:
@@ -134,7 +134,8 @@ def case_triage(quick: bool) -> dict:
     from pipeline import metrics
     from pipeline.synthetic import make_varied_tissue
 
-    size, grid, n_images = (128, 3, 2) if quick else (270, 2, 3)
+    # many small images rather than a few big ones: crops of one image share its look, so the spread is between images
+    size, grid, n_images = (128, 2, 6) if quick else (270, 2, 8)
     with tempfile.TemporaryDirectory() as tmp:
         config, session, storage = _instance(Path(tmp))
         images, truths = [], {}
