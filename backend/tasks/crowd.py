@@ -46,6 +46,10 @@ def check_worker_may_take(db: Session, task: Task, ref: str | None) -> list:
     to the assign's update otherwise (empty for tasks without replicas and actors that are not crowd workers)."""
     if task.crop_group is None or not is_crowd_worker(ref):
         return []
+    # the crop's first task row is the group's lock: on PostgreSQL two assigns of one crop's replicas wait for each
+    # other here, so the check below and the update's condition see the other's committed assignment (SQLite
+    # serialises writers anyway and ignores FOR UPDATE)
+    db.execute(select(Task.id).where(Task.id == task.crop_group).with_for_update())
     taken = db.scalar(select(Task.id).where(Task.crop_group == task.crop_group, Task.id != task.id,
                                            Task.assignee_ref == ref).limit(1))
     if taken is not None:

@@ -205,11 +205,12 @@ def test_a_replica_token_reaches_only_its_own_replica_and_a_worker_id_grants_not
         assert cb.http.json("GET", cb.path)["revision"] == before_b
 
 
-def test_one_worker_never_gets_two_replicas_of_one_crop(tmp_path):
+@pytest.mark.parametrize("database", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_one_worker_never_gets_two_replicas_of_one_crop(tmp_path, request, database):
     """The link refuses a worker id that already holds another replica of the crop, and a repeated open of the
-    same replica is fine."""
-    from backend.store.models import Batch
-    world = make_world(tmp_path, n_tasks=1)
+    same replica is fine (on PostgreSQL too: the rule is a correlated condition of the assign's UPDATE)."""
+    world = make_world(tmp_path, database_url=request.getfixturevalue("pg_url") if database == "postgres" else None,
+                       n_tasks=1)
     session = world.session()
     svc = TaskService(session, world.storage())
     from backend.tasks import crowd
@@ -490,3 +491,47 @@ def test_the_html_report_renders_its_plots_in_chromium_and_its_numbers_match_the
         for key in ("gold_f1", "agreement", "seconds_per_cell"):
             assert shown[key] == ("-" if w[key] is None else f"{w[key]:.4g}")
     assert {r["who"]: float(r["cost"]) for r in cost} == pytest.approx(data["cost"]["cost"], rel=1e-3)
+
+
+@pytest.mark.parametrize("database", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_two_racing_opens_of_one_crop_by_one_worker_give_them_one_replica(tmp_path, request, database):
+    import threading
+
+    from backend.tasks import Actor, TransitionError
+    from backend.tasks import crowd
+
+    world = make_world(tmp_path, database_url=request.getfixturevalue("pg_url") if database == "postgres" else None,
+                       n_tasks=1)
+    with world.session() as session:
+        replicas = [t.id for t in crowd.add_replicas(TaskService(session, world.storage()),
+                                                    session.get(Task, world.task_ids[0]), 2)]
+        session.commit()
+    for attempt in range(3):
+        worker = Actor(ref=f"worker:racer{attempt}")
+        barrier, outcomes = threading.Barrier(2), []
+
+        def open_one(task_id):
+            with world.session() as session:
+                svc = TaskService(session, world.storage())
+                task = session.get(Task, task_id)
+                barrier.wait()
+                try:
+                    svc.open(task, worker)
+                    outcomes.append("opened")
+                except TransitionError as exc:
+                    outcomes.append(type(exc).__name__)
+
+        threads = [threading.Thread(target=open_one, args=(t,)) for t in replicas]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert sorted(outcomes) == ["WorkerHasReplica", "opened"], outcomes
+        with world.session() as session:
+            held = [session.get(Task, t).assignee_ref for t in replicas]
+            assert held.count(worker.ref) == 1
+            # free both replicas for the next attempt
+            for t in replicas:
+                task = session.get(Task, t)
+                task.assignee_ref, task.state, task.opened_at = None, TaskState.prelabeled, None
+            session.commit()
