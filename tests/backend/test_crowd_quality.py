@@ -535,3 +535,21 @@ def test_two_racing_opens_of_one_crop_by_one_worker_give_them_one_replica(tmp_pa
                 task = session.get(Task, t)
                 task.assignee_ref, task.state, task.opened_at = None, TaskState.prelabeled, None
             session.commit()
+
+
+def test_bad_crowd_commands_get_one_clear_line_and_change_nothing(campaign, capsys):
+    s = campaign.session
+    before = len(list(s.scalars(select(Task.id))))
+    capsys.readouterr()
+    for argv, says in ((["publish", "--batch", "b1", "--replicas", "0"], "--replicas must be between 1 and 10"),
+                       (["publish", "--batch", "b1", "--gold-rate", "1.5"], "--gold-rate"),
+                       (["publish", "--batch", "b1", "--experts-for", "2"], "--experts-for"),
+                       (["consensus", "--batch", "g"], "has no replicas"),
+                       (["consensus", "--batch", "b1", "--threshold", "3"], "--threshold"),
+                       (["crowd-report", "--batch", "nope", "--csv"], "no batch named 'nope'"),
+                       (["workers"], "name a --batch or a --project")):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and says in err, (argv, err)
+    s.expire_all()
+    assert len(list(s.scalars(select(Task.id)))) == before
