@@ -17,6 +17,7 @@ import json
 import struct
 import time
 import urllib.error
+import urllib.parse
 import zlib
 import urllib.request
 from collections import Counter
@@ -55,9 +56,13 @@ class _HTTP:
         self.base = base_url.rstrip("/")
         self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
         self.headers: dict[str, str] = {}
+        # appended to every path: the crowd platform's `?worker=ID` on a task link
+        self.query = ""
 
     def request(self, method: str, path: str, body: dict | None = None):
         data = None if body is None else json.dumps(body).encode()
+        if self.query:
+            path += ("&" if "?" in path else "?") + self.query
         headers = dict(self.headers)
         if data is not None:
             headers["Content-Type"] = "application/json"
@@ -295,8 +300,10 @@ def _union(a, b):
 class TaskClient:
     """One crowd task, driven through its token link like the browser editor does."""
 
-    def __init__(self, base_url: str, token: str):
+    def __init__(self, base_url: str, token: str, worker: str | None = None):
         self.http = _HTTP(base_url)
+        if worker is not None:
+            self.http.query = urllib.parse.urlencode({"worker": worker})
         self.path = f"/api/task/{token}"
         self.revision = None
 
@@ -342,11 +349,13 @@ def _oscillating(key: tuple, params: dict, truth: np.ndarray, counts: Counter) -
 
 
 def annotate(base_url: str, token: str, truth: np.ndarray, *, layers=(0,), target_iou: float = TARGET_IOU,
-             noise: float = 0.0, seed: int = 0, max_ops: int | None = None, submit: bool = True) -> Effort:
-    """Correct one task towards ``truth`` (the crop's (h, w, 2) or (h, w) ground truth) and submit it."""
+             noise: float = 0.0, seed: int = 0, max_ops: int | None = None, submit: bool = True,
+             worker: str | None = None) -> Effort:
+    """Correct one task towards ``truth`` (the crop's (h, w, 2) or (h, w) ground truth) and submit it; ``worker``:
+    the crowd platform's worker id the link is opened with (``?worker=ID``)."""
     rng = np.random.default_rng(seed)
     truth = truth if truth.ndim == 3 else truth[..., None]
-    client = TaskClient(base_url, token)
+    client = TaskClient(base_url, token, worker=worker)
     client.open()
     effort = Effort()
     for layer in layers:
@@ -591,3 +600,81 @@ def annotate_batch_assisted(base_url: str, rows: list[dict], truths: dict, **opt
         token = row["url"].rsplit("/task/", 1)[1]
         total.add(annotate_assisted(base_url, token, truths[row["image"]][y0:y1, x0:x1], **options))
     return total
+
+
+# --- workers of different skill (crowd quality: gold tasks, replicas, consensus) ----------------------------
+
+@dataclass(frozen=True)
+class Skill:
+    """How a simulated crowd worker goes wrong. The worker corrects the prelabel through the API towards what
+    they believe the cells are: the truth with ``miss`` of its cells left out, ``merge`` of the touching
+    neighbour pairs drawn as one cell, and each cell's border moved in or out by ``border_px`` (sloppy borders);
+    ``noise`` is ``annotate``'s share of needed fixes skipped."""
+
+    miss: float = 0.0
+    merge: float = 0.0
+    border_px: int = 0
+    noise: float = 0.0
+
+
+CAREFUL = Skill()
+MIDDLING = Skill(miss=0.1, merge=0.1, border_px=1, noise=0.1)
+CARELESS = Skill(miss=0.3, merge=0.3, border_px=2, noise=0.4)
+
+
+def touching_pairs(labels: np.ndarray) -> list[tuple[int, int]]:
+    """Pairs (a < b) of cells sharing a 4-connected edge."""
+    pairs = set()
+    for a, b in ((labels[1:, :], labels[:-1, :]), (labels[:, 1:], labels[:, :-1])):
+        edge = (a != b) & (a > 0) & (b > 0)
+        lo, hi = np.minimum(a[edge], b[edge]), np.maximum(a[edge], b[edge])
+        pairs.update(zip(lo.tolist(), hi.tolist()))
+    return sorted(pairs)
+
+
+def _sloppy_borders(labels: np.ndarray, px: int, rng) -> np.ndarray:
+    """Each cell's border moved by ``px``: about half the cells shrink (their rim erased), the others grow into
+    the background next to them."""
+    n = int(labels.max()) + 1
+    grows = rng.random(n) < 0.5
+    grows[0] = False
+    size = 2 * px + 1
+    same = ndi.maximum_filter(labels, size=size) == ndi.minimum_filter(labels, size=size)
+    out = labels.copy()
+    rim = (labels > 0) & ~same & ~grows[labels]
+    out[rim] = 0
+    spread = ndi.maximum_filter(labels, size=size)
+    into = (labels == 0) & (spread > 0) & grows[spread]
+    out[into] = spread[into]
+    return out
+
+
+def corrupt_truth(truth: np.ndarray, skill: Skill, seed: int = 0) -> np.ndarray:
+    """What a worker of ``skill`` believes the cells of one (H, W) label layer are (see ``Skill``)."""
+    rng = np.random.default_rng(seed)
+    out = np.asarray(truth).astype(np.int32).copy()
+    if skill.merge:
+        taken: set = set()
+        for a, b in touching_pairs(out):
+            if a in taken or b in taken or rng.random() >= skill.merge:
+                continue
+            out[out == b] = a
+            taken.update((a, b))
+    if skill.miss:
+        ids = np.unique(out)
+        ids = ids[ids > 0]
+        gone = ids[rng.random(len(ids)) < skill.miss]
+        out[np.isin(out, gone)] = 0
+    if skill.border_px:
+        out = _sloppy_borders(out, skill.border_px, rng)
+    return out
+
+
+def annotate_with_skill(base_url: str, token: str, truth: np.ndarray, skill: Skill, *, seed: int = 0,
+                        layers=(0,), **options) -> Effort:
+    """``annotate`` by a worker of ``skill``: the crop's truth ((h, w, 2) or (h, w)) as this worker sees it,
+    corrected towards through the real API, one edit per request, then submitted."""
+    truth = truth if truth.ndim == 3 else truth[..., None]
+    believed = np.stack([corrupt_truth(truth[..., layer], skill, seed=seed * 7 + layer) if layer in layers
+                         else truth[..., layer] for layer in range(truth.shape[-1])], axis=-1)
+    return annotate(base_url, token, believed, layers=layers, noise=skill.noise, seed=seed, **options)

@@ -18,6 +18,7 @@ from backend.store.projects import model_channel_indices
 from backend.store.storage import Storage
 from backend.tasks.maps import keep_crop_maps
 from backend.tasks.revisions import UNTOUCHED, RevisionStore
+from backend.tasks.transitions import set_columns
 
 
 @functools.lru_cache(maxsize=2)
@@ -166,6 +167,8 @@ def prelabel_batch(session: Session, storage: Storage, config, batch: Batch, mod
             if svc.write_prelabel(task, labels, choice.label):
                 crops += 1
                 keep_crop_maps(session, storage, task, whole_maps, choice.label)
+                keep_difficulty(session, task, labels, None if whole_maps is None
+                                else whole_maps[task.y0:task.y1, task.x0:task.x1])
             else:
                 touched.append(task.id)
         if image.image_key in by_image:
@@ -178,3 +181,12 @@ def prelabel_batch(session: Session, storage: Storage, config, batch: Batch, mod
     session.commit()
     return {"model": choice.label, "images": len(jobs), "crops": crops, "left_alone": len(touched),
             "touched": sorted(touched)}
+
+
+def keep_difficulty(session: Session, task: Task, labels: np.ndarray, maps: np.ndarray | None) -> None:
+    """The crop's difficulty from the model's outputs (``pipeline.difficulty``), kept on the task for triage."""
+    from pipeline.difficulty import crop_difficulty
+
+    score, parts = crop_difficulty(labels, maps)
+    set_columns(session, task, difficulty=score, difficulty_detail=parts)
+    session.commit()

@@ -13,6 +13,7 @@ from backend.loop.qc import refresh_qc
 from backend.store.arrays import decode_array, encode_array
 from backend.store.models import Batch, Image, Task, TaskState, utcnow
 from backend.store.storage import Storage
+from backend.tasks.crowd import stitchable
 
 
 def stitch_batch(session: Session, storage: Storage, batch: Batch) -> list[dict]:
@@ -31,6 +32,7 @@ def stitch_batch(session: Session, storage: Storage, batch: Batch) -> list[dict]
                                                            Task.state == TaskState.approved,
                                                            Task.kind == "crop")
                                         .order_by(Task.batch_id, Task.id)))
+        approved = stitchable(approved)  # no gold work; one task per replicated crop (its consensus first)
         if not approved:
             summary.append({"image": image.name, "approved": 0, "crops": in_batch, "cells": 0, "conflicts": 0})
             continue

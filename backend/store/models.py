@@ -216,6 +216,16 @@ class Task(Base):
     maps_model: Mapped[str | None] = mapped_column(String(200))
     # "crop": a crop for the crowd; "qc": the expert's whole-image QC of a stitched image (see ImageQC)
     kind: Mapped[str] = mapped_column(String(16), default="crop", server_default="crop")
+    # crowd quality (issue 25). The replicas of one crop share ``crop_group`` (the id of the crop's first task),
+    # and so does the consensus task merged from them. ``crowd_role``: None for a plain crop, "replica", "gold" (a
+    # honeypot copy of a gold truth, ``gold_id``) or "consensus". Never shown to a worker: a gold task must look
+    # like any other.
+    crop_group: Mapped[int | None] = mapped_column(Integer, index=True)
+    crowd_role: Mapped[str | None] = mapped_column(String(16))
+    gold_id: Mapped[int | None] = mapped_column(Integer)
+    # how hard the prelabel's model found the crop (pipeline.difficulty), computed at prelabel time
+    difficulty: Mapped[float | None] = mapped_column(Float)
+    difficulty_detail: Mapped[dict | None] = mapped_column(JSON)
 
     batch: Mapped[Batch] = relationship(back_populates="tasks")
     source_image: Mapped[Image | None] = relationship()
@@ -265,6 +275,8 @@ class Review(Base):
     comment: Mapped[str] = mapped_column(Text, default="")
     revision: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # where the comment is pinned: {"point": [y, x]} or {"cell": id, "layer": 0|1} (None: the whole crop)
+    pin: Mapped[dict | None] = mapped_column(JSON)
 
     reviewer: Mapped[User] = relationship()
 
@@ -336,3 +348,51 @@ class ImageQC(Base):
 
     image: Mapped[Image] = relationship()
     task: Mapped[Task] = relationship()
+
+
+class GoldTruth(Base):
+    """An expert-approved crop kept as a honeypot: the labels it starts from (its prelabel) and its truth (the
+    approved labels). Publishing mixes copies of it (tasks with ``crowd_role`` "gold") into a batch."""
+
+    __tablename__ = "gold_truths"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
+    source_task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"), unique=True)
+    truth_key: Mapped[str] = mapped_column(String(1024))
+    start_key: Mapped[str] = mapped_column(String(1024))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    source_task: Mapped[Task] = relationship()
+
+
+class GoldScore(Base):
+    """A worker's submitted gold task scored against its truth (pipeline.metrics F1 per layer; ``f1`` their mean)."""
+
+    __tablename__ = "gold_scores"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"), index=True)
+    worker_ref: Mapped[str | None] = mapped_column(String(200), index=True)
+    revision: Mapped[int] = mapped_column(Integer)
+    f1: Mapped[float] = mapped_column(Float)
+    f1_layers: Mapped[list] = mapped_column(JSON)
+    detail: Mapped[dict | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class CropAgreement(Base):
+    """The replicas of one crop compared: pairwise F1 of every pair of replicas (``pairs``: [task a, task b, f1]),
+    their mean (``agreement``), and what consensus did: "merged" (into ``consensus_task_id``) or "expert" (too
+    little agreement: the replicas wait for an expert first)."""
+
+    __tablename__ = "crop_agreements"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    crop_group: Mapped[int] = mapped_column(Integer, unique=True)
+    batch_id: Mapped[int] = mapped_column(ForeignKey("batches.id"), index=True)
+    agreement: Mapped[float] = mapped_column(Float)
+    pairs: Mapped[list] = mapped_column(JSON)
+    outcome: Mapped[str] = mapped_column(String(16))
+    consensus_task_id: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -149,6 +149,10 @@ class RevisionStore:
                 return entry[0].copy()
         return self._rebuild(task, rev)
 
+    def labels_at(self, task: Task, number: int) -> np.ndarray:
+        """The labels of revision ``number`` (a fresh copy)."""
+        return self._rebuild(task, self._revision(task, number))
+
     def labels_bytes(self, task: Task) -> bytes:
         rev = self.current_revision(task)
         if rev.labels_key is not None:

@@ -24,6 +24,10 @@ TRANSITIONS: dict[str, tuple[frozenset[S], S]] = {
     "start_review": (frozenset({S.submitted, S.in_review}), S.in_review),
     "approve": (frozenset({S.in_review}), S.approved),
     "reject": (frozenset({S.in_review}), S.rejected),
+    # a crop too hard for the crowd (publish --experts-for) goes straight to the experts' queue
+    "route_to_expert": (frozenset({S.new, S.prelabeled}), S.submitted),
+    # the consensus of a crop's replicas: merged by `cellloop consensus`, it flows on as approved work
+    "accept_consensus": (frozenset({S.new, S.prelabeled}), S.approved),
 }
 
 # states an annotator's first open, edit or submit assigns the task from

@@ -14,6 +14,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from backend.store.models import Task, TaskEvent, User
 from backend.tasks import states
+from backend.tasks.crowd import check_worker_may_take
 from backend.tasks.states import TransitionError
 
 
@@ -84,7 +85,15 @@ def transition(db: Session, task: Task, action: str, actor: Actor, *, base_revis
     at = now()
     values: dict = {"state": target}
     time_open = None
+    replica_rule: list = []
     if action == "assign":
+        # one worker never holds two replicas of a crop: refused here, and re-checked inside the update itself
+        try:
+            replica_rule = check_worker_may_take(db, task, actor.ref)
+        except TransitionError:
+            db.rollback()
+            raise
+        where = (*where, *replica_rule)
         values["assigned_at"] = at
         if actor.user is not None:
             values["assignee_id"] = actor.user.id
@@ -104,6 +113,11 @@ def transition(db: Session, task: Task, action: str, actor: Actor, *, base_revis
         condition.append(Task.revision == base_revision)
     if not conditional_update(db, task, condition, values):
         db.rollback()
+        if action == "assign" and replica_rule:
+            try:  # a racing assign gave this worker another replica of the crop: say so
+                check_worker_may_take(db, task, actor.ref)
+            finally:
+                db.rollback()
         raise_lost_race(db, task, action, base_revision)
     db.add(TaskEvent(task_id=task.id, action=action, from_state=before.value, to_state=target.value,
                      actor_id=actor.user.id if actor.user else None, actor_ref=actor.ref,

@@ -8,6 +8,7 @@ from sqlalchemy import select, update
 
 from backend.store.models import Review, Task, TaskState
 from backend.tasks import states
+from backend.tasks.crowd import check_pin, score_gold_submit
 from backend.tasks.revisions import RevisionStore
 from backend.tasks.transitions import Actor, now, transition
 
@@ -32,6 +33,8 @@ class TaskService(RevisionStore):
         if task.state in states.UNASSIGNED:
             transition(self.db, task, "assign", actor, base_revision=base_revision)
         transition(self.db, task, "submit", actor, base_revision=base_revision, revision=base_revision)
+        # a gold task is scored against its truth in the same transaction as the submit
+        score_gold_submit(self, task, task.assignee_ref or actor.ref)
         self.db.commit()
 
     def start_review(self, task: Task, reviewer: Actor) -> None:
@@ -39,16 +42,17 @@ class TaskService(RevisionStore):
             transition(self.db, task, "start_review", reviewer)
         self.db.commit()
 
-    def review(self, task: Task, reviewer: Actor, verdict: str, comment: str = "") -> Review:
+    def review(self, task: Task, reviewer: Actor, verdict: str, comment: str = "", pin: dict | None = None) -> Review:
         if verdict not in ("approve", "reject"):
             raise ValueError("verdict must be 'approve' or 'reject'")
         if verdict == "reject" and not comment.strip():
             raise ValueError("a rejection needs a comment for the annotator")
+        check_pin(pin, task)
         if task.state is TaskState.submitted:
             transition(self.db, task, "start_review", reviewer)
         transition(self.db, task, verdict, reviewer, comment=comment)
         review = Review(task_id=task.id, reviewer_id=reviewer.user.id, verdict=task.state.value,
-                        comment=comment, revision=task.revision)
+                        comment=comment, revision=task.revision, pin=check_pin(pin, task))
         self.db.add(review)
         self.db.commit()
         return review

@@ -88,7 +88,9 @@ def task_summary(task: Task, svc) -> dict:
         "roles": _roles(project),
         "can_undo": bool(undo),
         "can_redo": bool(redo),
-        "review": None if review is None else {"verdict": review.verdict, "comment": review.comment},
+        # a comment pinned to a cell or point says where (the editor shows it there)
+        "review": None if review is None else {"verdict": review.verdict, "comment": review.comment,
+                                                **({"pin": review.pin} if review.pin else {})},
         "assist": assist_status(task),
     }
 

@@ -14,6 +14,7 @@ from backend.store.arrays import decode_array
 from backend.web.auth import make_task_token, require_role
 from backend.store.models import Batch, Project, Role, Task, TaskState
 from backend.tasks import Actor
+from backend.tasks.crowd import merged_groups, not_gold, review_risk
 
 bp = Blueprint("review", __name__, url_prefix="/api/review")
 reviewer_only = require_role(Role.reviewer)
@@ -45,7 +46,17 @@ def list_tasks():
     project = request.args.get("project")
     if project:
         query = query.where(Project.name == project)
-    tasks = db().scalars(query.order_by(Task.submitted_at, Task.id)).all()
+    # gold tasks are scored on submit, and replicas consensus merged are done: neither waits for an expert
+    done = merged_groups(db())
+    tasks = [t for t in db().scalars(query.where(not_gold()).order_by(Task.submitted_at, Task.id))
+             if t.crop_group is None or t.crop_group not in done]
+    risks = review_risk(db(), tasks)
+    # `?order=risk`: the likeliest wrong first (replicas that disagree, low-scoring workers, hard crops)
+    order = request.args.get("order")
+    if order not in (None, "", "submitted", "risk"):
+        abort(400, description="order must be 'submitted' or 'risk'")
+    if order == "risk":
+        tasks = sorted(tasks, key=lambda t: -risks[t.id]["risk"])
     # `?kind=crop|qc`: crop reviews or whole-image QC; the counts of both come back either way
     kind = request.args.get("kind")
     if kind not in (None, "", "crop", "qc"):
@@ -56,7 +67,8 @@ def list_tasks():
     return jsonify({"tasks": [{"id": t.id, "state": t.state.value, "revision": t.revision, "box": list(t.box),
                                "project": t.batch.project.name, "time_open_s": t.time_open_s, "kind": t.kind,
                                "image": t.source_image.name if t.source_image else None,
-                               "submitted_at": t.submitted_at.isoformat() if t.submitted_at else None}
+                               "submitted_at": t.submitted_at.isoformat() if t.submitted_at else None,
+                               **risks[t.id]}
                               for t in tasks],
                     "counts": counts,
                     "projects": db().scalars(select(Project.name).order_by(Project.name)).all()})
@@ -146,7 +158,7 @@ def _verdict(task_id: int, verdict: str):
     task = _task(task_id)
     svc = service()
     try:
-        svc.review(task, _actor(), verdict, comment)
+        svc.review(task, _actor(), verdict, comment, body.get("pin"))
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
     return jsonify(task_summary(task, svc))

@@ -56,6 +56,11 @@ async function loadQueue() {
       td.textContent = v;
       tr.append(td);
     }
+    // how likely the labels are wrong (replicas disagree, low-scoring worker, hard crop): sort by it to review those first
+    const risk = document.createElement('td');
+    risk.textContent = t.risk === undefined ? '—' : t.risk.toFixed(2);
+    risk.title = (t.why || []).join(', ');
+    tr.append(risk);
     tr.addEventListener('click', () => openTask(t.id));
     return tr;
   }));

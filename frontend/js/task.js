@@ -63,14 +63,23 @@ async function main() {
   if (info.parent_origin) parentOrigin = info.parent_origin;
   showState();
   const readOnly = !EDITABLE.has(info.state);
+  const pin = info.review && info.review.verdict === 'rejected' && EDITABLE.has(info.state) ? info.review.pin : null;
   if (info.review && info.review.verdict === 'rejected' && EDITABLE.has(info.state)) {
-    show(`The reviewer sent this task back: “${info.review.comment}”`, 'review');
+    const where = !pin ? '' : pin.cell ? ` (cell ${pin.cell}, selected)` : ` (at row ${pin.point[0]}, column ${pin.point[1]})`;
+    show(`The reviewer sent this task back${where}: “${info.review.comment}”`, 'review');
   } else if (readOnly) {
     show(`This task is ${info.state.replace('_', ' ')}: it can be viewed but no longer changed. Thank you!`, 'done');
   }
   editor = new Editor(document.getElementById('editor'), client, info, { readOnly, renderer });
   window.cellloop = { editor, client };
   await editor.load(arrays);
+  // a comment pinned to a cell selects it and brings it into view; one pinned to a point centres the view there
+  if (pin && pin.cell) {
+    editor.setLayer(pin.layer || 0);
+    editor.selectCell(pin.cell, true);
+  } else if (pin && pin.point) {
+    editor.view.centerOn(pin.point[0], pin.point[1]);
+  }
   performance.mark('cellloop-ready');
   document.body.dataset.ready = 'true';
 }
