@@ -1,4 +1,5 @@
-"""Rate limits: per crowd link on label changes, per client address and per username on login.
+"""Rate limits: per crowd link (and per reviewer) on label changes and on image and labels reads, per client address
+and per username on login. (What a link's requests may cost in CPU is `backend.web.cpu_budget`'s.)
 
 Limits live in memory by default (one process); with several workers or hosts they must share one store,
 set by `CELLLOOP_RATELIMIT_STORAGE_URL` (e.g. `redis://host:6379/0`), or each worker would grant the full
@@ -15,6 +16,9 @@ from flask_limiter import Limiter
 
 LINK_WRITE_ENDPOINTS = ("crowd.edit", "crowd.preview", "crowd.undo", "crowd.redo", "crowd.submit", "crowd.open_task")
 REVIEW_WRITE_ENDPOINTS = ("review.edit", "review.preview", "review.undo", "review.redo", "review.upload_labels")
+# reads that inflate or encode whole arrays: a link (or reviewer) reading them in a loop would hold a worker
+LINK_READ_ENDPOINTS = ("crowd.image", "crowd.labels", "crowd.info")
+REVIEW_READ_ENDPOINTS = ("review.image", "review.labels")
 
 
 def client_address() -> str:
@@ -59,6 +63,8 @@ def init_rate_limits(app: Flask, config) -> Limiter:
     rules = {endpoint: [(config.ratelimit_link_writes, link_key, None)] for endpoint in LINK_WRITE_ENDPOINTS}
     rules.update({endpoint: [(config.ratelimit_link_writes, reviewer_key, None)]
                   for endpoint in REVIEW_WRITE_ENDPOINTS})
+    rules.update({endpoint: [(config.ratelimit_link_reads, link_key, None)] for endpoint in LINK_READ_ENDPOINTS})
+    rules.update({endpoint: [(config.ratelimit_link_reads, reviewer_key, None)] for endpoint in REVIEW_READ_ENDPOINTS})
     rules["session.login"] = [(config.ratelimit_login_ip, client_address, _failed),
                               (config.ratelimit_login_user, login_username_key, _failed)]
     # a stolen session must not become a way to guess the current password either
