@@ -153,6 +153,9 @@ class Config:
     # link_cpu_share CPU-seconds per second, so no link holds more than that share of a core for long
     link_cpu_burst_s: float = 5.0
     link_cpu_share: float = 0.5
+    # patches up to this many bytes are kept in their revision's row instead of storage (0: always storage): on S3
+    # an edit then costs one row and no request to the bucket
+    patch_in_row_bytes: int = 0
     # origins allowed to frame crowd task pages (CSP frame-ancestors); empty: this server only
     frame_ancestors: tuple[str, ...] = ()
     # where a framed task page posts its "submitted" message; default: the first allowed frame ancestor
@@ -180,6 +183,7 @@ class Config:
             secure_cookies=_env_bool("SECURE_COOKIES", base_url.lower().startswith("https://")),
             base_url=base_url,
             array_cache_mb=_env_int("ARRAY_CACHE_MB", 512),
+            patch_in_row_bytes=_env_int("PATCH_IN_ROW_BYTES", 0),
             session_lifetime_s=_env_int("SESSION_LIFETIME_S", 12 * 3600, minimum=60),
             proxy_hops=_env_int("PROXY_HOPS", 0),
             ratelimit_enabled=_env_bool("RATELIMIT_ENABLED", True),

@@ -87,7 +87,7 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @contextmanager
-def production_stack(tmp: Path, workers: int):
+def production_stack(tmp: Path, workers: int, patch_in_row_bytes: int = 64 * 1024):
     """PostgreSQL database, S3 bucket (moto server process), Redis rate-limit store, gunicorn: yields the
     config and the server's base URL; everything is torn down afterwards."""
     import psycopg
@@ -114,7 +114,7 @@ def production_stack(tmp: Path, workers: int):
                         f"&create_bucket=1",
             secret_key=secrets.token_urlsafe(32),
             ratelimit_storage_url=REDIS_URL, ratelimit_key_prefix="load-" + secrets.token_hex(4),
-            **BENCH_LIMITS,
+            patch_in_row_bytes=patch_in_row_bytes, **BENCH_LIMITS,
         )
         dbmod.upgrade(config.database_url)
         port = _free_port()
@@ -122,6 +122,7 @@ def production_stack(tmp: Path, workers: int):
                "CELLLOOP_DATABASE_URL": config.database_url, "CELLLOOP_STORAGE_URL": config.storage_url,
                "CELLLOOP_SECRET_KEY": config.secret_key, "CELLLOOP_RATELIMIT_STORAGE_URL": REDIS_URL,
                "CELLLOOP_RATELIMIT_KEY_PREFIX": config.ratelimit_key_prefix,
+               "CELLLOOP_PATCH_IN_ROW_BYTES": str(config.patch_in_row_bytes),
                **{f"CELLLOOP_{name.upper()}": str(value) for name, value in BENCH_LIMITS.items()}}
         server = subprocess.Popen(
             gunicorn_argv(host="127.0.0.1", port=port, workers=workers,
@@ -272,6 +273,7 @@ def count_lost(config, task_ids: list[int], results: list[dict]) -> int:
     """Acknowledged edits missing from (or altered in) the stored history, plus tasks whose served final
     labels differ from the replay of that history."""
     from sqlalchemy import select
+    from sqlalchemy.orm import undefer
 
     from backend.store.arrays import decode_array
     from backend.store.db import make_engine, make_sessionmaker
@@ -285,7 +287,7 @@ def count_lost(config, task_ids: list[int], results: list[dict]) -> int:
     with make_sessionmaker(engine)() as session:
         for task_id, result in zip(task_ids, results):
             revisions = session.scalars(select(Revision).where(Revision.task_id == task_id)
-                                        .order_by(Revision.number)).all()
+                                        .order_by(Revision.number).options(undefer(Revision.patch_bytes))).all()
             by_number = {r.number: r for r in revisions}
             for number, (action, params) in result["acked"].items():
                 rev = by_number.get(number)
@@ -296,7 +298,9 @@ def count_lost(config, task_ids: list[int], results: list[dict]) -> int:
                 continue
             labels = decode_array(storage.get(revisions[0].labels_key))
             for rev in revisions[1:]:
-                Patch.from_bytes(storage.get(rev.patch_key)).apply(labels, check=True)
+                # the patch from its row or from the bucket, whichever the server stored it in
+                stored = rev.patch_bytes if rev.patch_bytes is not None else storage.get(rev.patch_key)
+                Patch.from_bytes(stored).apply(labels, check=True)
             final = result["final"]
             if final is None or final[0] != revisions[-1].number or not np.array_equal(decode_array(final[1]),
                                                                                         labels):
@@ -386,7 +390,8 @@ def run_case(config, base: str, parts: dict, case: str, n: int, *, strokes: int,
                   cpu_ms_per_request=cpu_ms,
                   # what the server side would sustain with two cores to itself (the client elsewhere)
                   idle_2core_requests_per_s=round(2000 / server_ms, 1) if server_ms else None,
-                  pause_s=list(pause) if pause[1] else None, limits=_limits(config))
+                  pause_s=list(pause) if pause[1] else None, limits=_limits(config),
+                  patch_in_row_bytes=config.patch_in_row_bytes)
 
 
 # one client under the link's own limit of 20 edits a second (CPU per edit does not depend on the pace)
@@ -437,14 +442,14 @@ def _component_clock() -> ComponentClock:
     from backend.store.cache import ArrayCache
     from backend.store.storage import LocalStorage, S3Storage
     from backend.tasks import links, revisions as tasks_mod
-    from backend.web import common, cpu_budget, request_limits
+    from backend.web import common, link_limits, request_limits
 
     clock = ComponentClock()
     clock.wrap(links, "read_task_token", "token")
     for attr in ("_check_request_limit", "_Limiter__inject_headers"):
         clock.wrap(Limiter, attr, "rate_limit")
     for attr in ("retry_after", "charge"):
-        clock.wrap(cpu_budget.CPUBudget, attr, "cpu_budget")
+        clock.wrap(link_limits.LinkLimits, attr, "link_limits")
     for attr in ("execute", "get", "commit", "rollback", "flush", "scalar", "scalars", "close"):
         clock.wrap(Session, attr, "sql")
     for cls in (S3Storage, LocalStorage):
@@ -544,7 +549,7 @@ def edit_breakdown(config, base: str, parts: dict, reps: int) -> dict:
             "note": "web_cpu_ms: the gunicorn workers' CPU per 270-px edit (one client, edits one after another); "
                     "s3_server_cpu_ms is moto's own (not the web tier's); cpu_ms_by_component: the same edit run in "
                     "process, this thread's CPU inside each part",
-            "limits": _limits(config),
+            "limits": _limits(config), "patch_in_row_bytes": config.patch_in_row_bytes,
             "loadavg_1m": round(os.getloadavg()[0], 2)}
 
 
@@ -556,13 +561,15 @@ def main() -> None:
     parser.add_argument("--strokes", type=int)
     parser.add_argument("--saturate-annotators", type=int, default=48)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--patch-in-row-bytes", type=int, default=64 * 1024,
+                        help="CELLLOOP_PATCH_IN_ROW_BYTES for the server (0: every patch an object in the bucket)")
     args = parser.parse_args()
     cases = args.case or (["load@10", "saturate"] if args.quick else ["load@10", "load@50", "load@200", "saturate"])
     cases = [c for c in cases if c != "breakdown"]
     strokes = args.strokes or (10 if args.quick else 50)
     tmp = Path(tempfile.mkdtemp(prefix="cellloop-load-"))
     try:
-        with production_stack(tmp, args.workers) as (config, base, parts):
+        with production_stack(tmp, args.workers, args.patch_in_row_bytes) as (config, base, parts):
             for i, case in enumerate(cases):
                 if case == "saturate":
                     line = run_case(config, base, parts, case, args.saturate_annotators, strokes=strokes, pause=(0, 0),

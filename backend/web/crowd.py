@@ -6,7 +6,7 @@ import re
 from flask import Blueprint, abort, current_app, jsonify, request, send_from_directory
 from sqlalchemy.orm import joinedload
 
-from backend.web import common, cpu_budget
+from backend.web import common, link_limits
 from backend.web.common import (ARRAY_MIMETYPE, PATCH_MIMETYPE, base_revision, binary, edit_request, json_body,
                                 service)
 from backend.web.auth import read_task_token
@@ -51,14 +51,14 @@ def crowd_summary(task: Task, svc) -> dict:
 
 def _task_from_token(token: str) -> tuple[Task, Actor]:
     payload = read_task_token(token)
-    # with its batch: every stored key names the project (one query instead of two)
     task_id = payload["t"]
+    # every link of a task counts against the task's request rates and CPU budget: a 429 here, before any work
+    link_limits.admit(f"task:{task_id}")
+    # with its batch: every stored key names the project (one query instead of two)
     task = common.db().get(Task, task_id, options=[joinedload(Task.batch)]) if task_id <= common.MAX_ID else None
     # a revoked link (nonce bumped) looks exactly like a link that never existed
     if task is None or task.token_nonce != payload.get("n"):
         abort(404, description="unknown task link")
-    # every link of a task draws on the task's one CPU budget (a 429 here, before any work, when it is spent)
-    cpu_budget.draw(f"task:{task.id}")
     return task, Actor(ref=_worker_ref(payload) or f"link:{task.id}")
 
 
