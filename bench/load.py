@@ -436,6 +436,7 @@ class ComponentClock:
 def _component_clock() -> ComponentClock:
     """Wrap what an edit request runs, by component (before the app is built: some are bound at build time)."""
     from flask_limiter import Limiter
+    from sqlalchemy.engine import Connection
     from sqlalchemy.orm import Session
 
     from backend.edits import LabelIndex, Patch
@@ -450,8 +451,9 @@ def _component_clock() -> ComponentClock:
         clock.wrap(Limiter, attr, "rate_limit")
     for attr in ("retry_after", "charge"):
         clock.wrap(link_limits.LinkLimits, attr, "link_limits")
-    for attr in ("execute", "get", "commit", "rollback", "flush", "scalar", "scalars", "close"):
+    for attr in ("execute", "get", "commit", "rollback", "flush", "scalar", "scalars", "close", "connection"):
         clock.wrap(Session, attr, "sql")
+    clock.wrap(Connection, "execute", "sql")
     for cls in (S3Storage, LocalStorage):
         for attr in ("get", "put", "delete"):
             clock.wrap(cls, attr, "storage_client")

@@ -342,7 +342,8 @@ class RevisionStore:
                    author_id=actor.user.id if actor.user else None, author_ref=actor.ref, created_at=now())
         # a Core insert: the ORM's unit of work would cost more than the statement; the row object handed back is
         # built from the same values (never added to the session)
-        rev_id = self.db.execute(insert(Revision.__table__).values(**row).returning(Revision.__table__.c.id)).scalar_one()
+        rev_id = self.db.connection().execute(
+            insert(Revision.__table__).values(**row).returning(Revision.__table__.c.id)).scalar_one()
         self.db.commit()
         rev = Revision(id=rev_id, **row)
         if self.cache is not None:
@@ -413,7 +414,9 @@ class RevisionStore:
         undo: list[list[int]] = []
         redo: list[list[int]] = []
         last = None  # (stroke, layer) of the revision just before, when it was an edit of a stroke
-        for rev in self.db.scalars(select(Revision).where(Revision.task_id == task.id).order_by(Revision.number)):
+        # three columns, not whole rows: every undo and every task JSON reads the whole log
+        for rev in self.db.execute(select(Revision.number, Revision.action, Revision.params)
+                                   .where(Revision.task_id == task.id).order_by(Revision.number)):
             if rev.action == "undo":
                 redo.append(undo.pop())
             elif rev.action == "redo":

@@ -52,8 +52,9 @@ def aware(ts: datetime | None) -> datetime | None:
 def conditional_update(db: Session, task: Task, where: list, values: dict) -> bool:
     """Write ``values`` to the task's row only where ``where`` still holds; mirror them on the loaded object (without
     marking it dirty) when it did. Returns whether the row moved."""
-    # a Core statement on the table: the ORM's bulk-update machinery costs more than the round trip itself
-    moved = db.execute(update(Task.__table__).where(Task.id == task.id, *where).values(**values)).rowcount
+    # on the session's connection (same transaction), as a Core statement: the ORM's bulk-update machinery around a
+    # session.execute() costs more than the round trip itself
+    moved = db.connection().execute(update(Task.__table__).where(Task.id == task.id, *where).values(**values)).rowcount
     if moved == 1:
         for name, value in values.items():
             set_committed_value(task, name, value)
