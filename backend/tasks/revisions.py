@@ -28,7 +28,7 @@ from backend.store.models import Batch, Revision, Task, TaskState
 from backend.store.storage import NotFound, Storage
 from backend.tasks import maps as task_maps
 from backend.tasks import states
-from backend.tasks.transitions import (Actor, StaleRevision, conditional_update, now, raise_lost_race, set_columns,
+from backend.tasks.transitions import (Actor, StaleRevision, advance_revision, now, raise_lost_race, set_columns,
                                        transition)
 
 EDIT_ACTIONS = "edit"
@@ -39,6 +39,10 @@ SNAPSHOT_ALWAYS_PIXELS = 0
 SNAPSHOT_EVERY = 16
 # states in which nobody has touched a crop: machine work may still replace its first revision
 UNTOUCHED = (TaskState.new, TaskState.prelabeled)
+
+
+# built once: every edit runs it (see advance_revision)
+_INSERT_REVISION = insert(Revision.__table__).returning(Revision.__table__.c.id)
 
 
 class NothingToUndo(Exception):
@@ -315,13 +319,10 @@ class RevisionStore:
             self.storage.put(labels_key, encode_array(labels))
         # one conditional update decides the race: the task must still be at the base revision and in a state
         # this actor may edit, so an edit that loses to a submit or another edit changes nothing
+        # (and a prelabel write that landed after this request read its labels bumps the epoch: a patch computed on
+        # the replaced labels would not replay onto the new ones)
         editable = states.editable_states(reviewer=actor.reviewer)
-        where = [Task.revision == base, Task.state.in_(editable)]
-        if epoch is not None:
-            # a prelabel write that landed after this request read its labels bumps the epoch: a patch computed on
-            # the replaced labels would not replay onto the new ones
-            where.append(Task.labels_epoch == epoch)
-        if not conditional_update(self.db, task, where, {"revision": number}):
+        if not advance_revision(self.db, task, base, editable, epoch):
             self.db.rollback()
             for key in (labels_key, patch_key):
                 if key is not None:
@@ -342,8 +343,7 @@ class RevisionStore:
                    author_id=actor.user.id if actor.user else None, author_ref=actor.ref, created_at=now())
         # a Core insert: the ORM's unit of work would cost more than the statement; the row object handed back is
         # built from the same values (never added to the session)
-        rev_id = self.db.connection().execute(
-            insert(Revision.__table__).values(**row).returning(Revision.__table__.c.id)).scalar_one()
+        rev_id = self.db.connection().execute(_INSERT_REVISION, row).scalar_one()
         self.db.commit()
         rev = Revision(id=rev_id, **row)
         if self.cache is not None:
