@@ -19,6 +19,7 @@ agree on the time) and the charge another: two round trips per request.
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 from collections import deque
@@ -33,10 +34,28 @@ _SWEEP_EVERY = 4096
 WRITE_ENDPOINTS = frozenset({"crowd.edit", "crowd.preview", "crowd.undo", "crowd.redo", "crowd.submit",
                              "crowd.open_task"})
 
-_ADMIT = """
+# the clock and a charge (the bucket refilled up to now, less the cost); ARGV[1], ARGV[2]: the bucket's size and refill
+_PRELUDE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local cap, rate = tonumber(ARGV[1]), tonumber(ARGV[2])
+local function charge(key, cost)
+  local state = redis.call('HMGET', key, 'b', 't')
+  local balance = tonumber(state[1])
+  if balance == nil then balance = cap else
+    balance = math.min(cap, balance + math.max(0, now - tonumber(state[2])) * rate)
+  end
+  balance = balance - cost
+  redis.call('HSET', key, 'b', tostring(balance), 't', tostring(now))
+  redis.call('PEXPIRE', key, math.ceil((cap - balance) / rate * 1000) + 1000)
+end
+"""
+
+# KEYS: this link's CPU bucket, its request windows, then the buckets of charges waiting to be made
+# ARGV: cap, rate, number of windows, (amount, period) per window, then the cost of each waiting charge
+_ADMIT = _PRELUDE + """
+local n = tonumber(ARGV[3])
+for j = 2 + n, #KEYS do charge(KEYS[j], tonumber(ARGV[2 + n + j])) end
 local wait, why = 0, 'cpu'
 local state = redis.call('HMGET', KEYS[1], 'b', 't')
 local balance = tonumber(state[1])
@@ -44,7 +63,6 @@ if balance ~= nil then
   balance = math.min(cap, balance + math.max(0, now - tonumber(state[2])) * rate)
   if balance <= 0 then wait = -balance / rate end
 end
-local n = tonumber(ARGV[3])
 for i = 1, n do
   local amount, period = tonumber(ARGV[2 + 2 * i]), tonumber(ARGV[3 + 2 * i])
   local oldest = redis.call('LINDEX', KEYS[1 + i], amount - 1)
@@ -62,20 +80,14 @@ end
 return 'ok 0'
 """
 
-_CHARGE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local cap, rate, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local state = redis.call('HMGET', KEYS[1], 'b', 't')
-local balance = tonumber(state[1])
-if balance == nil then balance = cap else
-  balance = math.min(cap, balance + math.max(0, now - tonumber(state[2])) * rate)
-end
-balance = balance - cost
-redis.call('HSET', KEYS[1], 'b', tostring(balance), 't', tostring(now))
-redis.call('PEXPIRE', KEYS[1], math.ceil((cap - balance) / rate * 1000) + 1000)
-return tostring(balance)
+# the waiting charges alone (KEYS: buckets; ARGV: cap, rate, one cost per bucket), when no request comes to carry them
+_CHARGE = _PRELUDE + """
+for j = 1, #KEYS do charge(KEYS[j], tonumber(ARGV[2 + j])) end
+return 'ok'
 """
+
+# a charge waits at most this long for a request on this worker to carry it to Redis
+CHARGE_DELAY_S = 0.05
 
 
 def _rates_text(rates) -> str:
@@ -144,7 +156,9 @@ class MemoryStore:
 
 
 class RedisStore:
-    """Counts in Redis, shared by every worker and host."""
+    """Counts in Redis, shared by every worker and host. A request's CPU charge rides along with the next admission
+    check this worker sends (one round trip per request instead of two), or goes alone after CHARGE_DELAY_S when no
+    request comes: another worker may admit one request of a link before that link's last charge has landed."""
 
     def __init__(self, url: str) -> None:
         import redis
@@ -152,16 +166,61 @@ class RedisStore:
         client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
         self._admit = client.register_script(_ADMIT)
         self._charge = client.register_script(_CHARGE)
+        self._pending: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._flusher_pid = None
+        self._params = None
+
+    def _take_pending(self) -> dict[str, float]:
+        with self._lock:
+            pending, self._pending = self._pending, {}
+            return pending
+
+    def _restore(self, pending: dict[str, float]) -> None:
+        with self._lock:
+            for key, cost in pending.items():
+                self._pending[key] = self._pending.get(key, 0.0) + cost
 
     def admit(self, bucket: str, windows: list[str], cap: float, rate: float, rates) -> tuple[float, str]:
+        pending = self._take_pending()
         args = [repr(cap), repr(rate), len(rates)]
         for amount, period in rates:
             args += [amount, repr(period)]
-        why, wait = self._admit(keys=[bucket, *windows], args=args).split()
+        args += [repr(cost) for cost in pending.values()]
+        try:
+            why, wait = self._admit(keys=[bucket, *windows, *pending], args=args).split()
+        except Exception:
+            self._restore(pending)
+            raise
         return float(wait), why.decode()
 
-    def charge(self, bucket: str, cap: float, rate: float, cost: float) -> float:
-        return float(self._charge(keys=[bucket], args=[repr(cap), repr(rate), repr(cost)]))
+    def charge(self, bucket: str, cap: float, rate: float, cost: float) -> None:
+        with self._lock:
+            self._pending[bucket] = self._pending.get(bucket, 0.0) + cost
+            self._params = (cap, rate)
+            if self._flusher_pid != os.getpid():  # first charge in this (forked) worker process
+                self._flusher_pid = os.getpid()
+                threading.Thread(target=self._flush_forever, name="cellloop-cpu-charges", daemon=True).start()
+        self._wake.set()
+
+    def _flush_forever(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            time.sleep(CHARGE_DELAY_S)
+            self.flush()
+
+    def flush(self) -> None:
+        """Send the charges no request has carried yet."""
+        pending = self._take_pending()
+        if not pending:
+            return
+        cap, rate = self._params
+        try:
+            self._charge(keys=list(pending), args=[repr(cap), repr(rate), *(repr(c) for c in pending.values())])
+        except Exception:
+            self._restore(pending)  # the store is unreachable: the next request's check says so
 
 
 def store_from_url(url: str):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from datetime import timedelta
 from types import SimpleNamespace
 
@@ -115,12 +116,19 @@ def test_budget_and_rates_are_shared_by_workers_through_redis():
     assert first.retry_after("task:9", "write") is None
     wait, why = second.retry_after("task:9", "write")  # the fourth write in the minute, whichever worker
     assert why == "rate" and 55 < wait <= 60
-    # CPU one worker charged is gone for the other
+    # CPU one worker charged is gone for the other, once the charge has landed (with that worker's next request, or
+    # on its own within CHARGE_DELAY_S)
     assert first.retry_after("task:10", "read") is None
     first.charge("task:10", 0.7)
+    time.sleep(link_limits.CHARGE_DELAY_S + 0.25)
     wait, why = second.retry_after("task:10", "read")
     assert why == "cpu" and 15 < wait <= 20  # 0.2 s of debt at 1% of a core
     assert second.retry_after("task:11", "read") is None
+    # a charge rides along with the same worker's next check: no wait needed there
+    assert first.retry_after("task:12", "read") is None
+    first.charge("task:12", 0.6)
+    wait, why = first.retry_after("task:12", "read")
+    assert why == "cpu" and 5 < wait <= 10
 
 
 def test_image_and_labels_reads_are_rate_limited_per_link_and_per_reviewer(tmp_path, monkeypatch):
