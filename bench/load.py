@@ -13,7 +13,14 @@ reads the final labels. One JSON line per case: requests/s, median and p95 laten
 every acknowledged edit must be in its task's history with its parameters, and the labels the server
 answered at the end must equal the replay of the stored history from revision 0. ``saturate`` sends strokes
 without pauses from many annotators at once: ``edits_per_s`` is the server's ceiling. A final
-``edit-breakdown`` line says where an edit's time goes on this stack, from the same code run in process.
+``edit-breakdown`` line says where an edit's CPU goes on this stack: ``web_cpu_ms``, the gunicorn workers' CPU per
+270-px edit from one client sending edits one after another (the issue's target counts this), the S3 server's,
+PostgreSQL's and Redis's CPU apart, and ``cpu_ms_by_component``, the same edit run in process with this thread's CPU
+inside each part (token check, SQL, link limits, rate limits, request checks, the tool, cache, (de)serialisation,
+storage client; ``http_and_flask_ms`` the rest).
+
+Every case runs under limits set explicitly (BENCH_LIMITS: the production defaults, printed with each line) and with
+patches kept in revision rows (``--patch-in-row-bytes``, 64 KiB; 0 measures every patch as a bucket object).
 """
 from __future__ import annotations
 
