@@ -45,6 +45,20 @@ def _env_int(name: str, default: int, minimum: int = 0) -> int:
     return number
 
 
+def _env_float(name: str) -> float | None:
+    """A positive number of seconds or a share of a core; None when unset."""
+    value = _env(name)
+    if value is None or not value.strip():
+        return None
+    try:
+        number = float(value.strip())
+    except ValueError:
+        raise ConfigError(f"CELLLOOP_{name} must be a number, got {value!r}") from None
+    if not number > 0 or number == float("inf"):
+        raise ConfigError(f"CELLLOOP_{name} must be a positive number, got {value!r}")
+    return number
+
+
 def check_secret_key(key: str | None, source: str) -> str:
     if not key or len(key.strip()) < MIN_SECRET_KEY_CHARS:
         raise ConfigError(f"the secret key from {source} is missing, empty or shorter than {MIN_SECRET_KEY_CHARS} "
@@ -133,6 +147,15 @@ class Config:
     ratelimit_link_writes: str = "20 per second; 1200 per minute"
     ratelimit_login_ip: str = "20 per minute; 100 per hour; 500 per day"
     ratelimit_login_user: str = "5 per minute; 20 per hour; 50 per day"
+    # image and labels reads per crowd link (and per reviewer): an editor reads each once per open or reload
+    ratelimit_link_reads: str = "30 per second; 1800 per minute"
+    # each crowd link's CPU budget (backend.web.cpu_budget): a bucket of this many CPU-seconds, refilled at
+    # link_cpu_share CPU-seconds per second, so no link holds more than that share of a core for long
+    link_cpu_burst_s: float = 5.0
+    link_cpu_share: float = 0.5
+    # patches up to this many bytes are kept in their revision's row instead of storage (0: always storage): on S3
+    # an edit then costs one row and no request to the bucket
+    patch_in_row_bytes: int = 0
     # origins allowed to frame crowd task pages (CSP frame-ancestors); empty: this server only
     frame_ancestors: tuple[str, ...] = ()
     # where a framed task page posts its "submitted" message; default: the first allowed frame ancestor
@@ -141,6 +164,8 @@ class Config:
 
     def __post_init__(self):
         check_secret_key(self.secret_key, "the configuration")
+        if not (self.link_cpu_burst_s > 0 and self.link_cpu_share > 0):
+            raise ConfigError("the link CPU budget (burst seconds and share of a core) must be positive")
 
     @classmethod
     def from_env(cls, **overrides) -> "Config":
@@ -158,6 +183,7 @@ class Config:
             secure_cookies=_env_bool("SECURE_COOKIES", base_url.lower().startswith("https://")),
             base_url=base_url,
             array_cache_mb=_env_int("ARRAY_CACHE_MB", 512),
+            patch_in_row_bytes=_env_int("PATCH_IN_ROW_BYTES", 0),
             session_lifetime_s=_env_int("SESSION_LIFETIME_S", 12 * 3600, minimum=60),
             proxy_hops=_env_int("PROXY_HOPS", 0),
             ratelimit_enabled=_env_bool("RATELIMIT_ENABLED", True),
@@ -166,7 +192,11 @@ class Config:
             frame_ancestors=_origins("FRAME_ANCESTORS"),
             parent_origin=(_origins("PARENT_ORIGIN") or (None,))[0],
         )
-        for name in ("link_writes", "login_ip", "login_user"):
+        for name in ("link_cpu_burst_s", "link_cpu_share"):
+            value = _env_float(name.upper())
+            if value is not None:
+                values[name] = value
+        for name in ("link_writes", "link_reads", "login_ip", "login_user"):
             value = _env(f"RATELIMIT_{name.upper()}")
             if value:
                 values[f"ratelimit_{name}"] = _check_limit(f"CELLLOOP_RATELIMIT_{name.upper()}", value)

@@ -13,7 +13,14 @@ reads the final labels. One JSON line per case: requests/s, median and p95 laten
 every acknowledged edit must be in its task's history with its parameters, and the labels the server
 answered at the end must equal the replay of the stored history from revision 0. ``saturate`` sends strokes
 without pauses from many annotators at once: ``edits_per_s`` is the server's ceiling. A final
-``edit-breakdown`` line says where an edit's time goes on this stack, from the same code run in process.
+``edit-breakdown`` line says where an edit's CPU goes on this stack: ``web_cpu_ms``, the gunicorn workers' CPU per
+270-px edit from one client sending edits one after another (the issue's target counts this), the S3 server's,
+PostgreSQL's and Redis's CPU apart, and ``cpu_ms_by_component``, the same edit run in process with this thread's CPU
+inside each part (token check, SQL, link limits, rate limits, request checks, the tool, cache, (de)serialisation,
+storage client; ``http_and_flask_ms`` the rest).
+
+Every case runs under limits set explicitly (BENCH_LIMITS: the production defaults, printed with each line) and with
+patches kept in revision rows (``--patch-in-row-bytes``, 64 KiB; 0 measures every patch as a bucket object).
 """
 from __future__ import annotations
 
@@ -44,6 +51,12 @@ sys.path.insert(0, str(REPO_ROOT))
 PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=test"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 TASK_SIZE = 270
+# the limits every case runs under, set explicitly (the production defaults): per link 20 edits a second, 30 reads a
+# second, and a CPU budget of 5 CPU-seconds refilled at half a core; a paced annotator is far below all of them, and
+# in saturate each of the 48 links sends a few edits a second
+BENCH_LIMITS = {"ratelimit_link_writes": "20 per second; 1200 per minute",
+                "ratelimit_link_reads": "30 per second; 1800 per minute",
+                "link_cpu_burst_s": 5.0, "link_cpu_share": 0.5}
 CASE_DEADLINE_S = 900
 
 
@@ -81,7 +94,7 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @contextmanager
-def production_stack(tmp: Path, workers: int):
+def production_stack(tmp: Path, workers: int, patch_in_row_bytes: int = 64 * 1024):
     """PostgreSQL database, S3 bucket (moto server process), Redis rate-limit store, gunicorn: yields the
     config and the server's base URL; everything is torn down afterwards."""
     import psycopg
@@ -107,13 +120,17 @@ def production_stack(tmp: Path, workers: int):
             storage_url=f"s3://load-bench/cellloop?endpoint_url=http://127.0.0.1:{s3_port}&region=us-east-1"
                         f"&create_bucket=1",
             secret_key=secrets.token_urlsafe(32),
+            ratelimit_storage_url=REDIS_URL, ratelimit_key_prefix="load-" + secrets.token_hex(4),
+            patch_in_row_bytes=patch_in_row_bytes, **BENCH_LIMITS,
         )
         dbmod.upgrade(config.database_url)
         port = _free_port()
         env = {**os.environ, "CELLLOOP_INSTANCE_DIR": str(config.instance_dir),
                "CELLLOOP_DATABASE_URL": config.database_url, "CELLLOOP_STORAGE_URL": config.storage_url,
                "CELLLOOP_SECRET_KEY": config.secret_key, "CELLLOOP_RATELIMIT_STORAGE_URL": REDIS_URL,
-               "CELLLOOP_RATELIMIT_KEY_PREFIX": "load-" + secrets.token_hex(4)}
+               "CELLLOOP_RATELIMIT_KEY_PREFIX": config.ratelimit_key_prefix,
+               "CELLLOOP_PATCH_IN_ROW_BYTES": str(config.patch_in_row_bytes),
+               **{f"CELLLOOP_{name.upper()}": str(value) for name, value in BENCH_LIMITS.items()}}
         server = subprocess.Popen(
             gunicorn_argv(host="127.0.0.1", port=port, workers=workers,
                           extra=("--access-logfile", os.devnull, "--backlog", "2048")),
@@ -263,6 +280,7 @@ def count_lost(config, task_ids: list[int], results: list[dict]) -> int:
     """Acknowledged edits missing from (or altered in) the stored history, plus tasks whose served final
     labels differ from the replay of that history."""
     from sqlalchemy import select
+    from sqlalchemy.orm import undefer
 
     from backend.store.arrays import decode_array
     from backend.store.db import make_engine, make_sessionmaker
@@ -276,7 +294,7 @@ def count_lost(config, task_ids: list[int], results: list[dict]) -> int:
     with make_sessionmaker(engine)() as session:
         for task_id, result in zip(task_ids, results):
             revisions = session.scalars(select(Revision).where(Revision.task_id == task_id)
-                                        .order_by(Revision.number)).all()
+                                        .order_by(Revision.number).options(undefer(Revision.patch_bytes))).all()
             by_number = {r.number: r for r in revisions}
             for number, (action, params) in result["acked"].items():
                 rev = by_number.get(number)
@@ -287,7 +305,9 @@ def count_lost(config, task_ids: list[int], results: list[dict]) -> int:
                 continue
             labels = decode_array(storage.get(revisions[0].labels_key))
             for rev in revisions[1:]:
-                Patch.from_bytes(storage.get(rev.patch_key)).apply(labels, check=True)
+                # the patch from its row or from the bucket, whichever the server stored it in
+                stored = rev.patch_bytes if rev.patch_bytes is not None else storage.get(rev.patch_key)
+                Patch.from_bytes(stored).apply(labels, check=True)
             final = result["final"]
             if final is None or final[0] != revisions[-1].number or not np.array_equal(decode_array(final[1]),
                                                                                         labels):
@@ -298,6 +318,12 @@ def count_lost(config, task_ids: list[int], results: list[dict]) -> int:
 
 def _ms(values: list[float], q: float) -> float:
     return round(float(np.quantile(np.asarray(values) * 1000, q)), 1)
+
+
+def _limits(config) -> dict:
+    return {"link_writes": config.ratelimit_link_writes, "link_reads": config.ratelimit_link_reads,
+            "link_cpu_burst_s": config.link_cpu_burst_s, "link_cpu_share": config.link_cpu_share,
+            "store": config.ratelimit_storage_url}
 
 
 def report(case: str, n: int, rec: Recorder, wall: float, lost: int, workers: int, **extra) -> dict:
@@ -371,96 +397,168 @@ def run_case(config, base: str, parts: dict, case: str, n: int, *, strokes: int,
                   cpu_ms_per_request=cpu_ms,
                   # what the server side would sustain with two cores to itself (the client elsewhere)
                   idle_2core_requests_per_s=round(2000 / server_ms, 1) if server_ms else None,
-                  pause_s=list(pause) if pause[1] else None)
+                  pause_s=list(pause) if pause[1] else None, limits=_limits(config),
+                  patch_in_row_bytes=config.patch_in_row_bytes)
 
 
-def _timed_edits(config, reps: int, seed: int) -> dict:
-    """Per-edit wall time of the pieces the edit route runs (bucket reads and writes, the tool, the snapshot
-    encoding, SQL statements), the whole edit, and this process's CPU per edit; in process, on one task."""
-    from sqlalchemy import event
+# one client under the link's own limit of 20 edits a second (CPU per edit does not depend on the pace)
+BREAKDOWN_EDITS_PER_S = 15
 
-    from backend.tasks import revisions as tasks_mod
-    from backend.web.app import create_app
-    from backend.store.storage import S3Storage
 
-    # rate limits off: this loop is one client editing as fast as it can
-    app = create_app(dataclasses.replace(config, ratelimit_enabled=False))
-    timings: dict[str, float] = {}
+def _pace(t0: float) -> None:
+    time.sleep(max(0.0, t0 + 1 / BREAKDOWN_EDITS_PER_S - time.perf_counter()))
 
-    def timed(name, fn):
+
+class ComponentClock:
+    """CPU seconds of this thread spent inside each wrapped function, exclusive of wrapped functions it calls (so
+    the components add up to the whole)."""
+
+    def __init__(self):
+        self.totals: dict[str, float] = {}
+        self._stack: list[float] = []
+        self._saved: list = []
+
+    def wrap(self, owner, attr: str, name: str) -> None:
+        fn = getattr(owner, attr)
+        self._saved.append((owner, attr, fn))
+
         def wrapper(*args, **kwargs):
-            t0 = time.perf_counter()
+            t0 = time.thread_time()
+            self._stack.append(0.0)
             try:
                 return fn(*args, **kwargs)
             finally:
-                timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
-        return wrapper
+                inner = self._stack.pop()
+                spent = time.thread_time() - t0
+                self.totals[name] = self.totals.get(name, 0.0) + spent - inner
+                if self._stack:
+                    self._stack[-1] += spent
+        setattr(owner, attr, wrapper)
 
-    pieces = [(S3Storage, "put", "s3_put"), (S3Storage, "get", "s3_get"),
-              (tasks_mod, "apply_edit", "tool"), (tasks_mod, "encode_array", "encode_snapshot")]
-    saved = [(obj, attr, getattr(obj, attr)) for obj, attr, _ in pieces]
-    for obj, attr, name in pieces:
-        setattr(obj, attr, timed(name, getattr(obj, attr)))
-    engine = app.extensions["cellloop.engine"]
-    starts: dict[int, float] = {}
+    def restore(self) -> None:
+        for owner, attr, fn in reversed(self._saved):
+            setattr(owner, attr, fn)
 
-    @event.listens_for(engine, "before_cursor_execute")
-    def _before(conn, cursor, statement, params, context, executemany):
-        starts[id(cursor)] = time.perf_counter()
 
-    @event.listens_for(engine, "after_cursor_execute")
-    def _after(conn, cursor, statement, params, context, executemany):
-        timings["sql"] = timings.get("sql", 0.0) + time.perf_counter() - starts.pop(id(cursor), time.perf_counter())
+def _component_clock() -> ComponentClock:
+    """Wrap what an edit request runs, by component (before the app is built: some are bound at build time)."""
+    from flask_limiter import Limiter
+    from sqlalchemy.engine import Connection
+    from sqlalchemy.orm import Session
 
+    from backend.edits import LabelIndex, Patch
+    from backend.store.cache import ArrayCache
+    from backend.store.storage import LocalStorage, S3Storage
+    from backend.tasks import links, revisions as tasks_mod
+    from backend.web import common, link_limits, request_limits
+
+    clock = ComponentClock()
+    clock.wrap(links, "read_task_token", "token")
+    for attr in ("_check_request_limit", "_Limiter__inject_headers"):
+        clock.wrap(Limiter, attr, "rate_limit")
+    for attr in ("retry_after", "charge"):
+        clock.wrap(link_limits.LinkLimits, attr, "link_limits")
+    for attr in ("execute", "get", "commit", "rollback", "flush", "scalar", "scalars", "close", "connection"):
+        clock.wrap(Session, attr, "sql")
+    clock.wrap(Connection, "execute", "sql")
+    for cls in (S3Storage, LocalStorage):
+        for attr in ("get", "put", "delete"):
+            clock.wrap(cls, attr, "storage_client")
+    clock.wrap(tasks_mod, "apply_edit", "tool")
+    for owner, attr in ((Patch, "to_bytes"), (Patch, "from_bytes"), (tasks_mod, "encode_array"),
+                        (tasks_mod, "decode_array"), (common.BoundedJSONProvider, "loads")):
+        clock.wrap(owner, attr, "serialise")
+    for owner, attr in ((ArrayCache, "get"), (ArrayCache, "take"), (ArrayCache, "put"), (LabelIndex, "build"),
+                        (LabelIndex, "update")):
+        clock.wrap(owner, attr, "cache")
+    clock.wrap(request_limits, "check_edit", "request_checks")
+    return clock
+
+
+def _component_edits(config, reps: int, seed: int) -> dict:
+    """CPU per edit by component, in process (Flask test client) on the same PostgreSQL + S3 + Redis: the web tier's
+    own work without the HTTP server (``http_and_flask`` is the rest: routing, request and response objects, the
+    test client)."""
+    from backend.web.app import create_app
+
+    clock = _component_clock()
     try:
+        # limits as the served cases have them (the bench sets them explicitly), so the rate limits' cost is in it
+        app = create_app(config)
         (_, token), = make_tasks(config, 1, seed=seed)
         client = app.test_client()
         revision = client.post(f"/api/task/{token}/open").get_json()["revision"]
         rng = random.Random(seed)
-        totals = []
+        walls = []
         cpu0 = 0.0
         for i in range(reps + 1):
             tool, params = _stroke(rng, 50)
             if i == 1:
-                timings.clear()  # the first edit fills this worker's cache: not what a crowd edit costs
-                cpu0 = time.process_time()
+                clock.totals.clear()  # the first edit fills this worker's cache: not what a crowd edit costs
+                cpu0 = time.thread_time()
             t0 = time.perf_counter()
             resp = client.post(f"/api/task/{token}/edit", json={"base_revision": revision, "tool": tool,
                                                                "params": params})
             if i >= 1:
-                totals.append(time.perf_counter() - t0)
+                walls.append(time.perf_counter() - t0)
             if resp.status_code != 200:
                 raise RuntimeError(f"edit-breakdown: HTTP {resp.status_code}: {resp.get_data(as_text=True)[:200]}")
+            _pace(t0)
             revision = int(resp.headers["X-Revision"])
-        cpu = time.process_time() - cpu0
+        cpu = time.thread_time() - cpu0
     finally:
-        for obj, attr, fn in saved:
-            setattr(obj, attr, fn)
-        engine.dispose()
-    n = len(totals)
-    per_edit = {f"{k}_ms": round(v * 1000 / n, 2) for k, v in timings.items()}
-    return {"median_ms": round(statistics.median(totals) * 1000, 2), "n": n, **per_edit,
-            "other_ms": round(sum(totals) * 1000 / n - sum(per_edit.values()), 2),
-            "cpu_ms": round(cpu * 1000 / n, 2)}
+        clock.restore()
+    app.extensions["cellloop.engine"].dispose()
+    n = len(walls)
+    parts = {f"{k}_ms": round(v * 1000 / n, 3) for k, v in sorted(clock.totals.items())}
+    parts["http_and_flask_ms"] = round(cpu * 1000 / n - sum(parts.values()), 3)
+    return {"in_process_cpu_ms": round(cpu * 1000 / n, 2), "in_process_median_ms": round(statistics.median(walls) * 1000, 2),
+            "cpu_ms_by_component": parts}
 
 
-def edit_breakdown(config, reps: int) -> dict:
-    """Where one crowd edit's server time goes on this stack (PostgreSQL + S3), now and with the previous
-    storage policy (a labels snapshot with every revision of a task up to 1 MP) measured in the same run."""
-    from backend.tasks import revisions as tasks_mod
+def _served_edits(config, base: str, parts: dict, reps: int, seed: int) -> dict:
+    """CPU per edit of each process of the stack, from one client sending edits one after another to the running
+    gunicorn: ``web`` is what the issue's target counts (the workers' whole CPU: HTTP, logging, everything);
+    the S3 server's own CPU is apart (in production the bucket is elsewhere)."""
+    import httpx
 
-    now = _timed_edits(config, reps, seed=99)
-    policy = tasks_mod.SNAPSHOT_ALWAYS_PIXELS
-    tasks_mod.SNAPSHOT_ALWAYS_PIXELS = 1024 * 1024
-    try:
-        before = _timed_edits(config, reps, seed=98)
-    finally:
-        tasks_mod.SNAPSHOT_ALWAYS_PIXELS = policy
-    return {"bench": "load", "case": "edit-breakdown", **now,
-            **{f"baseline_{k}": v for k, v in before.items() if k != "n"},
-            "cpu_ratio": round(before["cpu_ms"] / now["cpu_ms"], 2),
-            "note": "in process (Flask test client) on the same PostgreSQL + S3; times are wall ms per edit, "
-                    "cpu_ms this process's CPU per edit (the S3 server's own CPU is not in it)",
+    (_, token), = make_tasks(config, 1, seed=seed)
+    rng = random.Random(seed)
+    with httpx.Client(base_url=base, timeout=60) as client:
+        revision = client.post(f"/api/task/{token}/open").json()["revision"]
+        walls = []
+        for i in range(reps + 1):
+            tool, params = _stroke(rng, 50)
+            if i == 1:
+                cpu0 = cpu_by_component(parts)
+            t0 = time.perf_counter()
+            resp = client.post(f"/api/task/{token}/edit", json={"base_revision": revision, "tool": tool,
+                                                               "params": params})
+            if i >= 1:
+                walls.append(time.perf_counter() - t0)
+            if resp.status_code != 200:
+                raise RuntimeError(f"edit-breakdown: HTTP {resp.status_code}: {resp.text[:200]}")
+            _pace(t0)
+            revision = int(resp.headers["X-Revision"])
+        cpu1 = cpu_by_component(parts)
+    n = len(walls)
+    per_edit = {k: round((cpu1[k] - cpu0[k]) * 1000 / n, 2) for k in ("web", "s3", "postgres", "redis")}
+    return {"web_cpu_ms": per_edit["web"], "s3_server_cpu_ms": per_edit["s3"],
+            "postgres_cpu_ms": per_edit["postgres"], "redis_cpu_ms": per_edit["redis"],
+            "median_ms": round(statistics.median(walls) * 1000, 2), "n": n}
+
+
+def edit_breakdown(config, base: str, parts: dict, reps: int) -> dict:
+    """Where one crowd edit's CPU goes on this stack: per process (served), and inside the web tier per component
+    (in process, the same code)."""
+    served = _served_edits(config, base, parts, reps, seed=99)
+    inside = _component_edits(config, reps, seed=98)
+    return {"bench": "load", "case": "edit-breakdown", **served, **inside, "task_px": TASK_SIZE,
+            "target_web_cpu_ms": 5.0,
+            "note": "web_cpu_ms: the gunicorn workers' CPU per 270-px edit (one client, edits one after another); "
+                    "s3_server_cpu_ms is moto's own (not the web tier's); cpu_ms_by_component: the same edit run in "
+                    "process, this thread's CPU inside each part",
+            "limits": _limits(config), "patch_in_row_bytes": config.patch_in_row_bytes,
             "loadavg_1m": round(os.getloadavg()[0], 2)}
 
 
@@ -472,13 +570,15 @@ def main() -> None:
     parser.add_argument("--strokes", type=int)
     parser.add_argument("--saturate-annotators", type=int, default=48)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--patch-in-row-bytes", type=int, default=64 * 1024,
+                        help="CELLLOOP_PATCH_IN_ROW_BYTES for the server (0: every patch an object in the bucket)")
     args = parser.parse_args()
     cases = args.case or (["load@10", "saturate"] if args.quick else ["load@10", "load@50", "load@200", "saturate"])
     cases = [c for c in cases if c != "breakdown"]
     strokes = args.strokes or (10 if args.quick else 50)
     tmp = Path(tempfile.mkdtemp(prefix="cellloop-load-"))
     try:
-        with production_stack(tmp, args.workers) as (config, base, parts):
+        with production_stack(tmp, args.workers, args.patch_in_row_bytes) as (config, base, parts):
             for i, case in enumerate(cases):
                 if case == "saturate":
                     line = run_case(config, base, parts, case, args.saturate_annotators, strokes=strokes, pause=(0, 0),
@@ -490,7 +590,7 @@ def main() -> None:
                 else:
                     parser.error(f"unknown case {case!r}")
                 print(json.dumps(line), flush=True)
-            print(json.dumps(edit_breakdown(config, 30 if args.quick else 100)), flush=True)
+            print(json.dumps(edit_breakdown(config, base, parts, 30 if args.quick else 100)), flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -41,7 +41,8 @@ def _as_int32_2d(array, name):
 class Patch:
     """The change one edit made to one label layer."""
 
-    __slots__ = ("layer", "box", "before", "after")
+    # _encoded: to_bytes() once; a patch is stored and sent, and never changes after it is made
+    __slots__ = ("layer", "box", "before", "after", "_encoded")
 
     def __init__(self, layer, box, before, after):
         y0, x0, y1, x1 = (int(v) for v in box)
@@ -58,6 +59,7 @@ class Patch:
         self.box = (y0, x0, y1, x1)
         self.before = before
         self.after = after
+        self._encoded = None
 
     @classmethod
     def empty(cls, layer):
@@ -126,6 +128,11 @@ class Patch:
         return {int(v) for v in ids if v != 0}
 
     def to_bytes(self):
+        if self._encoded is None:
+            self._encoded = self._encode()
+        return self._encoded
+
+    def _encode(self):
         y0, x0, y1, x1 = self.box
         header = _HEADER.pack(_MAGIC, _VERSION, self.layer, y0, x0, y1, x1)
         body = self.before.astype("<i4", copy=False).tobytes() + \

@@ -17,6 +17,7 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -257,6 +258,9 @@ class Revision(Base):
     # (large tasks: see TaskService, SNAPSHOT_EVERY)
     labels_key: Mapped[str | None] = mapped_column(String(1024))
     patch_key: Mapped[str | None] = mapped_column(String(1024))
+    # a small patch may live in its row instead (CELLLOOP_PATCH_IN_ROW_BYTES): the edit then writes no object at
+    # all, only this row; deferred, so listing revisions never reads their patches
+    patch_bytes: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
     author_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     author_ref: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

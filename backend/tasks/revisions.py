@@ -14,10 +14,11 @@ date with those revisions' patches instead of rebuilding from the snapshot.
 from __future__ import annotations
 
 import secrets
+from dataclasses import dataclass
 
 import numpy as np
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import insert, select, update
+from sqlalchemy.orm import Session, undefer
 from sqlalchemy.orm.attributes import set_committed_value
 
 from backend.edits import ASSIST_TOOLS, EditError, LabelIndex, Patch, apply_edit
@@ -27,7 +28,7 @@ from backend.store.models import Batch, Revision, Task, TaskState
 from backend.store.storage import NotFound, Storage
 from backend.tasks import maps as task_maps
 from backend.tasks import states
-from backend.tasks.transitions import (Actor, StaleRevision, conditional_update, now, raise_lost_race, set_columns,
+from backend.tasks.transitions import (Actor, StaleRevision, advance_revision, now, raise_lost_race, set_columns,
                                        transition)
 
 EDIT_ACTIONS = "edit"
@@ -38,6 +39,10 @@ SNAPSHOT_ALWAYS_PIXELS = 0
 SNAPSHOT_EVERY = 16
 # states in which nobody has touched a crop: machine work may still replace its first revision
 UNTOUCHED = (TaskState.new, TaskState.prelabeled)
+
+
+# built once: every edit runs it (see advance_revision)
+_INSERT_REVISION = insert(Revision.__table__).returning(Revision.__table__.c.id)
 
 
 class NothingToUndo(Exception):
@@ -59,11 +64,24 @@ class CorruptHistory(Exception):
     client's, so the API answers 500 and changes nothing."""
 
 
+@dataclass(frozen=True)
+class CachedRevision:
+    """A committed revision as this worker's cache knows it (number and identity), standing in for its row."""
+
+    task_id: int
+    number: int
+    identity: str
+
+
 class RevisionStore:
-    def __init__(self, session: Session, storage: Storage, cache: ArrayCache | None = None):
+    def __init__(self, session: Session, storage: Storage, cache: ArrayCache | None = None, *,
+                 patch_in_row_bytes: int = 0):
         self.db = session
         self.storage = storage
         self.cache = cache
+        # patches up to this size are stored in their revision's row (no storage request per edit)
+        self.patch_in_row_bytes = patch_in_row_bytes
+        self._storage_name = repr(storage)
 
     # --- arrays ----------------------------------------------------------------------------------------
     def _key(self, task: Task, kind: str, number: int | None = None, ext: str = "npy.gz") -> str:
@@ -74,7 +92,7 @@ class RevisionStore:
         return f"{base}/{kind}/{number:06d}-{secrets.token_hex(6)}.{ext}"
 
     def _cache_key(self, key: str) -> tuple:
-        return (repr(self.storage), key)
+        return (self._storage_name, key)
 
     def image(self, task: Task) -> np.ndarray:
         """The task's crop; read-only when it comes from (and goes into) the cache."""
@@ -94,16 +112,28 @@ class RevisionStore:
     def current_revision(self, task: Task) -> Revision:
         return self._revision(task, task.revision)
 
-    def _revision(self, task: Task, number: int) -> Revision:
-        rev = self.db.scalar(select(Revision).where(Revision.task_id == task.id, Revision.number == number))
+    def _revision(self, task: Task, number: int, *, with_patch: bool = False) -> Revision:
+        query = select(Revision).where(Revision.task_id == task.id, Revision.number == number)
+        rev = self.db.scalar(query.options(undefer(Revision.patch_bytes)) if with_patch else query)
         if rev is None:
             raise LookupError(f"task {task.id} has no revision {number}")
         return rev
 
     @staticmethod
-    def _identity(rev: Revision) -> str:
-        # both keys carry a random suffix: unique to this revision, and never rewritten
-        return rev.labels_key or rev.patch_key
+    def _identity(rev: Revision | CachedRevision) -> str:
+        if isinstance(rev, CachedRevision):
+            return rev.identity
+        # both keys carry a random suffix: unique to this revision, and never rewritten; a revision with neither
+        # keeps its patch in its row, which is never rewritten either
+        return rev.labels_key or rev.patch_key or f"row:{rev.task_id}:{rev.number}:{rev.id}"
+
+    @staticmethod
+    def _has_patch(rev: Revision) -> bool:
+        return rev.patch_key is not None or rev.patch_bytes is not None
+
+    def _patch(self, rev: Revision) -> Patch:
+        """A revision's stored patch, from its row or from storage."""
+        return Patch.from_bytes(rev.patch_bytes if rev.patch_bytes is not None else self.storage.get(rev.patch_key))
 
     def _rebuild(self, task: Task, rev: Revision) -> np.ndarray:
         """The labels of ``rev``: its snapshot, or the last snapshot before it plus the patches after that."""
@@ -124,14 +154,15 @@ class RevisionStore:
         labels = validate_labels(decode_array(self.storage.get(snap.labels_key)), shape=task.shape)
         later = self.db.scalars(
             select(Revision).where(Revision.task_id == task.id, Revision.number > snap.number,
-                                   Revision.number <= rev.number).order_by(Revision.number)).all()
+                                   Revision.number <= rev.number).order_by(Revision.number)
+            .options(undefer(Revision.patch_bytes))).all()
         if [r.number for r in later] != list(range(snap.number + 1, rev.number + 1)):
             raise CorruptHistory(f"task {task.id}: revisions missing between {snap.number} and {rev.number}")
         for r in later:
-            if r.patch_key is None:
+            if not self._has_patch(r):
                 raise CorruptHistory(f"task {task.id}: revision {r.number} has neither snapshot nor patch")
             try:
-                Patch.from_bytes(self.storage.get(r.patch_key)).apply(labels, check=True)
+                self._patch(r).apply(labels, check=True)
             except EditError as exc:
                 raise CorruptHistory(f"task {task.id}: revision {r.number} does not replay: {exc}") from exc
         return labels
@@ -166,7 +197,7 @@ class RevisionStore:
             self.cache.put(self._latest_key(rev.task_id), (rev.number, self._identity(rev)))
 
     def _latest_key(self, task_id: int) -> tuple:
-        return (repr(self.storage), "latest cached revision of task", task_id)
+        return (self._storage_name, "latest cached revision of task", task_id)
 
     def _take_cached(self, task: Task, rev: Revision) -> tuple[np.ndarray, LabelIndex | None] | None:
         """This worker's labels of ``rev`` (taken out of the cache), or None. A copy of an earlier revision of
@@ -181,9 +212,9 @@ class RevisionStore:
         number, identity = pointer
         history = self.db.scalars(select(Revision).where(
             Revision.task_id == task.id, Revision.number >= number, Revision.number <= rev.number)
-            .order_by(Revision.number)).all()
+            .order_by(Revision.number).options(undefer(Revision.patch_bytes))).all()
         if ([r.number for r in history] != list(range(number, rev.number + 1))
-                or self._identity(history[0]) != identity or any(r.patch_key is None for r in history[1:])):
+                or self._identity(history[0]) != identity or not all(self._has_patch(r) for r in history[1:])):
             return None
         entry = self.cache.take(self._cache_key(identity))
         if entry is None:
@@ -191,7 +222,7 @@ class RevisionStore:
         labels, index = entry
         try:
             for r in history[1:]:
-                patch = Patch.from_bytes(self.storage.get(r.patch_key))
+                patch = self._patch(r)
                 patch.apply(labels, check=True)
                 if index is not None:
                     index.update(patch, labels)
@@ -199,9 +230,26 @@ class RevisionStore:
             return None  # the copy may be half updated: drop it, the caller rebuilds from storage
         return labels, index
 
-    def _working_labels(self, task: Task) -> tuple[Revision, np.ndarray, LabelIndex | None]:
+    def _take_current(self, task: Task) -> tuple[CachedRevision, tuple] | None:
+        """The current revision's labels from this worker's cache without asking the database which revision that is:
+        when this worker's latest copy of the task is of the revision the task row names. Revision numbers are unique
+        per task and a committed revision other than 0 never changes (0 may be replaced by prelabel), so the pointer,
+        set only from committed rows, names exactly the current revision."""
+        if self.cache is None or task.revision == 0:
+            return None
+        pointer = self.cache.get(self._latest_key(task.id))
+        if pointer is None or pointer[0] != task.revision:
+            return None
+        entry = self.cache.take(self._cache_key(pointer[1]))
+        return None if entry is None else (CachedRevision(task.id, pointer[0], pointer[1]), entry)
+
+    def _working_labels(self, task: Task) -> tuple[Revision | CachedRevision, np.ndarray, LabelIndex | None]:
         """The current revision, and its labels and index owned by this request (taken out of the cache: an
         edit changes them in place, and only a committed revision puts them back)."""
+        cached = self._take_current(task)
+        if cached is not None:
+            rev, (labels, index) = cached
+            return rev, labels, index if index is not None else LabelIndex.build(labels)
         rev = self.current_revision(task)
         if self.cache is not None:
             entry = self._take_cached(task, rev)
@@ -265,21 +313,20 @@ class RevisionStore:
         current labels."""
         base = task.revision
         number = base + 1
-        patch_key = None if patch is None else self._key(task, "patches", number, ext="patch")
+        patch_bytes = None if patch is None else patch.to_bytes()
+        in_row = patch_bytes is not None and len(patch_bytes) <= self.patch_in_row_bytes
+        patch_key = None if patch is None or in_row else self._key(task, "patches", number, ext="patch")
         labels_key = self._key(task, "labels", number) if self._wants_snapshot(task, labels, patch, number) else None
-        if patch is not None:
-            self.storage.put(patch_key, patch.to_bytes())
+        if patch_key is not None:
+            self.storage.put(patch_key, patch_bytes)
         if labels_key is not None:
             self.storage.put(labels_key, encode_array(labels))
         # one conditional update decides the race: the task must still be at the base revision and in a state
         # this actor may edit, so an edit that loses to a submit or another edit changes nothing
+        # (and a prelabel write that landed after this request read its labels bumps the epoch: a patch computed on
+        # the replaced labels would not replay onto the new ones)
         editable = states.editable_states(reviewer=actor.reviewer)
-        where = [Task.revision == base, Task.state.in_(editable)]
-        if epoch is not None:
-            # a prelabel write that landed after this request read its labels bumps the epoch: a patch computed on
-            # the replaced labels would not replay onto the new ones
-            where.append(Task.labels_epoch == epoch)
-        if not conditional_update(self.db, task, where, {"revision": number}):
+        if not advance_revision(self.db, task, base, editable, epoch):
             self.db.rollback()
             for key in (labels_key, patch_key):
                 if key is not None:
@@ -295,11 +342,14 @@ class RevisionStore:
             transition(self.db, task, "assign", actor)
         if actor.user is None and task.opened_at is None:
             set_columns(self.db, task, opened_at=now())  # the first edit starts the clock when the page never said "open"
-        rev = Revision(task_id=task.id, number=number, action=action, params=params, target=target,
-                       labels_key=labels_key, patch_key=patch_key,
-                       author_id=actor.user.id if actor.user else None, author_ref=actor.ref)
-        self.db.add(rev)
+        row = dict(task_id=task.id, number=number, action=action, params=params, target=target,
+                   labels_key=labels_key, patch_key=patch_key, patch_bytes=patch_bytes if in_row else None,
+                   author_id=actor.user.id if actor.user else None, author_ref=actor.ref, created_at=now())
+        # a Core insert: the ORM's unit of work would cost more than the statement; the row object handed back is
+        # built from the same values (never added to the session)
+        rev_id = self.db.connection().execute(_INSERT_REVISION, row).scalar_one()
         self.db.commit()
+        rev = Revision(id=rev_id, **row)
         if self.cache is not None:
             if index is not None:  # only edits and replays (which have a patch) bring an index
                 index.update(patch, labels)
@@ -368,7 +418,9 @@ class RevisionStore:
         undo: list[list[int]] = []
         redo: list[list[int]] = []
         last = None  # (stroke, layer) of the revision just before, when it was an edit of a stroke
-        for rev in self.db.scalars(select(Revision).where(Revision.task_id == task.id).order_by(Revision.number)):
+        # three columns, not whole rows: every undo and every task JSON reads the whole log
+        for rev in self.db.execute(select(Revision.number, Revision.action, Revision.params)
+                                   .where(Revision.task_id == task.id).order_by(Revision.number)):
             if rev.action == "undo":
                 redo.append(undo.pop())
             elif rev.action == "redo":
@@ -401,7 +453,7 @@ class RevisionStore:
         return self._commit_revision(task, actor, labels, None, action="replace", params={})
 
     def _stored_patch(self, task: Task, number: int) -> Patch:
-        return Patch.from_bytes(self.storage.get(self._revision(task, number).patch_key))
+        return self._patch(self._revision(task, number, with_patch=True))
 
     def undo(self, task: Task, actor: Actor, base_revision: int | None) -> tuple[Revision, Patch]:
         return self._replay(task, actor, base_revision, "undo")
@@ -419,11 +471,11 @@ class RevisionStore:
         step = stack[-1]
         target = step[-1]
         epoch = task.labels_epoch  # read before the labels the patch applies to
-        _, labels, index = self._working_labels(task)
+        current, labels, index = self._working_labels(task)
         try:
             patch = self._step_patch(task, step, labels, undo=action == "undo")
         except (EditError, NotFound) as exc:
-            self._keep(self.current_revision(task), labels, index)
+            self._keep(current, labels, index)
             raise CorruptHistory(f"task {task.id}: cannot {action} revision {target}: {exc}") from exc
         try:
             rev = self._commit_patch(task, actor, labels, patch, action=action, params={}, target=target, index=index,

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -53,11 +53,34 @@ def aware(ts: datetime | None) -> datetime | None:
 def conditional_update(db: Session, task: Task, where: list, values: dict) -> bool:
     """Write ``values`` to the task's row only where ``where`` still holds; mirror them on the loaded object (without
     marking it dirty) when it did. Returns whether the row moved."""
-    moved = db.execute(update(Task).where(Task.id == task.id, *where).values(**values)
-                       .execution_options(synchronize_session=False)).rowcount
+    # on the session's connection (same transaction), as a Core statement: the ORM's bulk-update machinery around a
+    # session.execute() costs more than the round trip itself
+    moved = db.connection().execute(update(Task.__table__).where(Task.id == task.id, *where).values(**values)).rowcount
     if moved == 1:
         for name, value in values.items():
             set_committed_value(task, name, value)
+    return moved == 1
+
+
+_TASKS = Task.__table__
+# the edit's own conditional update, built once (an edit runs it every time; building and keying a statement costs
+# about as much as running it): the task moves from ``base`` to ``number`` only while at ``base``, in a state the actor
+# may edit and, in the second form, with the labels epoch the change read
+_ADVANCE = update(_TASKS).where(_TASKS.c.id == bindparam("task_id"), _TASKS.c.revision == bindparam("base"),
+                                _TASKS.c.state.in_(bindparam("editable", expanding=True))) \
+    .values(revision=bindparam("number"))
+_ADVANCE_AT_EPOCH = _ADVANCE.where(_TASKS.c.labels_epoch == bindparam("epoch"))
+
+
+def advance_revision(db: Session, task: Task, base: int, editable, epoch: int | None = None) -> bool:
+    """``conditional_update`` of an edit: move the task from revision ``base`` to the next one while it is still at
+    ``base``, in one of the ``editable`` states and (when given) at labels epoch ``epoch``. Returns whether it moved."""
+    params = {"task_id": task.id, "base": base, "editable": list(editable), "number": base + 1}
+    if epoch is not None:
+        params["epoch"] = epoch
+    moved = db.connection().execute(_ADVANCE if epoch is None else _ADVANCE_AT_EPOCH, params).rowcount
+    if moved == 1:
+        set_committed_value(task, "revision", base + 1)
     return moved == 1
 
 

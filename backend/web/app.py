@@ -18,6 +18,7 @@ from backend.config import Config
 from backend.store.db import make_engine, make_sessionmaker
 from backend.web.log_masking import install_token_masking
 from backend.web.rate_limits import init_rate_limits
+from backend.web.link_limits import init_link_limits
 from backend.web.security_headers import init_security_headers
 from backend.store.storage import storage_from_url
 
@@ -76,5 +77,6 @@ def create_app(config: Config | None = None, **overrides) -> Flask:
         return send_from_directory(FRONTEND_DIR, path)
 
     init_rate_limits(app, config)
+    init_link_limits(app, config)
     init_security_headers(app)
     return app

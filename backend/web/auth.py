@@ -13,6 +13,7 @@ import time
 from functools import wraps
 
 from flask import abort, current_app, g, request, session
+from flask.sessions import SecureCookieSessionInterface
 from flask_login import LoginManager, current_user, login_user
 from sqlalchemy import update
 from werkzeug.security import check_password_hash, generate_password_hash
@@ -75,7 +76,22 @@ def set_password(db_session, user: User, password: str) -> None:
     end_all_sessions(db_session, user)
 
 
+class CookieSessions(SecureCookieSessionInterface):
+    """Flask's signed-cookie sessions, except on crowd task routes: the token in the URL is their only credential and
+    they never read or write a session, so opening and re-signing one there is skipped (a null session, which
+    refuses any write)."""
+
+    def open_session(self, app, request):
+        if request.path.startswith(TOKEN_ROUTE_PREFIXES):
+            return None  # Flask uses its null session
+        return super().open_session(app, request)
+
+
+TOKEN_ROUTE_PREFIXES = ("/task/", "/api/task/")
+
+
 def init_login(app) -> None:
+    app.session_interface = CookieSessions()
     login_manager.init_app(app)
 
     @login_manager.user_loader

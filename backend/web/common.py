@@ -38,7 +38,8 @@ def storage():
 
 
 def service() -> TaskService:
-    return TaskService(db(), storage(), cache=current_app.extensions["cellloop.cache"])
+    return TaskService(db(), storage(), cache=current_app.extensions["cellloop.cache"],
+                       patch_in_row_bytes=current_app.config["CELLLOOP"].patch_in_row_bytes)
 
 
 def close_db(_exc=None) -> None:

@@ -6,7 +6,7 @@ import re
 from flask import Blueprint, abort, current_app, jsonify, request, send_from_directory
 from sqlalchemy.orm import joinedload
 
-from backend.web import common
+from backend.web import common, link_limits
 from backend.web.common import (ARRAY_MIMETYPE, PATCH_MIMETYPE, base_revision, binary, edit_request, json_body,
                                 service)
 from backend.web.auth import read_task_token
@@ -49,11 +49,27 @@ def crowd_summary(task: Task, svc) -> dict:
     return {**task_summary(task, svc), "parent_origin": parent_origin(current_app.config["CELLLOOP"])}
 
 
+# routes that answer with the task JSON (it names the project), and those that store a patch under the project's prefix
+SUMMARY_ENDPOINTS = frozenset({"crowd.info", "crowd.open_task", "crowd.submit"})
+PATCH_ENDPOINTS = frozenset({"crowd.edit", "crowd.undo", "crowd.redo"})
+
+
+def _needs_project() -> bool:
+    """Whether this request loads the task's batch with it (one query instead of two): those that answer with the task
+    JSON, and edits when their patches go to storage (every key names the project). An edit whose patch stays in its
+    row (and the other routes) never touches it: a join the edit does not need costs as much as its tool."""
+    if request.endpoint in SUMMARY_ENDPOINTS:
+        return True
+    return request.endpoint in PATCH_ENDPOINTS and not current_app.config["CELLLOOP"].patch_in_row_bytes
+
+
 def _task_from_token(token: str) -> tuple[Task, Actor]:
     payload = read_task_token(token)
-    # with its batch: every stored key names the project (one query instead of two)
     task_id = payload["t"]
-    task = common.db().get(Task, task_id, options=[joinedload(Task.batch)]) if task_id <= common.MAX_ID else None
+    # every link of a task counts against the task's request rates and CPU budget: a 429 here, before any work
+    link_limits.admit(f"task:{task_id}")
+    options = [joinedload(Task.batch)] if _needs_project() else []
+    task = common.db().get(Task, task_id, options=options) if task_id <= common.MAX_ID else None
     # a revoked link (nonce bumped) looks exactly like a link that never existed
     if task is None or task.token_nonce != payload.get("n"):
         abort(404, description="unknown task link")

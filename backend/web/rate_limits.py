@@ -1,4 +1,5 @@
-"""Rate limits: per crowd link on label changes, per client address and per username on login.
+"""Rate limits (flask-limiter): per reviewer on label changes and on image and labels reads, per client address and
+per username on login. Crowd links have their own, cheaper path with their CPU budget: `backend.web.link_limits`.
 
 Limits live in memory by default (one process); with several workers or hosts they must share one store,
 set by `CELLLOOP_RATELIMIT_STORAGE_URL` (e.g. `redis://host:6379/0`), or each worker would grant the full
@@ -13,19 +14,14 @@ import hashlib
 from flask import Flask, request
 from flask_limiter import Limiter
 
-LINK_WRITE_ENDPOINTS = ("crowd.edit", "crowd.preview", "crowd.undo", "crowd.redo", "crowd.submit", "crowd.open_task")
 REVIEW_WRITE_ENDPOINTS = ("review.edit", "review.preview", "review.undo", "review.redo", "review.upload_labels")
+# reads that inflate or encode whole arrays: a reviewer's page reading them in a loop would hold a worker
+REVIEW_READ_ENDPOINTS = ("review.image", "review.labels")
 
 
 def client_address() -> str:
     # request.remote_addr is the proxy's own address unless CELLLOOP_PROXY_HOPS trusts X-Forwarded-For
     return request.remote_addr or "unknown"
-
-
-def link_key() -> str:
-    # a digest: the store never holds a usable link
-    token = (request.view_args or {}).get("token", "")
-    return "link:" + hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()[:32]
 
 
 def login_username_key() -> str:
@@ -56,9 +52,8 @@ def init_rate_limits(app: Flask, config) -> Limiter:
         enabled=config.ratelimit_enabled,
         key_prefix=config.ratelimit_key_prefix,
     )
-    rules = {endpoint: [(config.ratelimit_link_writes, link_key, None)] for endpoint in LINK_WRITE_ENDPOINTS}
-    rules.update({endpoint: [(config.ratelimit_link_writes, reviewer_key, None)]
-                  for endpoint in REVIEW_WRITE_ENDPOINTS})
+    rules = {endpoint: [(config.ratelimit_link_writes, reviewer_key, None)] for endpoint in REVIEW_WRITE_ENDPOINTS}
+    rules.update({endpoint: [(config.ratelimit_link_reads, reviewer_key, None)] for endpoint in REVIEW_READ_ENDPOINTS})
     rules["session.login"] = [(config.ratelimit_login_ip, client_address, _failed),
                               (config.ratelimit_login_user, login_username_key, _failed)]
     # a stolen session must not become a way to guess the current password either
@@ -69,6 +64,11 @@ def init_rate_limits(app: Flask, config) -> Limiter:
             view = limiter.limit(limit, key_func=key, deduct_when=deduct,
                                  scope=f"{endpoint}:{key.__name__}")(view)
         app.view_functions[endpoint] = view
+    # every limit here is on its route and checked by the route's own wrapper: with no app-wide limits the
+    # limiter's app-wide check before each request finds nothing, yet costs every request (a crowd edit included)
+    # about as much as a SQL statement
+    if limiter._check_request_limit in app.before_request_funcs.get(None, []):
+        app.before_request_funcs[None].remove(limiter._check_request_limit)
     # the wrapped views only hold a weak reference to their limiter: the app keeps it alive
     app.extensions["cellloop.limiter"] = limiter
     return limiter
