@@ -216,6 +216,8 @@ class Task(Base):
     maps_model: Mapped[str | None] = mapped_column(String(200))
     # "crop": a crop for the crowd; "qc": the expert's whole-image QC of a stitched image (see ImageQC)
     kind: Mapped[str] = mapped_column(String(16), default="crop", server_default="crop")
+    # big tasks are also stored in chunks of this many px a side (backend.tasks.chunked); None: read whole
+    chunk_size: Mapped[int | None] = mapped_column(Integer)
 
     batch: Mapped[Batch] = relationship(back_populates="tasks")
     source_image: Mapped[Image | None] = relationship()

@@ -23,8 +23,10 @@ from sqlalchemy.orm.attributes import set_committed_value
 from backend.edits import ASSIST_TOOLS, EditError, LabelIndex, Patch, apply_edit
 from backend.store.arrays import decode_array, encode_array, validate_labels
 from backend.store.cache import ArrayCache
+from backend.store.chunks import CHUNK, ChunkGrid
 from backend.store.models import Batch, Revision, Task, TaskState
 from backend.store.storage import NotFound, Storage
+from backend.tasks import chunked
 from backend.tasks import maps as task_maps
 from backend.tasks import states
 from backend.tasks.transitions import (Actor, StaleRevision, conditional_update, now, raise_lost_race, set_columns,
@@ -52,6 +54,10 @@ class LabelsReplaced(StaleRevision):
         super().__init__(base, current)
         self.args = (f"the task's labels were replaced (prelabel) after this change read them: reload the task "
                      f"(revision {current})",)
+
+
+class NotChunked(LookupError):
+    """The task is small (or older than chunked storage): its arrays are read whole, not by chunk."""
 
 
 class CorruptHistory(Exception):
@@ -91,6 +97,115 @@ class RevisionStore:
     def image_bytes(self, task: Task) -> bytes:
         return self.storage.get(task.image_key)
 
+    # --- chunks (big tasks) -----------------------------------------------------------------------------------
+    def chunk_grid(self, task: Task) -> ChunkGrid:
+        if task.chunk_size is None:
+            raise NotChunked(f"task {task.id} is not served in chunks: read /image and /labels")
+        return ChunkGrid(task.shape, task.chunk_size)
+
+    def image_chunk_bytes(self, task: Task, level: int, row: int, col: int) -> bytes:
+        """One stored image chunk (gzip .npy, (h, w, C)) as it is: the image never changes."""
+        self.chunk_grid(task).check(level, row, col)
+        return self.storage.get(chunked.image_chunk_key(task.image_key, level, row, col))
+
+    def labels_chunk_bytes(self, task: Task, level: int, row: int, col: int, revision: int | None = None) -> bytes:
+        """One chunk of the current labels (gzip .npy, (h, w, 2) int32). ``revision``: the revision the caller
+        is assembling; any other current revision is a StaleRevision (409), so an editor never stitches chunks
+        of two revisions together."""
+        grid = self.chunk_grid(task)
+        grid.check(level, row, col)
+        if revision is not None and revision != task.revision:
+            raise StaleRevision(revision, task.revision)
+        rev = self.current_revision(task)
+        if chunked.is_manifest(rev.labels_key):
+            key = self._manifest(task, rev.labels_key).key(level, row, col)
+            try:
+                return self.storage.get(key)
+            except NotFound as exc:
+                raise CorruptHistory(f"task {task.id}: labels chunk {key} of revision {rev.number} is gone") from exc
+        if self.cache is not None:
+            entry = self.cache.get(self._cache_key(self._identity(rev)))
+            if entry is not None:
+                return encode_array(grid.cut(entry[0], level, row, col))
+        # the last snapshot's chunk and the patches after it: a few small reads, never the whole labels
+        snap, later = self._history_since_snapshot(task, rev)
+        if not chunked.is_manifest(snap.labels_key):
+            return encode_array(grid.cut(self.labels(task), level, row, col))
+        try:
+            patches = [Patch.from_bytes(self._patch_bytes(r.patch_key)) for r in later]
+            chunk = chunked.chunk_at_revision(self.storage, self._manifest(task, snap.labels_key), level, row, col,
+                                              patches)
+        except (NotFound, EditError, ValueError) as exc:
+            raise CorruptHistory(f"task {task.id}: chunk ({level}, {row}, {col}) of revision {rev.number} "
+                                 f"cannot be read: {exc}") from exc
+        return encode_array(chunk)
+
+    def _manifest(self, task: Task, key: str) -> chunked.Manifest:
+        # manifests are immutable (fresh keys): cached as their bytes, so the cache can count them (a key of their
+        # own: a revision's identity key already names its labels)
+        ck = (repr(self.storage), "manifest", key)
+        data = self.cache.get(ck) if self.cache is not None else None
+        if data is None:
+            try:
+                data = np.frombuffer(self.storage.get(key), np.uint8)
+            except NotFound as exc:
+                raise CorruptHistory(f"task {task.id}: labels manifest {key} is gone") from exc
+            if self.cache is not None:
+                self.cache.put(ck, data)
+        try:
+            return chunked.Manifest.from_bytes(data.tobytes(), task.shape)
+        except ValueError as exc:
+            raise CorruptHistory(f"task {task.id}: {exc}") from exc
+
+    def _patch_bytes(self, key: str) -> bytes:
+        ck = (repr(self.storage), "patch bytes", key)
+        data = self.cache.get(ck) if self.cache is not None else None
+        if data is None:
+            data = np.frombuffer(self.storage.get(key), np.uint8)
+            if self.cache is not None:
+                self.cache.put(ck, data)
+        return data.tobytes()
+
+    def _history_since_snapshot(self, task: Task, rev: Revision) -> tuple[Revision, list[Revision]]:
+        """The last snapshot at or before ``rev`` and the revisions after it up to ``rev``, each with its patch."""
+        if rev.labels_key is not None:
+            return rev, []
+        snap = self.db.scalar(
+            select(Revision).where(Revision.task_id == task.id, Revision.number < rev.number,
+                                   Revision.labels_key.is_not(None)).order_by(Revision.number.desc()).limit(1))
+        if snap is None:
+            raise CorruptHistory(f"task {task.id}: no labels snapshot before revision {rev.number}")
+        later = self.db.scalars(
+            select(Revision).where(Revision.task_id == task.id, Revision.number > snap.number,
+                                   Revision.number <= rev.number).order_by(Revision.number)).all()
+        if [r.number for r in later] != list(range(snap.number + 1, rev.number + 1)):
+            raise CorruptHistory(f"task {task.id}: revisions missing between {snap.number} and {rev.number}")
+        for r in later:
+            if r.patch_key is None:
+                raise CorruptHistory(f"task {task.id}: revision {r.number} has neither snapshot nor patch")
+        return snap, later
+
+    def _read_snapshot(self, task: Task, key: str) -> np.ndarray:
+        if chunked.is_manifest(key):
+            return chunked.read_labels(self.storage, self._manifest(task, key))
+        return validate_labels(decode_array(self.storage.get(key)), shape=task.shape)
+
+    def _write_snapshot(self, task: Task, key: str, labels: np.ndarray, dirty_since: Revision | None = None,
+                        dirty: set | None = None) -> list[str]:
+        """Store a labels snapshot under ``key``; returns the keys written. A chunked task's snapshot rewrites only
+        the ``dirty`` level-0 chunks of the snapshot ``dirty_since`` (all of them without one)."""
+        if task.chunk_size is None:
+            self.storage.put(key, encode_array(labels))
+            return [key]
+        previous = None
+        if dirty_since is not None and chunked.is_manifest(dirty_since.labels_key):
+            previous = self._manifest(task, dirty_since.labels_key)
+        return chunked.write_labels_snapshot(self.storage, key, labels, task.chunk_size, previous,
+                                             dirty if previous is not None else None)
+
+    def _labels_snapshot_key(self, task: Task, number: int) -> str:
+        return self._key(task, "labels", number, ext="chunks.json" if task.chunk_size is not None else "npy.gz")
+
     def current_revision(self, task: Task) -> Revision:
         return self._revision(task, task.revision)
 
@@ -114,22 +229,9 @@ class RevisionStore:
                 f"task {task.id}: a stored object of revision {rev.number}'s history is gone: {exc}") from exc
 
     def _replay_from_snapshot(self, task: Task, rev: Revision) -> np.ndarray:
-        if rev.labels_key is not None:
-            return validate_labels(decode_array(self.storage.get(rev.labels_key)), shape=task.shape)
-        snap = self.db.scalar(
-            select(Revision).where(Revision.task_id == task.id, Revision.number < rev.number,
-                                   Revision.labels_key.is_not(None)).order_by(Revision.number.desc()).limit(1))
-        if snap is None:
-            raise CorruptHistory(f"task {task.id}: no labels snapshot before revision {rev.number}")
-        labels = validate_labels(decode_array(self.storage.get(snap.labels_key)), shape=task.shape)
-        later = self.db.scalars(
-            select(Revision).where(Revision.task_id == task.id, Revision.number > snap.number,
-                                   Revision.number <= rev.number).order_by(Revision.number)).all()
-        if [r.number for r in later] != list(range(snap.number + 1, rev.number + 1)):
-            raise CorruptHistory(f"task {task.id}: revisions missing between {snap.number} and {rev.number}")
+        snap, later = self._history_since_snapshot(task, rev)
+        labels = self._read_snapshot(task, snap.labels_key)
         for r in later:
-            if r.patch_key is None:
-                raise CorruptHistory(f"task {task.id}: revision {r.number} has neither snapshot nor patch")
             try:
                 Patch.from_bytes(self.storage.get(r.patch_key)).apply(labels, check=True)
             except EditError as exc:
@@ -151,7 +253,7 @@ class RevisionStore:
 
     def labels_bytes(self, task: Task) -> bytes:
         rev = self.current_revision(task)
-        if rev.labels_key is not None:
+        if rev.labels_key is not None and not chunked.is_manifest(rev.labels_key):
             return self.storage.get(rev.labels_key)
         return encode_array(self.labels(task))
 
@@ -225,13 +327,18 @@ class RevisionStore:
             labels = np.zeros((y1 - y0, x1 - x0, 2), np.int32)
         labels = validate_labels(labels, shape=image.shape[:2])
         state = TaskState.prelabeled if labels.any() else TaskState.new
-        task = Task(batch=batch, y0=y0, x0=x0, y1=y1, x1=x1, state=state, image_key="", revision=0)
+        # a big task is also stored in chunks, so the editor opens it piece by piece and edits rewrite pieces
+        chunk_size = CHUNK if max(y1 - y0, x1 - x0) > chunked.CHUNKED_ABOVE else None
+        task = Task(batch=batch, y0=y0, x0=x0, y1=y1, x1=x1, state=state, image_key="", revision=0,
+                    chunk_size=chunk_size)
         self.db.add(task)
         self.db.flush()
         task.image_key = self._key(task, "image", 0)
         self.storage.put(task.image_key, encode_array(image))
-        labels_key = self._key(task, "labels", 0)
-        self.storage.put(labels_key, encode_array(labels))
+        if chunk_size is not None:
+            chunked.write_image_chunks(self.storage, task.image_key, image, ChunkGrid(image.shape, chunk_size))
+        labels_key = self._labels_snapshot_key(task, 0)
+        self._write_snapshot(task, labels_key, labels)
         self.db.add(Revision(task=task, number=0, action=action, labels_key=labels_key,
                              author_id=actor.user.id if actor.user else None, author_ref=actor.ref))
         return task
@@ -262,11 +369,14 @@ class RevisionStore:
         base = task.revision
         number = base + 1
         patch_key = None if patch is None else self._key(task, "patches", number, ext="patch")
-        labels_key = self._key(task, "labels", number) if self._wants_snapshot(task, labels, patch, number) else None
+        labels_key = (self._labels_snapshot_key(task, number) if self._wants_snapshot(task, labels, patch, number)
+                      else None)
+        written = []
         if patch is not None:
             self.storage.put(patch_key, patch.to_bytes())
+            written.append(patch_key)
         if labels_key is not None:
-            self.storage.put(labels_key, encode_array(labels))
+            written += self._write_snapshot(task, labels_key, labels, *self._dirty_since_snapshot(task, patch))
         # one conditional update decides the race: the task must still be at the base revision and in a state
         # this actor may edit, so an edit that loses to a submit or another edit changes nothing
         editable = states.editable_states(reviewer=actor.reviewer)
@@ -277,9 +387,8 @@ class RevisionStore:
             where.append(Task.labels_epoch == epoch)
         if not conditional_update(self.db, task, where, {"revision": number}):
             self.db.rollback()
-            for key in (labels_key, patch_key):
-                if key is not None:
-                    self.storage.delete(key)
+            for key in written:
+                self.storage.delete(key)
             if epoch is not None:
                 now_epoch, revision = self.db.execute(
                     select(Task.labels_epoch, Task.revision).where(Task.id == task.id)).one()
@@ -302,6 +411,21 @@ class RevisionStore:
             self._keep(rev, labels, index)
         return rev
 
+    def _dirty_since_snapshot(self, task: Task, patch: Patch | None) -> tuple[Revision | None, set | None]:
+        """For a chunked task's next snapshot: the last snapshot and the level-0 chunks changed since it (the
+        boxes of the patches after it, and of ``patch``); (None, None) when every chunk must be written."""
+        if task.chunk_size is None or patch is None:
+            return None, None
+        try:
+            snap, later = self._history_since_snapshot(task, self.current_revision(task))
+            grid = self.chunk_grid(task)
+            dirty = grid.touching(patch.box)
+            for r in later:
+                dirty |= grid.touching(Patch.from_bytes(self._patch_bytes(r.patch_key)).box)
+        except (CorruptHistory, NotFound, EditError):
+            return None, None  # write every chunk: a complete snapshot needs no history
+        return snap, dirty
+
     def _commit_patch(self, task: Task, actor: Actor, labels: np.ndarray, patch: Patch, *,
                       action: str, params: dict, target: int | None = None,
                       index: LabelIndex | None = None, epoch: int | None = None) -> Revision:
@@ -316,7 +440,8 @@ class RevisionStore:
         epoch = task.labels_epoch  # read before the labels the patch is computed on
         current, labels, index = self._working_labels(task)
         try:
-            patch = apply_edit(labels, self.image(task), tool, params, index=index, maps=self._maps_for(task, tool))
+            patch = apply_edit(labels, self._image_for(task, params), tool, params, index=index,
+                               maps=self._maps_for(task, tool))
         except Exception:
             self._keep(current, labels, index)  # apply_edit leaves the labels untouched
             raise
@@ -327,6 +452,10 @@ class RevisionStore:
         rev = self._commit_patch(task, actor, labels, patch, action=EDIT_ACTIONS, params={"tool": tool, **params},
                                  index=index, epoch=epoch)
         return rev, patch
+
+    def _image_for(self, task: Task, params: dict) -> np.ndarray | None:
+        # only the tools given a channel read the image: a stroke on a big task never decodes its channels
+        return self.image(task) if params.get("channel") is not None else None
 
     def maps(self, task: Task) -> np.ndarray | None:
         """The crop's model maps (read-only), or None when it has none (the assist tools are then off)."""
@@ -348,7 +477,8 @@ class RevisionStore:
         self._check_editable(task, actor)
         current, labels, index = self._working_labels(task)
         try:
-            return apply_edit(labels, self.image(task), tool, params, index=index, maps=self._maps_for(task, tool))
+            return apply_edit(labels, self._image_for(task, params), tool, params, index=index,
+                              maps=self._maps_for(task, tool))
         finally:
             self._keep(current, labels, index)  # apply_edit leaves the labels untouched
 
@@ -455,8 +585,8 @@ class RevisionStore:
         the crop when the write lands: one conditional update on the task row decides, like every transition.
         Returns False (and stores nothing) when a person got there first."""
         labels = validate_labels(labels, shape=task.shape)
-        key = self._key(task, "labels", 0)
-        self.storage.put(key, encode_array(labels))
+        key = self._labels_snapshot_key(task, 0)
+        written = self._write_snapshot(task, key, labels)
         state = TaskState.prelabeled if labels.any() else TaskState.new
         first = self._revision(task, 0)
         old_key = first.labels_key
@@ -469,7 +599,8 @@ class RevisionStore:
         ).rowcount
         if moved != 1:
             self.db.rollback()
-            self.storage.delete(key)
+            for k in written:
+                self.storage.delete(k)
             return False
         set_committed_value(task, "state", state)
         set_committed_value(task, "labels_epoch",
@@ -479,5 +610,8 @@ class RevisionStore:
         first.params = {"prelabel": label}
         self.db.commit()
         if old_key is not None and old_key != key:
-            self.storage.delete(old_key)
+            # revision 0 is the only revision: nothing else names the old snapshot's chunks
+            old = self._manifest(task, old_key).all_keys() if chunked.is_manifest(old_key) else []
+            for k in old + [old_key]:
+                self.storage.delete(k)
         return True
