@@ -97,6 +97,22 @@ export class Client {
     return { ...(await parseNpy(await arrayBytes(resp))), revision: Number(resp.headers.get('X-Revision')) };
   }
 
+  // one chunk of a big task (info.chunks): level k holds every 2**k-th row and column
+  async imageChunk(level, row, col) { return parseNpy(await arrayBytes(await this.request(`/image/${level}/${row}/${col}`))); }
+  // revision: the revision being assembled; the server answers 409 (with the current one) if the task moved on
+  async labelsChunk(level, row, col, revision) {
+    const path = `/labels/${level}/${row}/${col}`;
+    const sep = this.query ? '&' : '?';
+    const resp = await fetch(this.base + path + this.query + (revision === undefined ? '' : `${sep}revision=${revision}`),
+      { headers: this.csrf ? { 'X-CSRF-Token': this.csrf } : {}, referrerPolicy: 'no-referrer' });
+    if (!resp.ok) {
+      let payload = {};
+      try { payload = await resp.json(); } catch (e) { /* not JSON */ }
+      throw new ApiError(resp.status, payload);
+    }
+    return { ...(await parseNpy(await arrayBytes(resp))), revision: Number(resp.headers.get('X-Revision')) };
+  }
+
   async change(action, body) {
     const resp = await this.request('/' + action, { method: 'POST', body });
     const buffer = await resp.arrayBuffer();

@@ -3,6 +3,7 @@
 // previews them at once and sends them through the edit queue; the server's patches are the truth.
 import { Canvas2DRenderer } from './canvas2d.js';
 import { Channels, splitChannels } from './channels.js';
+import { chunkBox, chunksIn, eachLimited, levelFor, scatterChannels } from './chunks.js';
 import { actionFor, typing } from './keymap.js';
 import { Labels, unionBox } from './labels.js';
 import { buildPanels, el } from './panels.js';
@@ -52,6 +53,11 @@ export class Editor {
   // --- loading -------------------------------------------------------------------------------------------
   // arrays: the [image, labels] fetch, when the page started it early (it needs nothing from the task JSON)
   async load(arrays = null) {
+    if (this.info.chunks) {
+      await this.loadChunked();
+      return;
+    }
+    this.complete = true;
     const t = [performance.now()];
     const [image, labels] = await (arrays || Promise.all([this.client.image(), this.client.labels()]));
     t.push(performance.now());
@@ -82,6 +88,142 @@ export class Editor {
     this.timings.open = { prepareMs: t[2] - t[1], uploadMs: t[3] - t[2], drawMs: t[4] - t[3] };
   }
 
+  // --- a big task: the coarse level in view first, then level 0, nearest the middle of the view first -----------
+  async loadChunked() {
+    const t = [performance.now()];
+    const layout = this.info.chunks;
+    const [h, w] = this.info.shape;
+    this.complete = false;
+    this.view = new Viewport(w, h);
+    this.labels = Labels.blank(h, w, this.info.revision);
+    this.brushLabel = 1;
+    this.build();
+    this.resize();
+    this.view.fit();
+    const level = levelFor(layout, this.view.scale);
+    const coarse = await this.fetchLevel(layout, level, this.view.visible());
+    t.push(performance.now());
+    this.channels = new Channels(this.info.channels, coarse.planes, this.info.project, this.info.roles || {});
+    this.channels.mount(this.channelList);
+    this.channels.onChange(() => { this.requestDraw(); this.showChannelState(); });
+    this.showChannelState();
+    const Type = coarse.planes[0].constructor;
+    this.planes = coarse.planes.map(() => new Type(h * w));
+    this.renderer.allocate(w, h, this.planes.length, Type);
+    this.renderer.uploadImage(this.planes, [0, 0, 0, 0]);
+    this.renderer.setLabels(this.labels, { upload: false });
+    this.renderer.expectChunks(layout.size);
+    if (this.renderer.setCoarse) this.renderer.setCoarse(coarse.planes, coarse.labels, coarse.width, coarse.height, level);
+    t.push(performance.now());
+    this.showTool();
+    this.showQueue();
+    this.drawNow();
+    this.renderer.finish();
+    t.push(performance.now());
+    performance.mark('cellloop-first-view');
+    document.body.dataset.firstView = 'true';
+    // what opening spends before the first view (bench/editor.py): the coarse chunks fetched and decoded, ranges
+    // and textures, the first frame
+    this.timings.open = { level, coarseChunks: coarse.count, arraysMs: t[1] - t[0], prepareMs: t[2] - t[1], drawMs: t[3] - t[2] };
+    this.say('Loading full resolution…');
+    await this.fetchFullResolution(layout);
+    this.renderer.dropCoarse && this.renderer.dropCoarse();
+    this.brushLabel = this.labels.nextId();
+    this.complete = true;
+    this.timings.open.completeMs = performance.now() - t[0];
+    this.say('');
+    this.showCells();
+    this.showTool();
+    this.showQueue();
+    this.requestDraw();
+  }
+
+  // the chunks of `level` over an image rectangle, assembled into that level's planes and interleaved labels
+  async fetchLevel(layout, level, rect) {
+    const [lh, lw] = layout.levels[level];
+    const s = layout.size;
+    const labels = new Int32Array(lh * lw * 2);
+    let planes = null;
+    const wanted = chunksIn(layout, level, rect);
+    await eachLimited(wanted.flatMap((c) => [['image', c], ['labels', c]]), 6, async ([kind, [i, j]]) => {
+      if (kind === 'image') {
+        const chunk = await this.client.imageChunk(level, i, j);
+        const d = chunk.data;
+        const Type = d instanceof Uint16Array || d instanceof Uint8Array ? d.constructor : Float32Array;
+        if (!planes) planes = Array.from({ length: chunk.shape[2] }, () => new Type(lh * lw));
+        scatterChannels(chunk, planes, lw, i * s, j * s);
+      } else {
+        // display only (the labels edited are level 0's): any revision will do
+        const chunk = await this.client.labelsChunk(level, i, j);
+        const rowLen = chunk.shape[1] * 2;
+        for (let y = 0; y < chunk.shape[0]; y++) {
+          labels.set(chunk.data.subarray(y * rowLen, (y + 1) * rowLen), ((i * s + y) * lw + j * s) * 2);
+        }
+      }
+    });
+    return { planes, labels, width: lw, height: lh, count: wanted.length };
+  }
+
+  // every level-0 chunk, those in view first; the labels all of one revision (the first chunk's)
+  async fetchFullResolution(layout) {
+    const [h, w] = this.info.shape;
+    const first = chunksIn(layout, 0, this.view.visible());
+    const seen = new Set(first.map(([i, j]) => `${i},${j}`));
+    const order = first.concat(chunksIn(layout, 0, [0, 0, h, w]).filter(([i, j]) => !seen.has(`${i},${j}`)));
+    let pinned;
+    let stale = false;
+    const one = async (c) => {
+      const box = chunkBox(layout, c);
+      const [image, labels] = await Promise.all([this.client.imageChunk(0, ...c),
+        this.client.labelsChunk(0, ...c, pinned).catch((err) => {
+          if (err.status === 409) { stale = true; return null; }
+          throw err;
+        })]);
+      scatterChannels(image, this.planes, w, box[0], box[1]);
+      this.renderer.uploadImage(this.planes, box);
+      if (labels) {
+        if (pinned === undefined) pinned = labels.revision;
+        this.labels.fillChunk(box, labels.data);
+        this.renderer.loadLabels(box);
+      }
+      this.renderer.markLoaded(c);
+      this.requestDraw();
+    };
+    await one(order[0]);
+    await eachLimited(order.slice(1), 4, one);
+    this.labels.revision = pinned;
+    // someone changed the task while it loaded: labels again, all at its new revision
+    if (stale) await this.reloadChunkedLabels();
+  }
+
+  async fetchChunkedLabels() {
+    const layout = this.info.chunks;
+    const [h, w] = this.info.shape;
+    for (let attempt = 0; ; attempt++) {
+      const labels = Labels.blank(h, w, 0);
+      let pinned;
+      const one = async (c) => {
+        const chunk = await this.client.labelsChunk(0, ...c, pinned);
+        if (pinned === undefined) pinned = chunk.revision;
+        labels.fillChunk(chunkBox(layout, c), chunk.data);
+      };
+      const order = chunksIn(layout, 0, [0, 0, h, w]);
+      try {
+        await one(order[0]);
+        await eachLimited(order.slice(1), 4, one);
+        labels.revision = pinned;
+        return labels;
+      } catch (err) {
+        if (err.status !== 409 || attempt >= 2) throw err;
+      }
+    }
+  }
+
+  async reloadChunkedLabels() {
+    this.labels = await this.fetchChunkedLabels();
+    this.renderer.setLabels(this.labels);
+  }
+
   makeRenderer(canvas) {
     if (this.rendererChoice !== 'canvas2d') {
       try {
@@ -108,7 +250,7 @@ export class Editor {
     document.addEventListener('keyup', this.keyUpHandler);
     this.resizeObserver = new ResizeObserver(() => { this.resize(); this.requestDraw(); });
     this.resizeObserver.observe(this.stage);
-    this.showChannelState();
+    if (this.channels) this.showChannelState();
   }
 
   // the reviewer page opens task after task in one page: let go of listeners and GPU memory
@@ -183,6 +325,7 @@ export class Editor {
   }
 
   drawNow() {
+    if (!this.channels) return; // a big task's first chunks are still on their way
     this.renderer.draw(this.view, { ...this.display, channels: this.channels.shown(), invert: this.channels.invert });
     this.timings.frames++;
     this.drawOverlay();
@@ -262,6 +405,7 @@ export class Editor {
       return;
     }
     if (ev.button !== 0) return;
+    if (!this.complete && this.tool !== 'select') { this.say('Still loading the full-resolution labels: edits open in a moment.'); return; }
     const p = this.pointerPixel();
     const input = BY_NAME[this.tool].input;
     if (this.readOnly && this.tool !== 'select') { this.say('This task is read-only.'); return; }
@@ -558,6 +702,7 @@ export class Editor {
   // --- edits ---------------------------------------------------------------------------------------------
   edit(tool, params) {
     if (this.readOnly) { this.say('This task is read-only.'); return; }
+    if (!this.complete) { this.say('Still loading the full-resolution labels: edits open in a moment.'); return; }
     this.queue.push({ action: 'edit', tool, params });
   }
 
@@ -612,9 +757,13 @@ export class Editor {
 
   async reload() {
     this.closeBoxPreview(); // a preview of labels that are no longer the task's
-    const labels = await this.client.labels();
-    this.labels.replace(labels.data, labels.revision);
-    this.renderer.setLabels(this.labels);
+    if (this.info.chunks) {
+      await this.reloadChunkedLabels();
+    } else {
+      const labels = await this.client.labels();
+      this.labels.replace(labels.data, labels.revision);
+      this.renderer.setLabels(this.labels);
+    }
     this.showCells();
     this.showQueue();
     this.requestDraw();
@@ -707,8 +856,8 @@ Editor.prototype.actions = {
     this.selectCell(0, false);
     this.say('');
   },
-  undo() { if (!this.readOnly) this.queue.push({ action: 'undo' }); },
-  redo() { if (!this.readOnly) this.queue.push({ action: 'redo' }); },
+  undo() { if (!this.readOnly && this.complete) this.queue.push({ action: 'undo' }); },
+  redo() { if (!this.readOnly && this.complete) this.queue.push({ action: 'redo' }); },
   toggleGray() { this.channels.gray = !this.channels.gray; this.channels.changed(); },
   nextChannel() { this.channels.step(1); },
   previousChannel() { this.channels.step(-1); },

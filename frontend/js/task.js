@@ -53,10 +53,12 @@ confirmBox.addEventListener('close', async () => {
 });
 
 async function main() {
-  // the arrays are the big part of opening a task: fetch them while the task JSON comes
-  const arrays = Promise.all([client.image(), client.labels()]);
+  // the arrays are the big part of opening a task: a small task's come whole, as soon as the task JSON says it is
+  // small; a big one's (info.chunks) come in chunks, the view's first (editor.loadChunked)
+  const infoReply = client.info();
+  const arrays = infoReply.then((i) => (i.chunks ? null : Promise.all([client.image(), client.labels()])));
   arrays.then(() => performance.mark('cellloop-arrays'), () => null); // a bad link fails info() below
-  info = await client.info();
+  info = await infoReply;
   // POST open assigns the task and starts its clock; it answers the task JSON with the parent origin
   const opened = await client.open();
   if (opened && opened.state) info = { ...info, ...opened };
