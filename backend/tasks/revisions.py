@@ -117,24 +117,21 @@ class RevisionStore:
         if revision is not None and revision != task.revision:
             raise StaleRevision(revision, task.revision)
         rev = self.current_revision(task)
-        if chunked.is_manifest(rev.labels_key):
-            key = self._manifest(task, rev.labels_key).key(level, row, col)
-            try:
-                return self.storage.get(key)
-            except NotFound as exc:
-                raise CorruptHistory(f"task {task.id}: labels chunk {key} of revision {rev.number} is gone") from exc
-        if self.cache is not None:
-            entry = self.cache.get(self._cache_key(self._identity(rev)))
-            if entry is not None:
-                return encode_array(grid.cut(entry[0], level, row, col))
-        # the last snapshot's chunk and the patches after it: a few small reads, never the whole labels
         snap, later = self._history_since_snapshot(task, rev)
         if not chunked.is_manifest(snap.labels_key):
             return encode_array(grid.cut(self.labels(task), level, row, col))
         try:
+            manifest = self._manifest(task, snap.labels_key)
             patches = [Patch.from_bytes(self._patch_bytes(r.patch_key)) for r in later]
-            chunk = chunked.chunk_at_revision(self.storage, self._manifest(task, snap.labels_key), level, row, col,
-                                              patches)
+            if not any((row, col) in grid.at_level(grid.touching(p.box), level) for p in patches):
+                # untouched since the snapshot: its stored chunk, as it is (no decoding, no encoding)
+                return self.storage.get(manifest.key(level, row, col))
+            if self.cache is not None:
+                entry = self.cache.get(self._cache_key(self._identity(rev)))
+                if entry is not None:
+                    return encode_array(grid.cut(entry[0], level, row, col))
+            # the snapshot's chunk and the patches after it: a few small reads, never the whole labels
+            chunk = chunked.chunk_at_revision(self.storage, manifest, level, row, col, patches)
         except (NotFound, EditError, ValueError) as exc:
             raise CorruptHistory(f"task {task.id}: chunk ({level}, {row}, {col}) of revision {rev.number} "
                                  f"cannot be read: {exc}") from exc

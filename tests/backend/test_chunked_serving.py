@@ -193,3 +193,9 @@ def test_an_edit_reads_and_writes_only_the_chunks_it_touches(big, monkeypatch):
     chunk_reads = [k for k in counting.reads if k.endswith(".npy.gz")]
     assert len(chunk_reads) == 1 and "/0/2-2-" in chunk_reads[0]
     assert np.array_equal(got, big.big["labels"][1024:, 1024:])
+    # the chunk revision 5 painted: revision 4's stored chunk with revision 5's patch on it, still one chunk read
+    counting.reset()
+    got, _ = _chunk(client, f"/api/task/{token}/labels/0/0/0")
+    chunk_reads = [k for k in counting.reads if k.endswith(".npy.gz")]
+    assert len(chunk_reads) == 1 and "/0/0-0-" in chunk_reads[0] and "/000004-" in chunk_reads[0]
+    assert (got[..., 0] == 9005).any() and (got[..., 0] == 9001).any()
