@@ -134,6 +134,14 @@ def test_bad_chunk_addresses_and_tokens_get_a_clear_4xx(big):
     got, _ = _chunk(client, f"/api/review/tasks/{tid}/image/2/0/0")
     assert np.array_equal(got, big.big["image"][::4, ::4])
     assert client.get(f"/api/review/tasks/{tid}/labels/1/2/0").status_code == 404
+    # a revoked link reads no chunk either
+    from backend.store.models import Task
+    with big.session() as session:
+        session.get(Task, tid).token_nonce += 1
+        session.commit()
+    for url in (f"/api/task/{token}/image/0/0/0", f"/api/task/{token}/labels/0/0/0"):
+        resp = client.get(url)
+        assert resp.status_code == 404 and resp.get_json()["error"] == "unknown task link"
 
 
 def test_labels_chunks_follow_every_edit_on_warm_and_cold_workers(big, monkeypatch):
