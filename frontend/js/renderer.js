@@ -163,6 +163,14 @@ function link(gl, fragment) {
   return { program, uniforms };
 }
 
+// a box of one plane (width px a row) as a contiguous array
+function planeBlock(plane, width, [y0, x0, y1, x1]) {
+  const w = x1 - x0;
+  const out = new plane.constructor((y1 - y0) * w);
+  for (let y = y0; y < y1; y++) out.set(plane.subarray(y * width + x0, y * width + x1), (y - y0) * w);
+  return out;
+}
+
 function nearest(gl, target) {
   gl.texParameteri(target, gl.TEXTURE_MIN_FILTER, gl.NEAREST);
   gl.texParameteri(target, gl.TEXTURE_MAG_FILTER, gl.NEAREST);
@@ -245,29 +253,23 @@ export class GLRenderer {
     this.valid = new Uint8Array(this.tilesX * this.tilesY);
   }
 
-  // the channels inside box [y0, x0, y1, x1], read in place from the full planes (no copy of the box)
+  // the channels inside box [y0, x0, y1, x1] of the full planes. The box is copied out first: with
+  // UNPACK_ROW_LENGTH the browser would copy every full row the box spans (an 8192² task's chunk: 16 MB, not 1 MB)
   uploadImage(planes, [y0, x0, y1, x1]) {
     const gl = this.gl;
     const [, format, type] = this.format(planes[0].constructor);
+    const whole = y0 === 0 && x0 === 0 && y1 === this.height && x1 === this.width;
     gl.activeTexture(gl.TEXTURE0);
     gl.bindTexture(gl.TEXTURE_2D_ARRAY, this.channelTexture);
     gl.pixelStorei(gl.UNPACK_ALIGNMENT, 1);
-    gl.pixelStorei(gl.UNPACK_ROW_LENGTH, this.width);
-    gl.pixelStorei(gl.UNPACK_SKIP_ROWS, y0);
-    gl.pixelStorei(gl.UNPACK_SKIP_PIXELS, x0);
-    planes.forEach((plane, i) => {
-      gl.texSubImage3D(gl.TEXTURE_2D_ARRAY, 0, x0, y0, i, x1 - x0, y1 - y0, 1, format, type, plane);
-    });
-    this.resetUnpack();
-    this.invalidate([y0, x0, y1, x1]);
-  }
-
-  resetUnpack() {
-    const gl = this.gl;
-    gl.pixelStorei(gl.UNPACK_ROW_LENGTH, 0);
-    gl.pixelStorei(gl.UNPACK_SKIP_ROWS, 0);
-    gl.pixelStorei(gl.UNPACK_SKIP_PIXELS, 0);
+    if (y1 > y0 && x1 > x0) {
+      planes.forEach((plane, i) => {
+        const data = whole ? plane : planeBlock(plane, this.width, [y0, x0, y1, x1]);
+        gl.texSubImage3D(gl.TEXTURE_2D_ARRAY, 0, x0, y0, i, x1 - x0, y1 - y0, 1, format, type, data);
+      });
+    }
     gl.pixelStorei(gl.UNPACK_ALIGNMENT, 4);
+    this.invalidate([y0, x0, y1, x1]);
   }
 
   // upload: false for labels still blank (a big task's chunks come later, through loadLabels)
@@ -283,15 +285,12 @@ export class GLRenderer {
     if (this.valid) this.valid.fill(0);
   }
 
-  subLabels([y0, x0, y1, x1]) {
+  subLabels(box) {
+    const [y0, x0, y1, x1] = box;
     const gl = this.gl;
     gl.activeTexture(gl.TEXTURE1);
     gl.bindTexture(gl.TEXTURE_2D, this.labelTexture);
-    gl.pixelStorei(gl.UNPACK_ROW_LENGTH, this.labels.width);
-    gl.pixelStorei(gl.UNPACK_SKIP_ROWS, y0);
-    gl.pixelStorei(gl.UNPACK_SKIP_PIXELS, x0);
-    gl.texSubImage2D(gl.TEXTURE_2D, 0, x0, y0, x1 - x0, y1 - y0, gl.RG_INTEGER, gl.INT, this.labels.shown);
-    this.resetUnpack();
+    gl.texSubImage2D(gl.TEXTURE_2D, 0, x0, y0, x1 - x0, y1 - y0, gl.RG_INTEGER, gl.INT, this.labels.block(box));
   }
 
   // re-upload the shown labels inside box (after a patch or a preview); its picture is redrawn next frame
