@@ -505,7 +505,7 @@ export class Editor {
   }
 
   showCursorInfo() {
-    if (!this.pointer) return;
+    if (!this.pointer || !this.planes) return;
     const [row, col] = this.pointerPixel();
     if (!this.inside([row, col])) { this.cursorInfo.textContent = '\u00a0'; return; }
     const id = this.labels.at(this.display.layer, row, col);
@@ -836,7 +836,7 @@ export class Editor {
   // --- keys ----------------------------------------------------------------------------------------------
   keyDown(ev) {
     // keys belong to a form field being typed in, or to an open dialog (the submit confirmation)
-    if (typing(ev) || !this.labels || document.querySelector('dialog[open]')) return;
+    if (typing(ev) || !this.labels || !this.channels || document.querySelector('dialog[open]')) return;
     if (ev.key === ' ') {
       if (!this.spaceHeld) { this.spaceHeld = true; this.showTool(); }
       ev.preventDefault();
