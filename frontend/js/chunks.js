@@ -10,14 +10,13 @@ export function levelFor(layout, scale) {
 }
 
 // [row, col] of the chunks of `level` that the image rectangle [r0, c0, r1, c1] (level-0 px) overlaps, the ones
-// nearest its centre first
-export function chunksIn(layout, level, [r0, c0, r1, c1]) {
+// nearest its centre (or `center`, [row, col]) first
+export function chunksIn(layout, level, [r0, c0, r1, c1], center = null) {
   const span = layout.size << level; // level-0 px one chunk of this level covers
   const [h, w] = layout.levels[0];
   const rows = Math.ceil(h / span);
   const cols = Math.ceil(w / span);
-  const cy = (r0 + r1) / 2;
-  const cx = (c0 + c1) / 2;
+  const [cy, cx] = center || [(r0 + r1) / 2, (c0 + c1) / 2];
   // from the middle of the chunk's own box (the last row and column of chunks may be narrow)
   const distance = ([i, j]) => Math.hypot((i * span + Math.min(h, (i + 1) * span)) / 2 - cy,
     (j * span + Math.min(w, (j + 1) * span)) / 2 - cx);

@@ -164,12 +164,19 @@ export class Editor {
     return { planes, labels, width: lw, height: lh, count: wanted.length };
   }
 
-  // every level-0 chunk, those in view first; the labels all of one revision (the first chunk's)
+  // every level-0 chunk, those in view first (the view at the time each is picked: zoom in while it loads and
+  // that region comes next); the labels all of one revision (the first chunk's)
   async fetchFullResolution(layout) {
     const [h, w] = this.info.shape;
-    const first = chunksIn(layout, 0, this.view.visible());
-    const seen = new Set(first.map(([i, j]) => `${i},${j}`));
-    const order = first.concat(chunksIn(layout, 0, [0, 0, h, w]).filter(([i, j]) => !seen.has(`${i},${j}`)));
+    const pending = new Map(chunksIn(layout, 0, [0, 0, h, w]).map((c) => [c.join(','), c]));
+    const pick = () => {
+      const rect = this.view.visible();
+      const inView = chunksIn(layout, 0, rect).find((c) => pending.has(c.join(',')));
+      const c = inView || chunksIn(layout, 0, [0, 0, h, w], [(rect[0] + rect[2]) / 2, (rect[1] + rect[3]) / 2])
+        .find((x) => pending.has(x.join(',')));
+      pending.delete(c.join(','));
+      return c;
+    };
     let pinned;
     let stale = false;
     const one = async (c) => {
@@ -189,8 +196,10 @@ export class Editor {
       this.renderer.markLoaded(c);
       this.requestDraw();
     };
-    await one(order[0]);
-    await eachLimited(order.slice(1), 4, one);
+    await one(pick());
+    await Promise.all(Array.from({ length: 4 }, async () => {
+      while (pending.size) await one(pick());
+    }));
     this.labels.revision = pinned;
     // someone changed the task while it loaded: labels again, all at its new revision
     if (stale) await this.reloadChunkedLabels();
