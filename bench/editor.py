@@ -18,8 +18,8 @@ rasteriser, on machines without a GPU):
   channels); ``ready_ms`` is navigation start to every full-resolution chunk in (labels editable), and
   ``first_view_mb`` / ``download_mb`` the bytes the first view and the whole task need (gzip .npy).
 - ``open@8192`` (``--big``): the same for an 8192² task with 2 uint16 channels and 64,000 cells (the 2048² tissue
-  tiled 4 × 4); ``paint@8192`` a stroke on it, as ``paint@2048``. The server's array cache is set to 3 GiB for
-  these (``CELLLOOP_ARRAY_CACHE_MB``): 8192² labels are 512 MiB, over the 512 MiB default.
+  tiled 4 × 4); ``paint@8192`` a stroke on it, as ``paint@2048``, with the server's default 512 MiB array cache
+  (8192² labels alone are 512 MiB: each stroke reads the chunks under it, see backend/tasks/revisions.py).
 - ``assist_click@270``: an assist click (A) on a cell missing from the labels, mouse-down to the server's cell drawn,
   split like ``paint``; the crop's maps are those a perfect model would give (its labels' training targets).
 - ``pan@2048x8``: frames per second while panning and zooming a 2048² 8-channel task, with the WebGL2
@@ -137,8 +137,6 @@ def setup(tmp: Path, quick: bool, big: bool = False) -> tuple[dict, dict]:
     env = {**os.environ, "CELLLOOP_INSTANCE_DIR": str(tmp), "CELLLOOP_SECRET_KEY": BENCH_SECRET,
            "CELLLOOP_DATABASE_URL": config.database_url, "CELLLOOP_STORAGE_URL": config.storage_url,
            "PYTHONPATH": str(REPO)}
-    if big:
-        env["CELLLOOP_ARRAY_CACHE_MB"] = "3072"
     return tokens, env
 
 

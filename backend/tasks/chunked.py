@@ -75,11 +75,14 @@ class Manifest:
 
 
 def write_labels_snapshot(storage: Storage, key: str, labels: np.ndarray, size: int,
-                          previous: Manifest | None = None, dirty: set | None = None) -> list[str]:
+                          previous: Manifest | None = None, dirty: set | None = None, cut=None) -> list[str]:
     """Store ``labels`` as the manifest ``key`` (ending in MANIFEST_SUFFIX). With a ``previous`` manifest and the
     level-0 chunks ``dirty`` since it, only those chunks (and the coarse chunks over them) are written; the rest
-    are the previous manifest's. Returns every key written (the caller deletes them if its revision loses)."""
+    are the previous manifest's. ``cut(level, row, col)`` makes a chunk (default: from ``labels``; labels holding
+    only some chunks pass one that builds a chunk from the previous snapshot and the patches since). Returns every
+    key written (the caller deletes them if its revision loses)."""
     grid = ChunkGrid(labels.shape, size)
+    cut = cut or (lambda level, i, j: grid.cut(labels, level, i, j))
     base = key[:-len(MANIFEST_SUFFIX)]
     written: list[str] = []
     keys = []
@@ -94,7 +97,7 @@ def write_labels_snapshot(storage: Storage, key: str, labels: np.ndarray, size: 
                     row_keys.append(previous.key(level, i, j))
                     continue
                 chunk_key = f"{base}/{level}/{i}-{j}-{secrets.token_hex(4)}.npy.gz"
-                storage.put(chunk_key, encode_array(grid.cut(labels, level, i, j)))
+                storage.put(chunk_key, encode_array(cut(level, i, j)))
                 written.append(chunk_key)
                 row_keys.append(chunk_key)
             level_keys.append(row_keys)
@@ -125,6 +128,23 @@ def read_labels(storage: Storage, manifest: Manifest) -> np.ndarray:
     for i, j in grid.chunks(0):
         labels[i * s:(i + 1) * s, j * s:(j + 1) * s] = read_chunk(storage, manifest, 0, i, j)
     return labels
+
+
+class PartialLabels:
+    """Labels of which only some level-0 chunks were read (the rest are zeros and must not be looked at): what a
+    worker without the task in memory builds for a stroke, from a snapshot and the patches after it."""
+
+    def __init__(self, storage: Storage, manifest: Manifest, patches: list[Patch], chunks: set):
+        self.storage, self.manifest, self.patches = storage, manifest, patches
+        grid = manifest.grid
+        self.labels = np.zeros((grid.height, grid.width, 2), np.int32)  # pages never written cost no memory
+        s = grid.size
+        for i, j in chunks:
+            self.labels[i * s:(i + 1) * s, j * s:(j + 1) * s] = chunk_at_revision(storage, manifest, 0, i, j, patches)
+
+    def chunk_after(self, patch: Patch):
+        """cut(level, row, col) for write_labels_snapshot: a chunk of the labels once ``patch`` is applied."""
+        return lambda level, i, j: chunk_at_revision(self.storage, self.manifest, level, i, j, self.patches + [patch])
 
 
 def chunk_at_revision(storage: Storage, manifest: Manifest, level: int, row: int, col: int,

@@ -21,6 +21,8 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from backend.edits import ASSIST_TOOLS, EditError, LabelIndex, Patch, apply_edit
+from backend.edits.brush import stroke_mask
+from backend.edits.params import MAX_RADIUS, int_in, points_param
 from backend.store.arrays import decode_array, encode_array, validate_labels
 from backend.store.cache import ArrayCache
 from backend.store.chunks import CHUNK, ChunkGrid
@@ -38,6 +40,12 @@ EDIT_ACTIONS = "edit"
 # revisions catches up from their small patches.
 SNAPSHOT_ALWAYS_PIXELS = 0
 SNAPSHOT_EVERY = 16
+# tools that read the labels only inside their stroke's box: on a task above PARTIAL_ABOVE_PIXELS, a worker without
+# the labels in memory reads just the chunks under the stroke, not the whole labels (an 8192² task's are 512 MiB,
+# more than the default array cache holds, so without this every stroke would read and decode all of them).
+# Smaller tasks are read whole once and then served from memory.
+STROKE_TOOLS = ("paint", "erase")
+PARTIAL_ABOVE_PIXELS = 4096 * 4096
 # states in which nobody has touched a crop: machine work may still replace its first revision
 UNTOUCHED = (TaskState.new, TaskState.prelabeled)
 
@@ -188,9 +196,10 @@ class RevisionStore:
         return validate_labels(decode_array(self.storage.get(key)), shape=task.shape)
 
     def _write_snapshot(self, task: Task, key: str, labels: np.ndarray, dirty_since: Revision | None = None,
-                        dirty: set | None = None) -> list[str]:
+                        dirty: set | None = None, cut=None) -> list[str]:
         """Store a labels snapshot under ``key``; returns the keys written. A chunked task's snapshot rewrites only
-        the ``dirty`` level-0 chunks of the snapshot ``dirty_since`` (all of them without one)."""
+        the ``dirty`` level-0 chunks of the snapshot ``dirty_since`` (all of them without one). ``cut``: see
+        ``chunked.write_labels_snapshot`` (labels read only in part)."""
         if task.chunk_size is None:
             self.storage.put(key, encode_array(labels))
             return [key]
@@ -198,7 +207,32 @@ class RevisionStore:
         if dirty_since is not None and chunked.is_manifest(dirty_since.labels_key):
             previous = self._manifest(task, dirty_since.labels_key)
         return chunked.write_labels_snapshot(self.storage, key, labels, task.chunk_size, previous,
-                                             dirty if previous is not None else None)
+                                             dirty if previous is not None else None, cut=cut)
+
+    def _stroke_labels(self, task: Task, tool: str, params: dict) -> tuple[Revision, chunked.PartialLabels] | None:
+        """For a stroke on a chunked task this worker does not hold: the current revision and its labels read only
+        in the chunks under the stroke. None where the whole labels are needed (another tool, a small task, labels
+        in memory, parameters the tool will refuse anyway)."""
+        if task.chunk_size is None or tool not in STROKE_TOOLS or task.shape[0] * task.shape[1] <= PARTIAL_ABOVE_PIXELS:
+            return None
+        rev = self.current_revision(task)
+        if self.cache is not None and (self.cache.get(self._cache_key(self._identity(rev))) is not None
+                                       or self.cache.get(self._latest_key(task.id)) is not None):
+            return None  # in memory (or a few patches behind): the usual path costs nothing to read
+        try:
+            points = points_param(params, "points", task.shape)
+            box, _ = stroke_mask(points, int_in(params, "radius", 1, MAX_RADIUS), task.shape)
+        except EditError:
+            return None
+        snap, later = self._history_since_snapshot(task, rev)
+        if not chunked.is_manifest(snap.labels_key):
+            return None
+        try:
+            patches = [Patch.from_bytes(self._patch_bytes(r.patch_key)) for r in later]
+            return rev, chunked.PartialLabels(self.storage, self._manifest(task, snap.labels_key), patches,
+                                              self.chunk_grid(task).touching(box))
+        except (NotFound, EditError, ValueError) as exc:
+            raise CorruptHistory(f"task {task.id}: revision {rev.number}'s chunks cannot be read: {exc}") from exc
 
     def _labels_snapshot_key(self, task: Task, number: int) -> str:
         return self._key(task, "labels", number, ext="chunks.json" if task.chunk_size is not None else "npy.gz")
@@ -357,7 +391,8 @@ class RevisionStore:
 
     def _commit_revision(self, task: Task, actor: Actor, labels: np.ndarray, patch: Patch | None, *,
                          action: str, params: dict, target: int | None = None,
-                         index: LabelIndex | None = None, epoch: int | None = None) -> Revision:
+                         index: LabelIndex | None = None, epoch: int | None = None,
+                         partial: chunked.PartialLabels | None = None) -> Revision:
         """Write the new revision's arrays under fresh keys, then move the task on by one revision if, and
         only if, it is still at the revision this request started from (optimistic lock) and, when ``epoch`` is
         given (the labels epoch read before the labels the change was computed on), revision 0 was not replaced
@@ -368,12 +403,16 @@ class RevisionStore:
         patch_key = None if patch is None else self._key(task, "patches", number, ext="patch")
         labels_key = (self._labels_snapshot_key(task, number) if self._wants_snapshot(task, labels, patch, number)
                       else None)
+        dirty_since, dirty = (None, None) if labels_key is None else self._dirty_since_snapshot(task, patch)
+        if partial is not None and dirty_since is None:
+            labels_key = None  # labels read in part cannot make a whole snapshot: this revision keeps its patch only
         written = []
         if patch is not None:
             self.storage.put(patch_key, patch.to_bytes())
             written.append(patch_key)
         if labels_key is not None:
-            written += self._write_snapshot(task, labels_key, labels, *self._dirty_since_snapshot(task, patch))
+            written += self._write_snapshot(task, labels_key, labels, dirty_since, dirty,
+                                            cut=None if partial is None else partial.chunk_after(patch))
         # one conditional update decides the race: the task must still be at the base revision and in a state
         # this actor may edit, so an edit that loses to a submit or another edit changes nothing
         editable = states.editable_states(reviewer=actor.reviewer)
@@ -402,7 +441,7 @@ class RevisionStore:
                        author_id=actor.user.id if actor.user else None, author_ref=actor.ref)
         self.db.add(rev)
         self.db.commit()
-        if self.cache is not None:
+        if self.cache is not None and partial is None:  # labels read in part are nobody's current labels
             if index is not None:  # only edits and replays (which have a patch) bring an index
                 index.update(patch, labels)
             self._keep(rev, labels, index)
@@ -425,29 +464,38 @@ class RevisionStore:
 
     def _commit_patch(self, task: Task, actor: Actor, labels: np.ndarray, patch: Patch, *,
                       action: str, params: dict, target: int | None = None,
-                      index: LabelIndex | None = None, epoch: int | None = None) -> Revision:
+                      index: LabelIndex | None = None, epoch: int | None = None,
+                      partial: chunked.PartialLabels | None = None) -> Revision:
         # replays must find exactly the pixels their patch recorded; a mismatch means corrupt history
         patch.apply(labels, check=action != EDIT_ACTIONS)
         return self._commit_revision(task, actor, labels, patch, action=action, params=params, target=target,
-                                     index=index, epoch=epoch)
+                                     index=index, epoch=epoch, partial=partial)
 
     def edit(self, task: Task, actor: Actor, base_revision: int | None, tool: str, params: dict) -> tuple[Revision, Patch]:
         self._check_base(task, base_revision)
         self._check_editable(task, actor)
         epoch = task.labels_epoch  # read before the labels the patch is computed on
-        current, labels, index = self._working_labels(task)
+        stroke = self._stroke_labels(task, tool, params)
+        if stroke is not None:
+            current, partial = stroke
+            labels, index = partial.labels, None
+            keep = lambda: None  # noqa: E731 (labels read in part go nowhere)
+        else:
+            partial = None
+            current, labels, index = self._working_labels(task)
+            keep = lambda: self._keep(current, labels, index)  # noqa: E731
         try:
             patch = apply_edit(labels, self._image_for(task, params), tool, params, index=index,
                                maps=self._maps_for(task, tool))
         except Exception:
-            self._keep(current, labels, index)  # apply_edit leaves the labels untouched
+            keep()  # apply_edit leaves the labels untouched
             raise
         if patch.is_empty:
             # a no-op leaves no revision behind: nothing changed, and the undo stack stays meaningful
-            self._keep(current, labels, index)
+            keep()
             return current, patch
         rev = self._commit_patch(task, actor, labels, patch, action=EDIT_ACTIONS, params={"tool": tool, **params},
-                                 index=index, epoch=epoch)
+                                 index=index, epoch=epoch, partial=partial)
         return rev, patch
 
     def _image_for(self, task: Task, params: dict) -> np.ndarray | None:

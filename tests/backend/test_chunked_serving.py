@@ -83,6 +83,16 @@ def _paint(y, x, label, radius=4):
     return {"layer": 0, "points": [[y, x], [y + 6, x + 9]], "radius": radius, "label": label, "overwrite": True}
 
 
+def _replay(world):
+    """The task's labels as its stored revisions say, rebuilt by a worker with no cache."""
+    from backend.tasks import TaskService
+    from backend.store.models import Task
+
+    with world.session() as session:
+        storage = world.app.extensions["cellloop.storage"]
+        return TaskService(session, getattr(storage, "inner", storage)).labels(session.get(Task, world.big["id"]))
+
+
 def test_every_chunk_is_the_arrays_sub_block_16_bit_exact(big):
     token, image, labels = big.big["token"], big.big["image"], big.big["labels"]
     info = big.client.get(f"/api/task/{token}").get_json()
@@ -171,12 +181,14 @@ def test_an_edit_reads_and_writes_only_the_chunks_it_touches(big, monkeypatch):
     counting = CountingStorage(big.app.extensions["cellloop.storage"])
     big.app.extensions["cellloop.storage"] = counting
     token, client = big.big["token"], big.client
+    current = big.big["labels"].copy()  # what the edits make, computed apart
 
     def edit(base, y, x, label):
         counting.reset()
         resp = client.post(f"/api/task/{token}/edit", json={"base_revision": base, "tool": "paint",
                                                             "params": _paint(y, x, label)})
         assert resp.status_code == 200
+        apply_edit(current, None, "paint", _paint(y, x, label)).apply(current)
         return [k for k in counting.reads], [k for k in counting.writes]
 
     edit(0, 100, 100, 9001)  # the first edit on this worker reads the labels once
@@ -207,3 +219,26 @@ def test_an_edit_reads_and_writes_only_the_chunks_it_touches(big, monkeypatch):
     chunk_reads = [k for k in counting.reads if k.endswith(".npy.gz")]
     assert len(chunk_reads) == 1 and "/0/0-0-" in chunk_reads[0] and "/000004-" in chunk_reads[0]
     assert (got[..., 0] == 9005).any() and (got[..., 0] == 9001).any()
+    # on a task too big to hold (PARTIAL_ABOVE_PIXELS), a stroke on a worker without it reads the chunks under it
+    monkeypatch.setattr(revisions_mod, "PARTIAL_ABOVE_PIXELS", 0)
+    def chunks_named(keys):
+        return sorted(k.rsplit("/", 2)[-2] + "/" + k.rsplit("/", 1)[-1].rsplit("-", 1)[0]
+                      for k in keys if k.endswith(".npy.gz"))
+
+    for base, (y, x, label) in enumerate([(700, 100, 9006), (508, 1020, 9007)], start=5):
+        big.app.extensions["cellloop.cache"] = ArrayCache(256 << 20)
+        reads, writes = edit(base, y, x, label)
+        assert chunks_named(reads) == {9006: ["0/1-0"], 9007: ["0/0-1", "0/0-2", "0/1-1", "0/1-2"]}[label]
+        assert len(writes) == 1 and writes[0].endswith(".patch")
+    # revision 8 is a snapshot made from labels read in part: it rewrites the chunks revisions 5-8 touched (and the
+    # coarse ones over them) from revision 4's chunks and the patches since, reading those and nothing else
+    big.app.extensions["cellloop.cache"] = ArrayCache(256 << 20)
+    reads, writes = edit(7, 40, 40, 9008)
+    dirty = ["0/0-0", "0/0-1", "0/0-2", "0/1-0", "0/1-1", "0/1-2", "1/0-0", "1/0-1", "2/0-0"]
+    assert chunks_named(writes) == dirty and sorted(chunks_named(reads)) == sorted(dirty + ["0/0-0"])
+    grid = ChunkGrid((H, W))
+    for level in range(grid.levels):
+        for i, j in grid.chunks(level):
+            got, _ = _chunk(client, f"/api/task/{token}/labels/{level}/{i}/{j}")
+            assert np.array_equal(got, _expected(current, grid, level, i, j)), (level, i, j)
+    assert np.array_equal(_replay(big), current)
