@@ -213,24 +213,37 @@ class RevisionStore:
         """For a stroke on a chunked task this worker does not hold: the current revision and its labels read only
         in the chunks under the stroke. None where the whole labels are needed (another tool, a small task, labels
         in memory, parameters the tool will refuse anyway)."""
-        if task.chunk_size is None or tool not in STROKE_TOOLS or task.shape[0] * task.shape[1] <= PARTIAL_ABOVE_PIXELS:
+        if tool not in STROKE_TOOLS or not self._reads_in_part(task):
             return None
-        rev = self.current_revision(task)
-        if self.cache is not None and (self.cache.get(self._cache_key(self._identity(rev))) is not None
-                                       or self.cache.get(self._latest_key(task.id)) is not None):
-            return None  # in memory (or a few patches behind): the usual path costs nothing to read
         try:
             points = points_param(params, "points", task.shape)
             box, _ = stroke_mask(points, int_in(params, "radius", 1, MAX_RADIUS), task.shape)
         except EditError:
             return None
+        return self._labels_in_part(task, [box])
+
+    def _reads_in_part(self, task: Task) -> bool:
+        """Whether a change to ``task`` should read only the chunks it touches: a task too big to hold, whose
+        labels this worker does not have in memory (or a few patches behind)."""
+        if task.chunk_size is None or task.shape[0] * task.shape[1] <= PARTIAL_ABOVE_PIXELS:
+            return False
+        if self.cache is None:
+            return True
+        rev = self.current_revision(task)
+        return (self.cache.get(self._cache_key(self._identity(rev))) is None
+                and self.cache.get(self._latest_key(task.id)) is None)
+
+    def _labels_in_part(self, task: Task, boxes) -> tuple[Revision, chunked.PartialLabels] | None:
+        """The current revision and its labels read only in the chunks the boxes touch."""
+        rev = self.current_revision(task)
         snap, later = self._history_since_snapshot(task, rev)
         if not chunked.is_manifest(snap.labels_key):
             return None
         try:
             patches = [Patch.from_bytes(self._patch_bytes(r.patch_key)) for r in later]
+            grid = self.chunk_grid(task)
             return rev, chunked.PartialLabels(self.storage, self._manifest(task, snap.labels_key), patches,
-                                              self.chunk_grid(task).touching(box))
+                                              set().union(*(grid.touching(b) for b in boxes)))
         except (NotFound, EditError, ValueError) as exc:
             raise CorruptHistory(f"task {task.id}: revision {rev.number}'s chunks cannot be read: {exc}") from exc
 
@@ -590,15 +603,29 @@ class RevisionStore:
         step = stack[-1]
         target = step[-1]
         epoch = task.labels_epoch  # read before the labels the patch applies to
-        _, labels, index = self._working_labels(task)
+        partial = None
+        if self._reads_in_part(task):
+            # an undo on a task too big to hold reads the chunks its step's patches cover
+            try:
+                boxes = [Patch.from_bytes(self._patch_bytes(self._revision(task, n).patch_key)).box for n in step]
+            except (EditError, NotFound) as exc:
+                raise CorruptHistory(f"task {task.id}: cannot {action} revision {target}: {exc}") from exc
+            in_part = self._labels_in_part(task, boxes)
+            if in_part is not None:
+                partial = in_part[1]
+        if partial is not None:
+            labels, index = partial.labels, None
+        else:
+            _, labels, index = self._working_labels(task)
         try:
             patch = self._step_patch(task, step, labels, undo=action == "undo")
         except (EditError, NotFound) as exc:
-            self._keep(self.current_revision(task), labels, index)
+            if partial is None:
+                self._keep(self.current_revision(task), labels, index)
             raise CorruptHistory(f"task {task.id}: cannot {action} revision {target}: {exc}") from exc
         try:
             rev = self._commit_patch(task, actor, labels, patch, action=action, params={}, target=target, index=index,
-                                     epoch=epoch)
+                                     epoch=epoch, partial=partial)
         except EditError as exc:
             raise CorruptHistory(f"task {task.id}: cannot {action} revision {target}: {exc}") from exc
         return rev, patch

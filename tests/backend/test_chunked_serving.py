@@ -233,9 +233,18 @@ def test_an_edit_reads_and_writes_only_the_chunks_it_touches(big, monkeypatch):
     # revision 8 is a snapshot made from labels read in part: it rewrites the chunks revisions 5-8 touched (and the
     # coarse ones over them) from revision 4's chunks and the patches since, reading those and nothing else
     big.app.extensions["cellloop.cache"] = ArrayCache(256 << 20)
+    before_stroke = current.copy()
     reads, writes = edit(7, 40, 40, 9008)
     dirty = ["0/0-0", "0/0-1", "0/0-2", "0/1-0", "0/1-1", "0/1-2", "1/0-0", "1/0-1", "2/0-0"]
     assert chunks_named(writes) == dirty and sorted(chunks_named(reads)) == sorted(dirty + ["0/0-0"])
+    # undoing it reads the chunk its patch covers (revision 8's), writes the undo's patch
+    big.app.extensions["cellloop.cache"] = ArrayCache(256 << 20)
+    counting.reset()
+    resp = client.post(f"/api/task/{token}/undo", json={"base_revision": 8})
+    assert resp.status_code == 200 and resp.headers["X-Revision"] == "9"
+    assert chunks_named(counting.reads) == ["0/0-0"] and "/000008-" in [k for k in counting.reads if "/0/0-0" in k][0]
+    assert len(counting.writes) == 1 and counting.writes[0].endswith(".patch")
+    current[...] = before_stroke
     grid = ChunkGrid((H, W))
     for level in range(grid.levels):
         for i, j in grid.chunks(level):
