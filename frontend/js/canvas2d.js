@@ -37,6 +37,8 @@ export class Canvas2DRenderer {
 
   markLoaded() { /* as expectChunks */ }
 
+  viewLoaded() { return true; } // no coarse level: what has arrived is drawn
+
   color(id) {
     let c = this.colors.get(id);
     if (!c) { c = labelColor(id); this.colors.set(id, c); }

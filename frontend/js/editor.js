@@ -194,7 +194,10 @@ export class Editor {
         this.renderer.loadLabels(box);
       }
       this.renderer.markLoaded(c);
-      this.requestDraw();
+      // the view shows the coarse level until every chunk in it is in: draw once it is, not for each chunk
+      const [r0, c0, r1, c1] = this.view.visible();
+      const inView = box[0] < r1 && box[2] > r0 && box[1] < c1 && box[3] > c0;
+      if (inView && this.renderer.viewLoaded(this.view)) this.requestDraw();
     };
     await one(pick());
     await Promise.all(Array.from({ length: 4 }, async () => {
