@@ -59,9 +59,9 @@ async function main() {
   const arrays = infoReply.then((i) => (i.chunks ? null : Promise.all([client.image(), client.labels()])));
   arrays.then(() => performance.mark('cellloop-arrays'), () => null); // a bad link fails info() below
   info = await infoReply;
-  // POST open assigns the task and starts its clock; it answers the task JSON with the parent origin
-  const opened = await client.open();
-  if (opened && opened.state) info = { ...info, ...opened };
+  // POST open assigns the task and starts its clock; it answers the task JSON with the parent origin. Assigning
+  // keeps an editable task editable, so the editor starts loading meanwhile (a big task's first chunks)
+  const opening = client.open();
   if (info.parent_origin) parentOrigin = info.parent_origin;
   showState();
   const readOnly = !EDITABLE.has(info.state);
@@ -72,7 +72,14 @@ async function main() {
   }
   editor = new Editor(document.getElementById('editor'), client, info, { readOnly, renderer });
   window.cellloop = { editor, client };
-  await editor.load(arrays);
+  const loading = editor.load(arrays);
+  const opened = await opening;
+  if (opened && opened.state) {
+    info = { ...info, ...opened };
+    if (info.parent_origin) parentOrigin = info.parent_origin;
+    showState();
+  }
+  await loading;
   performance.mark('cellloop-ready');
   document.body.dataset.ready = 'true';
 }
