@@ -134,23 +134,26 @@ class PartialLabels:
     """Labels of which only some level-0 chunks were read (the rest are zeros and must not be looked at): what a
     worker without the task in memory builds for a stroke, from a snapshot and the patches after it."""
 
-    def __init__(self, storage: Storage, manifest: Manifest, patches: list[Patch], chunks: set):
-        self.storage, self.manifest, self.patches = storage, manifest, patches
+    def __init__(self, storage: Storage, manifest: Manifest, patches: list[Patch], chunks: set, read=None):
+        self.storage, self.manifest, self.patches, self.read = storage, manifest, patches, read
         grid = manifest.grid
         self.labels = np.zeros((grid.height, grid.width, 2), np.int32)  # pages never written cost no memory
         s = grid.size
         for i, j in chunks:
-            self.labels[i * s:(i + 1) * s, j * s:(j + 1) * s] = chunk_at_revision(storage, manifest, 0, i, j, patches)
+            self.labels[i * s:(i + 1) * s, j * s:(j + 1) * s] = chunk_at_revision(storage, manifest, 0, i, j, patches,
+                                                                                 read)
 
     def chunk_after(self, patch: Patch):
         """cut(level, row, col) for write_labels_snapshot: a chunk of the labels once ``patch`` is applied."""
-        return lambda level, i, j: chunk_at_revision(self.storage, self.manifest, level, i, j, self.patches + [patch])
+        return lambda level, i, j: chunk_at_revision(self.storage, self.manifest, level, i, j, self.patches + [patch],
+                                                     self.read)
 
 
 def chunk_at_revision(storage: Storage, manifest: Manifest, level: int, row: int, col: int,
-                      patches: list[Patch]) -> np.ndarray:
-    """One chunk of the labels a snapshot plus the patches after it make (applied in order)."""
-    chunk = read_chunk(storage, manifest, level, row, col)
+                      patches: list[Patch], read=None) -> np.ndarray:
+    """One chunk of the labels a snapshot plus the patches after it make (applied in order). ``read(manifest,
+    level, row, col)``: a fresh copy of the stored chunk (default: read_chunk; the server passes a cached one)."""
+    chunk = (read or (lambda m, *a: read_chunk(storage, m, *a)))(manifest, level, row, col)
     for patch in patches:
         apply_patch_at_level(chunk, manifest.grid, level, row, col, patch)
     return chunk

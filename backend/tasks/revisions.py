@@ -162,6 +162,19 @@ class RevisionStore:
         except ValueError as exc:
             raise CorruptHistory(f"task {task.id}: {exc}") from exc
 
+    def _stored_chunk(self, manifest: chunked.Manifest, level: int, row: int, col: int) -> np.ndarray:
+        """A copy of one stored labels chunk; decoded once per worker (stored chunks never change), so strokes in
+        the same place on a task too big to hold do not decode their chunks again."""
+        key = manifest.key(level, row, col)
+        ck = (repr(self.storage), "labels chunk", key)
+        chunk = self.cache.get(ck) if self.cache is not None else None
+        if chunk is None:
+            chunk = chunked.read_chunk(self.storage, manifest, level, row, col)
+            chunk.flags.writeable = False
+            if self.cache is not None:
+                self.cache.put(ck, chunk)
+        return chunk.copy()
+
     def _patch_bytes(self, key: str) -> bytes:
         ck = (repr(self.storage), "patch bytes", key)
         data = self.cache.get(ck) if self.cache is not None else None
@@ -243,7 +256,7 @@ class RevisionStore:
             patches = [Patch.from_bytes(self._patch_bytes(r.patch_key)) for r in later]
             grid = self.chunk_grid(task)
             return rev, chunked.PartialLabels(self.storage, self._manifest(task, snap.labels_key), patches,
-                                              set().union(*(grid.touching(b) for b in boxes)))
+                                              set().union(*(grid.touching(b) for b in boxes)), read=self._stored_chunk)
         except (NotFound, EditError, ValueError) as exc:
             raise CorruptHistory(f"task {task.id}: revision {rev.number}'s chunks cannot be read: {exc}") from exc
 
