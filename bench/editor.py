@@ -1,8 +1,10 @@
 """The browser editor, measured in Chromium through Playwright against gunicorn on loopback.
 
-    python bench/editor.py            # paint@270, paint@2048, open@2048, pan@2048x8, assist_click@270
+    python bench/editor.py            # paint@270, paint@2048, open@2048, pan@2048x8, assist_click@270, open_qc@4096,
+                                      # and with --big: open@8192, paint@8192
     python bench/editor.py --quick    # fewer repetitions
     python bench/editor.py --case open   # one kind of case (paint, open, pan; repeatable)
+    python bench/editor.py --quick --big --case open --case paint   # the 2048² and 8192² open and paint cases
 
 One JSON line per case, each with ``device`` (the renderer Chromium gave WebGL: SwiftShader, a CPU
 rasteriser, on machines without a GPU):
@@ -11,8 +13,13 @@ rasteriser, on machines without a GPU):
   request sent), ``roundtrip_ms`` (request sent to patch decoded), ``apply_ms`` (patch into the labels and the
   label texture) and ``draw_ms`` (the next frame, waited for on the GPU); medians and p95; bytes sent and
   received per edit. The 2048² task has 8 uint16 channels and 4,000 cells.
-- ``open@2048``: navigation start to the first full render (task JSON, image and labels fetched, decoded,
-  uploaded, drawn and finished).
+- ``open@2048``: navigation start to the first view drawn and finished. The 2048² task is big enough to be served
+  in chunks: the first view is the coarse level that fits the window (every 2nd pixel, real 16-bit values, all 8
+  channels); ``ready_ms`` is navigation start to every full-resolution chunk in (labels editable), and
+  ``first_view_mb`` / ``download_mb`` the bytes the first view and the whole task need (gzip .npy).
+- ``open@8192`` (``--big``): the same for an 8192² task with 2 uint16 channels and 64,000 cells (the 2048² tissue
+  tiled 4 × 4); ``paint@8192`` a stroke on it, as ``paint@2048``, with the server's default 512 MiB array cache
+  (8192² labels alone are 512 MiB: each stroke reads the chunks under it, see backend/tasks/revisions.py).
 - ``assist_click@270``: an assist click (A) on a cell missing from the labels, mouse-down to the server's cell drawn,
   split like ``paint``; the crop's maps are those a perfect model would give (its labels' training targets).
 - ``pan@2048x8``: frames per second while panning and zooming a 2048² 8-channel task, with the WebGL2
@@ -63,7 +70,20 @@ def tissue(size: int, cells: int, channels: int, seed: int = 0) -> tuple[np.ndar
     return image, labels
 
 
-def setup(tmp: Path, quick: bool) -> tuple[dict, dict]:
+def tiled_tissue(tile: int, reps: int, cells: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """A big task made of one tissue tile repeated reps × reps times, each copy's cells with ids of their own
+    (the Voronoi tissue itself would need tens of GB at 8192²)."""
+    image, labels = tissue(tile, cells, channels)
+    big_image = np.tile(image, (reps, reps, 1))
+    big_labels = np.tile(labels, (reps, reps, 1))
+    for i in range(reps):
+        for j in range(reps):
+            block = big_labels[i * tile:(i + 1) * tile, j * tile:(j + 1) * tile]
+            block[block > 0] += (i * reps + j) * (cells + 1)
+    return big_image, big_labels
+
+
+def setup(tmp: Path, quick: bool, big: bool = False) -> tuple[dict, dict]:
     from backend.store import db as dbmod
     from backend.web.app import create_app
     from backend.web.auth import make_task_token
@@ -79,8 +99,11 @@ def setup(tmp: Path, quick: bool) -> tuple[dict, dict]:
     session = app.extensions["cellloop.sessionmaker"]()
     storage = app.extensions["cellloop.storage"]
     tokens = {}
-    for name, (size, cells, channels) in {"270": (270, 70, 2), "2048": (2048, 4000, 8)}.items():
-        image, labels = tissue(size, cells, channels)
+    sizes = {"270": (270, 70, 2), "2048": (2048, 4000, 8)}
+    if big:
+        sizes["8192"] = (8192, 4000, 2)
+    for name, (size, cells, channels) in sizes.items():
+        image, labels = tissue(size, cells, channels) if size <= 2048 else tiled_tissue(2048, size // 2048, cells, channels)
         project = project_from_image(session, storage, name=f"bench{name}", image=image,
                                  channel_names=[f"ch{c}" for c in range(channels)])
         batch = Batch(project=project, name="b")
@@ -129,8 +152,10 @@ def stats(values) -> dict:
 
 def open_editor(browser, url):
     page = browser.new_page(viewport={"width": 1314, "height": 900})
+    # an 8192² task opens in over 500 chunk requests: keep every one's timing (the default keeps 250)
+    page.add_init_script("performance.setResourceTimingBufferSize(100000)")
     page.goto(url)
-    page.wait_for_selector("body[data-ready]", timeout=120_000)
+    page.wait_for_selector("body[data-ready]", timeout=300_000)
     return page
 
 
@@ -226,27 +251,39 @@ def http_edits(page_url: str, revision: int, size: int, reps: int) -> list[float
     return times
 
 
-def open_case(browser, url, reps) -> dict:
-    times, parts = [], []
+OPENED = """() => {
+    const mark = (name) => { const e = performance.getEntriesByName(name)[0]; return e ? e.startTime : null; };
+    const chunk = (e) => /\/(image|labels)\/\d+\/\d+\/\d+$/.test(new URL(e.name).pathname);
+    const first = mark('cellloop-first-view');
+    const bytes = (entries) => entries.filter(chunk).reduce((a, e) => a + e.encodedBodySize, 0);
+    const resources = performance.getEntriesByType('resource');
+    return { firstView: first, ready: mark('cellloop-ready'), parts: window.cellloop.editor.timings.open,
+             firstViewBytes: first === null ? null : bytes(resources.filter((e) => e.responseEnd <= first)),
+             chunkBytes: bytes(resources), device: window.cellloop.editor.renderer.name };
+}"""
+
+
+def open_case(browser, url, reps, size) -> dict:
+    """Navigation start to the first view (chunked tasks) or to the whole task drawn (small ones, which load
+    whole); ``ready_ms``: to every full-resolution chunk in."""
+    rows = []
     for _ in range(reps):
         page = open_editor(browser, url)
-        times.append(page.evaluate("() => performance.getEntriesByName('cellloop-ready')[0].startTime"))
-        arrays = page.evaluate("() => performance.getEntriesByName('cellloop-arrays')[0].startTime")
-        parts.append({"arraysMs": arrays, **page.evaluate("() => window.cellloop.editor.timings.open")})
-        device = page.evaluate("() => window.cellloop.editor.renderer.name")
+        rows.append(page.evaluate(OPENED))
         page.close()
-    # arrays: navigation start to image and labels fetched and decoded (gzip .npy); prepare: channels split,
-    # ranges and cell statistics; upload: textures; draw: the first frame, finished
-    split = {f"{k[:-2]}_ms": round(float(np.median([p[k] for p in parts])), 1) for k in parts[0]}
-    # the same two downloads from Python, not decoded: what the server and loopback take
-    api = url.replace("/task/", "/api/task/")
-    fetch_ms, size = [], 0
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        size = sum(len(urllib.request.urlopen(api + part, timeout=60).read()) for part in ("/image", "/labels"))
-        fetch_ms.append((time.perf_counter() - t0) * 1000)
-    return {"bench": "editor", "case": "open@2048", **stats(times), "n": len(times), **split,
-            "server_fetch_ms": stats(fetch_ms)["median_ms"], "download_mb": round(size / 1e6, 1), "device": device}
+    first = [r["firstView"] if r["firstView"] is not None else r["ready"] for r in rows]
+    split = {}
+    for key in rows[0]["parts"]:
+        values = [r["parts"][key] for r in rows if isinstance(r["parts"].get(key), (int, float))]
+        if values:
+            split[key[:-2] + "_ms" if key.endswith("Ms") else key] = round(float(np.median(values)), 1)
+    out = {"bench": "editor", "case": f"open@{size}", **stats(first), "n": len(rows),
+           "ready_ms": stats([r["ready"] for r in rows])["median_ms"], **split}
+    if rows[0]["firstViewBytes"] is not None:
+        out["first_view_mb"] = round(rows[0]["firstViewBytes"] / 1e6, 1)
+        out["download_mb"] = round(rows[0]["chunkBytes"] / 1e6, 1)
+    out["device"] = rows[0]["device"]
+    return out
 
 
 PAN = """(frames) => {
@@ -349,12 +386,14 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--case", action="append", choices=["paint", "open", "pan", "assist", "open_qc"],
                         help="run only these cases (repeatable; default: all)")
+    parser.add_argument("--big", action="store_true", help="also the 8192² task (open@8192, paint@8192; ~2 GB of "
+                                                          "browser memory, a minute of setup)")
     args = parser.parse_args(argv)
     reps = 8 if args.quick else 30
     from playwright.sync_api import sync_playwright
 
     with tempfile.TemporaryDirectory() as tmp:
-        tokens, env = setup(Path(tmp), args.quick)
+        tokens, env = setup(Path(tmp), args.quick, args.big)
         if not args.case or "open_qc" in args.case:
             setup_qc(Path(tmp))
         with socket.socket() as s:
@@ -375,7 +414,12 @@ def main(argv=None) -> int:
                 browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
                 cases = [("paint", lambda: paint(browser, f"{base}/task/{tokens['270']}", 270, reps)),
                          ("paint", lambda: paint(browser, f"{base}/task/{tokens['2048']}", 2048, reps)),
-                         ("open", lambda: open_case(browser, f"{base}/task/{tokens['2048']}", 3 if args.quick else 5)),
+                         ("open", lambda: open_case(browser, f"{base}/task/{tokens['2048']}", 3 if args.quick else 5,
+                                                    2048)),
+                         *([("open", lambda: open_case(browser, f"{base}/task/{tokens['8192']}", 2 if args.quick else 3,
+                                                       8192)),
+                            ("paint", lambda: paint(browser, f"{base}/task/{tokens['8192']}", 8192, reps))]
+                           if args.big else []),
                          ("pan", lambda: pan(browser, f"{base}/task/{tokens['2048']}", 20 if args.quick else 60)),
                          ("assist", lambda: assist_click(browser, f"{base}/task/{tokens['assist']}",
                                                          tokens["assist_points"], reps)),

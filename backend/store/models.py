@@ -227,6 +227,8 @@ class Task(Base):
     # how hard the prelabel's model found the crop (pipeline.difficulty), computed at prelabel time
     difficulty: Mapped[float | None] = mapped_column(Float)
     difficulty_detail: Mapped[dict | None] = mapped_column(JSON)
+    # big tasks are also stored in chunks of this many px a side (backend.tasks.chunked); None: read whole
+    chunk_size: Mapped[int | None] = mapped_column(Integer)
 
     batch: Mapped[Batch] = relationship(back_populates="tasks")
     source_image: Mapped[Image | None] = relationship()

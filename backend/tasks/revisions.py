@@ -22,10 +22,14 @@ from sqlalchemy.orm import Session, undefer
 from sqlalchemy.orm.attributes import set_committed_value
 
 from backend.edits import ASSIST_TOOLS, EditError, LabelIndex, Patch, apply_edit
+from backend.edits.brush import stroke_mask
+from backend.edits.params import MAX_RADIUS, int_in, points_param
 from backend.store.arrays import decode_array, encode_array, validate_labels
 from backend.store.cache import ArrayCache
+from backend.store.chunks import CHUNK, ChunkGrid
 from backend.store.models import Batch, Revision, Task, TaskState
 from backend.store.storage import NotFound, Storage
+from backend.tasks import chunked
 from backend.tasks import maps as task_maps
 from backend.tasks import states
 from backend.tasks.transitions import (Actor, StaleRevision, advance_revision, now, raise_lost_race, set_columns,
@@ -37,6 +41,12 @@ EDIT_ACTIONS = "edit"
 # revisions catches up from their small patches.
 SNAPSHOT_ALWAYS_PIXELS = 0
 SNAPSHOT_EVERY = 16
+# tools that read the labels only inside their stroke's box: on a task above PARTIAL_ABOVE_PIXELS, a worker without
+# the labels in memory reads just the chunks under the stroke, not the whole labels (an 8192² task's are 512 MiB,
+# more than the default array cache holds, so without this every stroke would read and decode all of them).
+# Smaller tasks are read whole once and then served from memory.
+STROKE_TOOLS = ("paint", "erase")
+PARTIAL_ABOVE_PIXELS = 4096 * 4096
 # states in which nobody has touched a crop: machine work may still replace its first revision
 UNTOUCHED = (TaskState.new, TaskState.prelabeled)
 
@@ -57,6 +67,10 @@ class LabelsReplaced(StaleRevision):
         super().__init__(base, current)
         self.args = (f"the task's labels were replaced (prelabel) after this change read them: reload the task "
                      f"(revision {current})",)
+
+
+class NotChunked(LookupError):
+    """The task is small (or older than chunked storage): its arrays are read whole, not by chunk."""
 
 
 class CorruptHistory(Exception):
@@ -109,6 +123,165 @@ class RevisionStore:
     def image_bytes(self, task: Task) -> bytes:
         return self.storage.get(task.image_key)
 
+    # --- chunks (big tasks) -----------------------------------------------------------------------------------
+    def chunk_grid(self, task: Task) -> ChunkGrid:
+        if task.chunk_size is None:
+            raise NotChunked(f"task {task.id} is not served in chunks: read /image and /labels")
+        return ChunkGrid(task.shape, task.chunk_size)
+
+    def image_chunk_bytes(self, task: Task, level: int, row: int, col: int) -> bytes:
+        """One stored image chunk (gzip .npy, (h, w, C)) as it is: the image never changes."""
+        self.chunk_grid(task).check(level, row, col)
+        return self.storage.get(chunked.image_chunk_key(task.image_key, level, row, col))
+
+    def labels_chunk_bytes(self, task: Task, level: int, row: int, col: int, revision: int | None = None) -> bytes:
+        """One chunk of the current labels (gzip .npy, (h, w, 2) int32). ``revision``: the revision the caller
+        is assembling; any other current revision is a StaleRevision (409), so an editor never stitches chunks
+        of two revisions together."""
+        grid = self.chunk_grid(task)
+        grid.check(level, row, col)
+        if revision is not None and revision != task.revision:
+            raise StaleRevision(revision, task.revision)
+        rev = self.current_revision(task)
+        snap, later = self._history_since_snapshot(task, rev)
+        if not chunked.is_manifest(snap.labels_key):
+            return encode_array(grid.cut(self.labels(task), level, row, col))
+        try:
+            manifest = self._manifest(task, snap.labels_key)
+            patches = [self._patch(r) for r in later]
+            if not any((row, col) in grid.at_level(grid.touching(p.box), level) for p in patches):
+                # untouched since the snapshot: its stored chunk, as it is (no decoding, no encoding)
+                return self.storage.get(manifest.key(level, row, col))
+            if self.cache is not None:
+                entry = self.cache.get(self._cache_key(self._identity(rev)))
+                if entry is not None:
+                    return encode_array(grid.cut(entry[0], level, row, col))
+            # the snapshot's chunk and the patches after it: a few small reads, never the whole labels
+            chunk = chunked.chunk_at_revision(self.storage, manifest, level, row, col, patches)
+        except (NotFound, EditError, ValueError) as exc:
+            raise CorruptHistory(f"task {task.id}: chunk ({level}, {row}, {col}) of revision {rev.number} "
+                                 f"cannot be read: {exc}") from exc
+        return encode_array(chunk)
+
+    def _manifest(self, task: Task, key: str) -> chunked.Manifest:
+        # manifests are immutable (fresh keys): cached as their bytes, so the cache can count them (a key of their
+        # own: a revision's identity key already names its labels)
+        ck = (repr(self.storage), "manifest", key)
+        data = self.cache.get(ck) if self.cache is not None else None
+        if data is None:
+            try:
+                data = np.frombuffer(self.storage.get(key), np.uint8)
+            except NotFound as exc:
+                raise CorruptHistory(f"task {task.id}: labels manifest {key} is gone") from exc
+            if self.cache is not None:
+                self.cache.put(ck, data)
+        try:
+            return chunked.Manifest.from_bytes(data.tobytes(), task.shape)
+        except ValueError as exc:
+            raise CorruptHistory(f"task {task.id}: {exc}") from exc
+
+    def _stored_chunk(self, manifest: chunked.Manifest, level: int, row: int, col: int) -> np.ndarray:
+        """A copy of one stored labels chunk; decoded once per worker (stored chunks never change), so strokes in
+        the same place on a task too big to hold do not decode their chunks again."""
+        key = manifest.key(level, row, col)
+        ck = (repr(self.storage), "labels chunk", key)
+        chunk = self.cache.get(ck) if self.cache is not None else None
+        if chunk is None:
+            chunk = chunked.read_chunk(self.storage, manifest, level, row, col)
+            chunk.flags.writeable = False
+            if self.cache is not None:
+                self.cache.put(ck, chunk)
+        return chunk.copy()
+
+    def _patch_bytes(self, key: str) -> bytes:
+        ck = (repr(self.storage), "patch bytes", key)
+        data = self.cache.get(ck) if self.cache is not None else None
+        if data is None:
+            data = np.frombuffer(self.storage.get(key), np.uint8)
+            if self.cache is not None:
+                self.cache.put(ck, data)
+        return data.tobytes()
+
+    def _history_since_snapshot(self, task: Task, rev: Revision) -> tuple[Revision, list[Revision]]:
+        """The last snapshot at or before ``rev`` and the revisions after it up to ``rev``, each with its patch."""
+        if rev.labels_key is not None:
+            return rev, []
+        snap = self.db.scalar(
+            select(Revision).where(Revision.task_id == task.id, Revision.number < rev.number,
+                                   Revision.labels_key.is_not(None)).order_by(Revision.number.desc()).limit(1))
+        if snap is None:
+            raise CorruptHistory(f"task {task.id}: no labels snapshot before revision {rev.number}")
+        later = self.db.scalars(
+            select(Revision).where(Revision.task_id == task.id, Revision.number > snap.number,
+                                   Revision.number <= rev.number).order_by(Revision.number)
+            .options(undefer(Revision.patch_bytes))).all()
+        if [r.number for r in later] != list(range(snap.number + 1, rev.number + 1)):
+            raise CorruptHistory(f"task {task.id}: revisions missing between {snap.number} and {rev.number}")
+        for r in later:
+            if not self._has_patch(r):
+                raise CorruptHistory(f"task {task.id}: revision {r.number} has neither snapshot nor patch")
+        return snap, later
+
+    def _read_snapshot(self, task: Task, key: str) -> np.ndarray:
+        if chunked.is_manifest(key):
+            return chunked.read_labels(self.storage, self._manifest(task, key))
+        return validate_labels(decode_array(self.storage.get(key)), shape=task.shape)
+
+    def _write_snapshot(self, task: Task, key: str, labels: np.ndarray, dirty_since: Revision | None = None,
+                        dirty: set | None = None, cut=None) -> list[str]:
+        """Store a labels snapshot under ``key``; returns the keys written. A chunked task's snapshot rewrites only
+        the ``dirty`` level-0 chunks of the snapshot ``dirty_since`` (all of them without one). ``cut``: see
+        ``chunked.write_labels_snapshot`` (labels read only in part)."""
+        if task.chunk_size is None:
+            self.storage.put(key, encode_array(labels))
+            return [key]
+        previous = None
+        if dirty_since is not None and chunked.is_manifest(dirty_since.labels_key):
+            previous = self._manifest(task, dirty_since.labels_key)
+        return chunked.write_labels_snapshot(self.storage, key, labels, task.chunk_size, previous,
+                                             dirty if previous is not None else None, cut=cut)
+
+    def _stroke_labels(self, task: Task, tool: str, params: dict) -> tuple[Revision, chunked.PartialLabels] | None:
+        """For a stroke on a chunked task this worker does not hold: the current revision and its labels read only
+        in the chunks under the stroke. None where the whole labels are needed (another tool, a small task, labels
+        in memory, parameters the tool will refuse anyway)."""
+        if tool not in STROKE_TOOLS or not self._reads_in_part(task):
+            return None
+        try:
+            points = points_param(params, "points", task.shape)
+            box, _ = stroke_mask(points, int_in(params, "radius", 1, MAX_RADIUS), task.shape)
+        except EditError:
+            return None
+        return self._labels_in_part(task, [box])
+
+    def _reads_in_part(self, task: Task) -> bool:
+        """Whether a change to ``task`` should read only the chunks it touches: a task too big to hold, whose
+        labels this worker does not have in memory (or a few patches behind)."""
+        if task.chunk_size is None or task.shape[0] * task.shape[1] <= PARTIAL_ABOVE_PIXELS:
+            return False
+        if self.cache is None:
+            return True
+        rev = self.current_revision(task)
+        return (self.cache.get(self._cache_key(self._identity(rev))) is None
+                and self.cache.get(self._latest_key(task.id)) is None)
+
+    def _labels_in_part(self, task: Task, boxes) -> tuple[Revision, chunked.PartialLabels] | None:
+        """The current revision and its labels read only in the chunks the boxes touch."""
+        rev = self.current_revision(task)
+        snap, later = self._history_since_snapshot(task, rev)
+        if not chunked.is_manifest(snap.labels_key):
+            return None
+        try:
+            patches = [self._patch(r) for r in later]
+            grid = self.chunk_grid(task)
+            return rev, chunked.PartialLabels(self.storage, self._manifest(task, snap.labels_key), patches,
+                                              set().union(*(grid.touching(b) for b in boxes)), read=self._stored_chunk)
+        except (NotFound, EditError, ValueError) as exc:
+            raise CorruptHistory(f"task {task.id}: revision {rev.number}'s chunks cannot be read: {exc}") from exc
+
+    def _labels_snapshot_key(self, task: Task, number: int) -> str:
+        return self._key(task, "labels", number, ext="chunks.json" if task.chunk_size is not None else "npy.gz")
+
     def current_revision(self, task: Task) -> Revision:
         return self._revision(task, task.revision)
 
@@ -132,8 +305,8 @@ class RevisionStore:
         return rev.patch_key is not None or rev.patch_bytes is not None
 
     def _patch(self, rev: Revision) -> Patch:
-        """A revision's stored patch, from its row or from storage."""
-        return Patch.from_bytes(rev.patch_bytes if rev.patch_bytes is not None else self.storage.get(rev.patch_key))
+        """A revision's stored patch, from its row or from storage (through the cache)."""
+        return Patch.from_bytes(rev.patch_bytes if rev.patch_bytes is not None else self._patch_bytes(rev.patch_key))
 
     def _rebuild(self, task: Task, rev: Revision) -> np.ndarray:
         """The labels of ``rev``: its snapshot, or the last snapshot before it plus the patches after that."""
@@ -144,23 +317,9 @@ class RevisionStore:
                 f"task {task.id}: a stored object of revision {rev.number}'s history is gone: {exc}") from exc
 
     def _replay_from_snapshot(self, task: Task, rev: Revision) -> np.ndarray:
-        if rev.labels_key is not None:
-            return validate_labels(decode_array(self.storage.get(rev.labels_key)), shape=task.shape)
-        snap = self.db.scalar(
-            select(Revision).where(Revision.task_id == task.id, Revision.number < rev.number,
-                                   Revision.labels_key.is_not(None)).order_by(Revision.number.desc()).limit(1))
-        if snap is None:
-            raise CorruptHistory(f"task {task.id}: no labels snapshot before revision {rev.number}")
-        labels = validate_labels(decode_array(self.storage.get(snap.labels_key)), shape=task.shape)
-        later = self.db.scalars(
-            select(Revision).where(Revision.task_id == task.id, Revision.number > snap.number,
-                                   Revision.number <= rev.number).order_by(Revision.number)
-            .options(undefer(Revision.patch_bytes))).all()
-        if [r.number for r in later] != list(range(snap.number + 1, rev.number + 1)):
-            raise CorruptHistory(f"task {task.id}: revisions missing between {snap.number} and {rev.number}")
+        snap, later = self._history_since_snapshot(task, rev)
+        labels = self._read_snapshot(task, snap.labels_key)
         for r in later:
-            if not self._has_patch(r):
-                raise CorruptHistory(f"task {task.id}: revision {r.number} has neither snapshot nor patch")
             try:
                 self._patch(r).apply(labels, check=True)
             except EditError as exc:
@@ -186,7 +345,7 @@ class RevisionStore:
 
     def labels_bytes(self, task: Task) -> bytes:
         rev = self.current_revision(task)
-        if rev.labels_key is not None:
+        if rev.labels_key is not None and not chunked.is_manifest(rev.labels_key):
             return self.storage.get(rev.labels_key)
         return encode_array(self.labels(task))
 
@@ -277,13 +436,18 @@ class RevisionStore:
             labels = np.zeros((y1 - y0, x1 - x0, 2), np.int32)
         labels = validate_labels(labels, shape=image.shape[:2])
         state = TaskState.prelabeled if labels.any() else TaskState.new
-        task = Task(batch=batch, y0=y0, x0=x0, y1=y1, x1=x1, state=state, image_key="", revision=0)
+        # a big task is also stored in chunks, so the editor opens it piece by piece and edits rewrite pieces
+        chunk_size = CHUNK if max(y1 - y0, x1 - x0) > chunked.CHUNKED_ABOVE else None
+        task = Task(batch=batch, y0=y0, x0=x0, y1=y1, x1=x1, state=state, image_key="", revision=0,
+                    chunk_size=chunk_size)
         self.db.add(task)
         self.db.flush()
         task.image_key = self._key(task, "image", 0)
         self.storage.put(task.image_key, encode_array(image))
-        labels_key = self._key(task, "labels", 0)
-        self.storage.put(labels_key, encode_array(labels))
+        if chunk_size is not None:
+            chunked.write_image_chunks(self.storage, task.image_key, image, ChunkGrid(image.shape, chunk_size))
+        labels_key = self._labels_snapshot_key(task, 0)
+        self._write_snapshot(task, labels_key, labels)
         self.db.add(Revision(task=task, number=0, action=action, labels_key=labels_key,
                              author_id=actor.user.id if actor.user else None, author_ref=actor.ref))
         return task
@@ -305,7 +469,8 @@ class RevisionStore:
 
     def _commit_revision(self, task: Task, actor: Actor, labels: np.ndarray, patch: Patch | None, *,
                          action: str, params: dict, target: int | None = None,
-                         index: LabelIndex | None = None, epoch: int | None = None) -> Revision:
+                         index: LabelIndex | None = None, epoch: int | None = None,
+                         partial: chunked.PartialLabels | None = None) -> Revision:
         """Write the new revision's arrays under fresh keys, then move the task on by one revision if, and
         only if, it is still at the revision this request started from (optimistic lock) and, when ``epoch`` is
         given (the labels epoch read before the labels the change was computed on), revision 0 was not replaced
@@ -316,11 +481,18 @@ class RevisionStore:
         patch_bytes = None if patch is None else patch.to_bytes()
         in_row = patch_bytes is not None and len(patch_bytes) <= self.patch_in_row_bytes
         patch_key = None if patch is None or in_row else self._key(task, "patches", number, ext="patch")
-        labels_key = self._key(task, "labels", number) if self._wants_snapshot(task, labels, patch, number) else None
+        labels_key = (self._labels_snapshot_key(task, number) if self._wants_snapshot(task, labels, patch, number)
+                      else None)
+        dirty_since, dirty = (None, None) if labels_key is None else self._dirty_since_snapshot(task, patch)
+        if partial is not None and dirty_since is None:
+            labels_key = None  # labels read in part cannot make a whole snapshot: this revision keeps its patch only
+        written = []
         if patch_key is not None:
             self.storage.put(patch_key, patch_bytes)
+            written.append(patch_key)
         if labels_key is not None:
-            self.storage.put(labels_key, encode_array(labels))
+            written += self._write_snapshot(task, labels_key, labels, dirty_since, dirty,
+                                            cut=None if partial is None else partial.chunk_after(patch))
         # one conditional update decides the race: the task must still be at the base revision and in a state
         # this actor may edit, so an edit that loses to a submit or another edit changes nothing
         # (and a prelabel write that landed after this request read its labels bumps the epoch: a patch computed on
@@ -328,9 +500,8 @@ class RevisionStore:
         editable = states.editable_states(reviewer=actor.reviewer)
         if not advance_revision(self.db, task, base, editable, epoch):
             self.db.rollback()
-            for key in (labels_key, patch_key):
-                if key is not None:
-                    self.storage.delete(key)
+            for key in written:
+                self.storage.delete(key)
             if epoch is not None:
                 now_epoch, revision = self.db.execute(
                     select(Task.labels_epoch, Task.revision).where(Task.id == task.id)).one()
@@ -350,37 +521,66 @@ class RevisionStore:
         rev_id = self.db.connection().execute(_INSERT_REVISION, row).scalar_one()
         self.db.commit()
         rev = Revision(id=rev_id, **row)
-        if self.cache is not None:
+        if self.cache is not None and partial is None:  # labels read in part are nobody's current labels
             if index is not None:  # only edits and replays (which have a patch) bring an index
                 index.update(patch, labels)
             self._keep(rev, labels, index)
         return rev
 
+    def _dirty_since_snapshot(self, task: Task, patch: Patch | None) -> tuple[Revision | None, set | None]:
+        """For a chunked task's next snapshot: the last snapshot and the level-0 chunks changed since it (the
+        boxes of the patches after it, and of ``patch``); (None, None) when every chunk must be written."""
+        if task.chunk_size is None or patch is None:
+            return None, None
+        try:
+            snap, later = self._history_since_snapshot(task, self.current_revision(task))
+            grid = self.chunk_grid(task)
+            dirty = grid.touching(patch.box)
+            for r in later:
+                dirty |= grid.touching(self._patch(r).box)
+        except (CorruptHistory, NotFound, EditError):
+            return None, None  # write every chunk: a complete snapshot needs no history
+        return snap, dirty
+
     def _commit_patch(self, task: Task, actor: Actor, labels: np.ndarray, patch: Patch, *,
                       action: str, params: dict, target: int | None = None,
-                      index: LabelIndex | None = None, epoch: int | None = None) -> Revision:
+                      index: LabelIndex | None = None, epoch: int | None = None,
+                      partial: chunked.PartialLabels | None = None) -> Revision:
         # replays must find exactly the pixels their patch recorded; a mismatch means corrupt history
         patch.apply(labels, check=action != EDIT_ACTIONS)
         return self._commit_revision(task, actor, labels, patch, action=action, params=params, target=target,
-                                     index=index, epoch=epoch)
+                                     index=index, epoch=epoch, partial=partial)
 
     def edit(self, task: Task, actor: Actor, base_revision: int | None, tool: str, params: dict) -> tuple[Revision, Patch]:
         self._check_base(task, base_revision)
         self._check_editable(task, actor)
         epoch = task.labels_epoch  # read before the labels the patch is computed on
-        current, labels, index = self._working_labels(task)
+        stroke = self._stroke_labels(task, tool, params)
+        if stroke is not None:
+            current, partial = stroke
+            labels, index = partial.labels, None
+            keep = lambda: None  # noqa: E731 (labels read in part go nowhere)
+        else:
+            partial = None
+            current, labels, index = self._working_labels(task)
+            keep = lambda: self._keep(current, labels, index)  # noqa: E731
         try:
-            patch = apply_edit(labels, self.image(task), tool, params, index=index, maps=self._maps_for(task, tool))
+            patch = apply_edit(labels, self._image_for(task, params), tool, params, index=index,
+                               maps=self._maps_for(task, tool))
         except Exception:
-            self._keep(current, labels, index)  # apply_edit leaves the labels untouched
+            keep()  # apply_edit leaves the labels untouched
             raise
         if patch.is_empty:
             # a no-op leaves no revision behind: nothing changed, and the undo stack stays meaningful
-            self._keep(current, labels, index)
+            keep()
             return current, patch
         rev = self._commit_patch(task, actor, labels, patch, action=EDIT_ACTIONS, params={"tool": tool, **params},
-                                 index=index, epoch=epoch)
+                                 index=index, epoch=epoch, partial=partial)
         return rev, patch
+
+    def _image_for(self, task: Task, params: dict) -> np.ndarray | None:
+        # only the tools given a channel read the image: a stroke on a big task never decodes its channels
+        return self.image(task) if params.get("channel") is not None else None
 
     def maps(self, task: Task) -> np.ndarray | None:
         """The crop's model maps (read-only), or None when it has none (the assist tools are then off)."""
@@ -402,7 +602,8 @@ class RevisionStore:
         self._check_editable(task, actor)
         current, labels, index = self._working_labels(task)
         try:
-            return apply_edit(labels, self.image(task), tool, params, index=index, maps=self._maps_for(task, tool))
+            return apply_edit(labels, self._image_for(task, params), tool, params, index=index,
+                              maps=self._maps_for(task, tool))
         finally:
             self._keep(current, labels, index)  # apply_edit leaves the labels untouched
 
@@ -471,15 +672,30 @@ class RevisionStore:
         step = stack[-1]
         target = step[-1]
         epoch = task.labels_epoch  # read before the labels the patch applies to
-        current, labels, index = self._working_labels(task)
+        partial = None
+        if self._reads_in_part(task):
+            # an undo on a task too big to hold reads the chunks its step's patches cover
+            try:
+                boxes = [self._stored_patch(task, n).box for n in step]
+            except (EditError, NotFound) as exc:
+                raise CorruptHistory(f"task {task.id}: cannot {action} revision {target}: {exc}") from exc
+            in_part = self._labels_in_part(task, boxes)
+            if in_part is not None:
+                partial = in_part[1]
+        current = None
+        if partial is not None:
+            labels, index = partial.labels, None
+        else:
+            current, labels, index = self._working_labels(task)
         try:
             patch = self._step_patch(task, step, labels, undo=action == "undo")
         except (EditError, NotFound) as exc:
-            self._keep(current, labels, index)
+            if partial is None:
+                self._keep(current, labels, index)
             raise CorruptHistory(f"task {task.id}: cannot {action} revision {target}: {exc}") from exc
         try:
             rev = self._commit_patch(task, actor, labels, patch, action=action, params={}, target=target, index=index,
-                                     epoch=epoch)
+                                     epoch=epoch, partial=partial)
         except EditError as exc:
             raise CorruptHistory(f"task {task.id}: cannot {action} revision {target}: {exc}") from exc
         return rev, patch
@@ -511,8 +727,8 @@ class RevisionStore:
         the crop when the write lands: one conditional update on the task row decides, like every transition.
         Returns False (and stores nothing) when a person got there first."""
         labels = validate_labels(labels, shape=task.shape)
-        key = self._key(task, "labels", 0)
-        self.storage.put(key, encode_array(labels))
+        key = self._labels_snapshot_key(task, 0)
+        written = self._write_snapshot(task, key, labels)
         state = TaskState.prelabeled if labels.any() else TaskState.new
         first = self._revision(task, 0)
         old_key = first.labels_key
@@ -525,7 +741,8 @@ class RevisionStore:
         ).rowcount
         if moved != 1:
             self.db.rollback()
-            self.storage.delete(key)
+            for k in written:
+                self.storage.delete(k)
             return False
         set_committed_value(task, "state", state)
         set_committed_value(task, "labels_epoch",
@@ -535,5 +752,8 @@ class RevisionStore:
         first.params = {"prelabel": label}
         self.db.commit()
         if old_key is not None and old_key != key:
-            self.storage.delete(old_key)
+            # revision 0 is the only revision: nothing else names the old snapshot's chunks
+            old = self._manifest(task, old_key).all_keys() if chunked.is_manifest(old_key) else []
+            for k in old + [old_key]:
+                self.storage.delete(k)
         return True

@@ -7,8 +7,10 @@ from werkzeug.exceptions import HTTPException
 
 from backend.web import request_limits as limits
 from backend.store.arrays import ArrayError
+from backend.store.chunks import NoSuchChunk
 from backend.edits import EditError
 from backend.tasks import CorruptHistory, NothingToUndo, StaleRevision, TaskService
+from backend.tasks.revisions import NotChunked
 from backend.tasks.states import TransitionError
 
 # ids are 32-bit integer columns: a larger id is no row (and PostgreSQL would refuse to compare it)
@@ -77,6 +79,31 @@ class BadRequest(Exception):
     pass
 
 
+def chunk_address(level: str, row: str, col: str) -> tuple[int, int, int]:
+    """(level, row, col) of a chunk route, as small non-negative integers (a 400 otherwise)."""
+    values = []
+    for name, text in (("level", level), ("row", row), ("col", col)):
+        if not (text.isascii() and text.isdigit() and len(text) <= 6):
+            raise BadRequest(f"chunk {name} must be a non-negative integer, got {text[:20]!r}")
+        values.append(int(text))
+    return values[0], values[1], values[2]
+
+
+def chunk_revision() -> int | None:
+    """``?revision=N`` of a labels chunk request: the revision the editor is assembling (checked, 409 if stale)."""
+    text = request.args.get("revision")
+    if text is None:
+        return None
+    if not (text.isascii() and text.isdigit() and len(text) <= 9):
+        raise BadRequest("'revision' must be a non-negative integer")
+    return int(text)
+
+
+def chunk_reply(read, level: str, row: str, col: str, **headers) -> Response:
+    """A chunk (gzip .npy) from ``read(level, row, col)``; a chunk the task's grid lacks is a 404 (NoSuchChunk)."""
+    return binary(read(*chunk_address(level, row, col)), ARRAY_MIMETYPE, **headers)
+
+
 def binary(data: bytes, mimetype: str, **headers) -> Response:
     resp = Response(data, mimetype=mimetype)
     for key, value in headers.items():
@@ -103,6 +130,14 @@ def register_error_handlers(app) -> None:
     @app.errorhandler(BadRequest)
     def _bad(exc):
         return error(400, str(exc))
+
+    @app.errorhandler(NoSuchChunk)
+    def _no_chunk(exc):
+        return error(404, str(exc))
+
+    @app.errorhandler(NotChunked)
+    def _not_chunked(exc):
+        return error(404, str(exc))
 
     @app.errorhandler(EditError)
     def _edit(exc):

@@ -7,8 +7,8 @@ from flask import Blueprint, abort, current_app, jsonify, request, send_from_dir
 from sqlalchemy.orm import joinedload
 
 from backend.web import common, link_limits
-from backend.web.common import (ARRAY_MIMETYPE, PATCH_MIMETYPE, base_revision, binary, edit_request, json_body,
-                                service)
+from backend.web.common import (ARRAY_MIMETYPE, PATCH_MIMETYPE, base_revision, binary, chunk_reply, chunk_revision,
+                                edit_request, json_body, service)
 from backend.web.auth import read_task_token
 from backend.store.models import Task
 from backend.web.security_headers import PAGE_CSP
@@ -108,6 +108,8 @@ def task_summary(task: Task, svc) -> dict:
         "review": None if review is None else {"verdict": review.verdict, "comment": review.comment,
                                                 **({"pin": review.pin} if review.pin else {})},
         "assist": assist_status(task),
+        # a big task's chunk layout (size, each level's shape): the editor loads what is in view first
+        "chunks": None if task.chunk_size is None else svc.chunk_grid(task).describe(),
     }
 
 
@@ -145,6 +147,22 @@ def image(token: str):
 def labels(token: str):
     task, _ = _task_from_token(token)
     return binary(service().labels_bytes(task), ARRAY_MIMETYPE, revision=task.revision)
+
+
+@bp.get("/api/task/<token>/image/<level>/<row>/<col>")
+def image_chunk(token: str, level: str, row: str, col: str):
+    """One chunk of a big task's channels, (h, w, C) gzip .npy: level k is every 2**k-th row and column."""
+    task, _ = _task_from_token(token)
+    return chunk_reply(lambda *a: service().image_chunk_bytes(task, *a), level, row, col)
+
+
+@bp.get("/api/task/<token>/labels/<level>/<row>/<col>")
+def labels_chunk(token: str, level: str, row: str, col: str):
+    """One chunk of the current labels, (h, w, 2) int32; ``?revision=N`` refuses (409) any other revision."""
+    task, _ = _task_from_token(token)
+    revision = chunk_revision()
+    return chunk_reply(lambda *a: service().labels_chunk_bytes(task, *a, revision=revision), level, row, col,
+                       revision=task.revision)
 
 
 def edit_reply(rev, patch):

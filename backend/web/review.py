@@ -6,8 +6,8 @@ import numpy as np
 from flask_login import current_user
 from sqlalchemy import select, update
 
-from backend.web.common import (ARRAY_MIMETYPE, MAX_ID, BadRequest, base_revision, binary, db, edit_request, json_body,
-                                service)
+from backend.web.common import (ARRAY_MIMETYPE, MAX_ID, BadRequest, base_revision, binary, chunk_reply, chunk_revision,
+                                db, edit_request, json_body, service)
 from backend.web.request_limits import enforce_body_limit, label_upload_limit
 from backend.web.crowd import edit_reply, preview_reply, task_summary
 from backend.store.arrays import decode_array
@@ -92,6 +92,22 @@ def image(task_id: int):
 def labels(task_id: int):
     task = _task(task_id)
     return binary(service().labels_bytes(task), ARRAY_MIMETYPE, revision=task.revision)
+
+
+@bp.get("/tasks/<int:task_id>/image/<level>/<row>/<col>")
+@reviewer_only
+def image_chunk(task_id: int, level: str, row: str, col: str):
+    task = _task(task_id)
+    return chunk_reply(lambda *a: service().image_chunk_bytes(task, *a), level, row, col)
+
+
+@bp.get("/tasks/<int:task_id>/labels/<level>/<row>/<col>")
+@reviewer_only
+def labels_chunk(task_id: int, level: str, row: str, col: str):
+    task = _task(task_id)
+    revision = chunk_revision()
+    return chunk_reply(lambda *a: service().labels_chunk_bytes(task, *a, revision=revision), level, row, col,
+                       revision=task.revision)
 
 
 @bp.post("/tasks/<int:task_id>/start")

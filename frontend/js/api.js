@@ -55,6 +55,19 @@ async function arrayBytes(resp) {
   return new Response(resp.body.pipeThrough(new DecompressionStream('gzip'))).arrayBuffer();
 }
 
+// a big task opens in tens of chunk requests: one over a rate limit (429) or lost on the way waits and asks again
+async function retried(fn, attempts = 5) {
+  for (let i = 1; ; i++) {
+    try {
+      return await fn();
+    } catch (err) {
+      const transient = !(err instanceof ApiError) || err.status === 429 || err.status >= 500;
+      if (!transient || i >= attempts) throw err;
+      await new Promise((resolve) => setTimeout(resolve, err.retryAfter ? err.retryAfter * 1000 : 200 * i));
+    }
+  }
+}
+
 export class ApiError extends Error {
   constructor(status, body) {
     super(body.error || `HTTP ${status}`);
@@ -95,6 +108,29 @@ export class Client {
   async labels() {
     const resp = await this.request('/labels');
     return { ...(await parseNpy(await arrayBytes(resp))), revision: Number(resp.headers.get('X-Revision')) };
+  }
+
+  // one chunk of a big task (info.chunks): level k holds every 2**k-th row and column
+  imageChunk(level, row, col) {
+    return retried(async () => parseNpy(await arrayBytes(await this.request(`/image/${level}/${row}/${col}`))));
+  }
+
+  // revision: the revision being assembled; the server answers 409 (with the current one) if the task moved on
+  labelsChunk(level, row, col, revision) {
+    const path = `/labels/${level}/${row}/${col}`;
+    const sep = this.query ? '&' : '?';
+    return retried(async () => {
+      const resp = await fetch(this.base + path + this.query + (revision === undefined ? '' : `${sep}revision=${revision}`),
+        { headers: this.csrf ? { 'X-CSRF-Token': this.csrf } : {}, referrerPolicy: 'no-referrer' });
+      if (!resp.ok) {
+        let payload = {};
+        try { payload = await resp.json(); } catch (e) { /* not JSON */ }
+        const error = new ApiError(resp.status, payload);
+        error.retryAfter = Number(resp.headers.get('Retry-After')) || 0;
+        throw error;
+      }
+      return { ...(await parseNpy(await arrayBytes(resp))), revision: Number(resp.headers.get('X-Revision')) };
+    });
   }
 
   async change(action, body) {

@@ -23,6 +23,22 @@ export class Canvas2DRenderer {
 
   updateLabels() { /* reads the shown labels at every draw */ }
 
+  // a big task in chunks: the planes are filled in place, and every draw reads them (no coarse level here)
+  allocate(width, height) {
+    this.width = width;
+    this.height = height;
+  }
+
+  uploadImage(planes) { this.planes = planes; }
+
+  loadLabels() { /* as updateLabels */ }
+
+  expectChunks() { /* draws whatever has arrived */ }
+
+  markLoaded() { /* as expectChunks */ }
+
+  viewLoaded() { return true; } // no coarse level: what has arrived is drawn
+
   color(id) {
     let c = this.colors.get(id);
     if (!c) { c = labelColor(id); this.colors.set(id, c); }

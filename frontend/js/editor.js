@@ -3,6 +3,7 @@
 // previews them at once and sends them through the edit queue; the server's patches are the truth.
 import { Canvas2DRenderer } from './canvas2d.js';
 import { Channels, splitChannels } from './channels.js';
+import { chunkBox, chunksIn, eachLimited, levelFor, scatterChannels } from './chunks.js';
 import { actionFor, typing } from './keymap.js';
 import { Labels, unionBox } from './labels.js';
 import { buildPanels, el } from './panels.js';
@@ -52,6 +53,11 @@ export class Editor {
   // --- loading -------------------------------------------------------------------------------------------
   // arrays: the [image, labels] fetch, when the page started it early (it needs nothing from the task JSON)
   async load(arrays = null) {
+    if (this.info.chunks) {
+      await this.loadChunked();
+      return;
+    }
+    this.complete = true;
     const t = [performance.now()];
     const [image, labels] = await (arrays || Promise.all([this.client.image(), this.client.labels()]));
     t.push(performance.now());
@@ -82,6 +88,154 @@ export class Editor {
     this.timings.open = { prepareMs: t[2] - t[1], uploadMs: t[3] - t[2], drawMs: t[4] - t[3] };
   }
 
+  // --- a big task: the coarse level in view first, then level 0, nearest the middle of the view first -----------
+  async loadChunked() {
+    const t = [performance.now()];
+    const layout = this.info.chunks;
+    const [h, w] = this.info.shape;
+    this.complete = false;
+    this.view = new Viewport(w, h);
+    this.labels = Labels.blank(h, w, this.info.revision);
+    this.brushLabel = 1;
+    this.build();
+    this.resize();
+    this.view.fit();
+    const level = levelFor(layout, this.view.scale);
+    const coarse = await this.fetchLevel(layout, level, this.view.visible());
+    t.push(performance.now());
+    this.channels = new Channels(this.info.channels, coarse.planes, this.info.project, this.info.roles || {});
+    this.channels.mount(this.channelList);
+    this.channels.onChange(() => { this.requestDraw(); this.showChannelState(); });
+    this.showChannelState();
+    const Type = coarse.planes[0].constructor;
+    this.planes = coarse.planes.map(() => new Type(h * w));
+    this.renderer.allocate(w, h, this.planes.length, Type);
+    this.renderer.uploadImage(this.planes, [0, 0, 0, 0]);
+    this.renderer.setLabels(this.labels, { upload: false });
+    this.renderer.expectChunks(layout.size);
+    if (this.renderer.setCoarse) this.renderer.setCoarse(coarse.planes, coarse.labels, coarse.width, coarse.height, level);
+    t.push(performance.now());
+    this.showTool();
+    this.showQueue();
+    this.drawNow();
+    this.renderer.finish();
+    t.push(performance.now());
+    performance.mark('cellloop-first-view');
+    document.body.dataset.firstView = 'true';
+    // what opening spends before the first view (bench/editor.py): the coarse chunks fetched and decoded, ranges
+    // and textures, the first frame
+    this.timings.open = { level, coarseChunks: coarse.count, arraysMs: t[1] - t[0], prepareMs: t[2] - t[1], drawMs: t[3] - t[2] };
+    this.say('Loading full resolution…');
+    await this.fetchFullResolution(layout);
+    this.renderer.dropCoarse && this.renderer.dropCoarse();
+    this.brushLabel = this.labels.nextId();
+    this.complete = true;
+    this.timings.open.completeMs = performance.now() - t[0];
+    this.say('');
+    this.showCells();
+    this.showTool();
+    this.showQueue();
+    this.requestDraw();
+  }
+
+  // the chunks of `level` over an image rectangle, assembled into that level's planes and interleaved labels
+  async fetchLevel(layout, level, rect) {
+    const [lh, lw] = layout.levels[level];
+    const s = layout.size;
+    const labels = new Int32Array(lh * lw * 2);
+    let planes = null;
+    const wanted = chunksIn(layout, level, rect);
+    await eachLimited(wanted.flatMap((c) => [['image', c], ['labels', c]]), 6, async ([kind, [i, j]]) => {
+      if (kind === 'image') {
+        const chunk = await this.client.imageChunk(level, i, j);
+        const d = chunk.data;
+        const Type = d instanceof Uint16Array || d instanceof Uint8Array ? d.constructor : Float32Array;
+        if (!planes) planes = Array.from({ length: chunk.shape[2] }, () => new Type(lh * lw));
+        scatterChannels(chunk, planes, lw, i * s, j * s);
+      } else {
+        // display only (the labels edited are level 0's): any revision will do
+        const chunk = await this.client.labelsChunk(level, i, j);
+        const rowLen = chunk.shape[1] * 2;
+        for (let y = 0; y < chunk.shape[0]; y++) {
+          labels.set(chunk.data.subarray(y * rowLen, (y + 1) * rowLen), ((i * s + y) * lw + j * s) * 2);
+        }
+      }
+    });
+    return { planes, labels, width: lw, height: lh, count: wanted.length };
+  }
+
+  // every level-0 chunk, those in view first (the view at the time each is picked: zoom in while it loads and
+  // that region comes next); the labels all of one revision (the first chunk's)
+  async fetchFullResolution(layout) {
+    const [h, w] = this.info.shape;
+    const pending = new Map(chunksIn(layout, 0, [0, 0, h, w]).map((c) => [c.join(','), c]));
+    const pick = () => {
+      const rect = this.view.visible();
+      const inView = chunksIn(layout, 0, rect).find((c) => pending.has(c.join(',')));
+      const c = inView || chunksIn(layout, 0, [0, 0, h, w], [(rect[0] + rect[2]) / 2, (rect[1] + rect[3]) / 2])
+        .find((x) => pending.has(x.join(',')));
+      pending.delete(c.join(','));
+      return c;
+    };
+    let pinned;
+    let stale = false;
+    const one = async (c) => {
+      const box = chunkBox(layout, c);
+      const [image, labels] = await Promise.all([this.client.imageChunk(0, ...c),
+        this.client.labelsChunk(0, ...c, pinned).catch((err) => {
+          if (err.status === 409) { stale = true; return null; }
+          throw err;
+        })]);
+      scatterChannels(image, this.planes, w, box[0], box[1]);
+      this.renderer.uploadImage(this.planes, box);
+      if (labels) {
+        if (pinned === undefined) pinned = labels.revision;
+        this.labels.fillChunk(box, labels.data);
+        this.renderer.loadLabels(box);
+      }
+      this.renderer.markLoaded(c);
+      // the view shows the coarse level until every chunk in it is in: draw once it is, not for each chunk
+      const [r0, c0, r1, c1] = this.view.visible();
+      const inView = box[0] < r1 && box[2] > r0 && box[1] < c1 && box[3] > c0;
+      if (inView && this.renderer.viewLoaded(this.view)) this.requestDraw();
+    };
+    await one(pick());
+    await Promise.all(Array.from({ length: 4 }, async () => {
+      while (pending.size) await one(pick());
+    }));
+    this.labels.revision = pinned;
+    // someone changed the task while it loaded: labels again, all at its new revision
+    if (stale) await this.reloadChunkedLabels();
+  }
+
+  async fetchChunkedLabels() {
+    const layout = this.info.chunks;
+    const [h, w] = this.info.shape;
+    for (let attempt = 0; ; attempt++) {
+      const labels = Labels.blank(h, w, 0);
+      let pinned;
+      const one = async (c) => {
+        const chunk = await this.client.labelsChunk(0, ...c, pinned);
+        if (pinned === undefined) pinned = chunk.revision;
+        labels.fillChunk(chunkBox(layout, c), chunk.data);
+      };
+      const order = chunksIn(layout, 0, [0, 0, h, w]);
+      try {
+        await one(order[0]);
+        await eachLimited(order.slice(1), 4, one);
+        labels.revision = pinned;
+        return labels;
+      } catch (err) {
+        if (err.status !== 409 || attempt >= 2) throw err;
+      }
+    }
+  }
+
+  async reloadChunkedLabels() {
+    this.labels = await this.fetchChunkedLabels();
+    this.renderer.setLabels(this.labels);
+  }
+
   makeRenderer(canvas) {
     if (this.rendererChoice !== 'canvas2d') {
       try {
@@ -108,7 +262,7 @@ export class Editor {
     document.addEventListener('keyup', this.keyUpHandler);
     this.resizeObserver = new ResizeObserver(() => { this.resize(); this.requestDraw(); });
     this.resizeObserver.observe(this.stage);
-    this.showChannelState();
+    if (this.channels) this.showChannelState();
   }
 
   // the reviewer page opens task after task in one page: let go of listeners and GPU memory
@@ -156,24 +310,68 @@ export class Editor {
     for (const row of this.channelList.children) row.classList.toggle('active', Number(row.dataset.channel) === this.channels.active);
   }
 
-  showCells() {
+  cellItem(c) {
+    const li = el('li', { className: c.id === this.display.selected ? 'selected' : '' }, `${c.id}`, el('span', {}, `${c.area} px`));
+    li.dataset.id = c.id;
+    return li;
+  }
+
+  // changed: the ids a patch touched on the shown layer; only their rows change (a 8192² task lists 64,000 cells,
+  // rebuilding them all after every stroke would stall the page)
+  showCells(changed = null) {
+    if (changed && this.cellItems && !this.cellTimer) {
+      this.updateCells(changed);
+      return;
+    }
     if (this.cellTimer) return;
     // a patch can land many times a second; the list need not follow every one
     this.cellTimer = setTimeout(() => {
       this.cellTimer = null;
       const cells = this.labels.cells(this.display.layer);
       this.cellCount.textContent = `(${cells.length})`;
-      const selected = this.display.selected;
+      this.cellItems = new Map();
       this.cellList.replaceChildren(...cells.map((c) => {
-        const li = el('li', { className: c.id === selected ? 'selected' : '' }, `${c.id}`, el('span', {}, `${c.area} px`));
-        li.dataset.id = c.id;
+        const li = this.cellItem(c);
+        this.cellItems.set(c.id, li);
         return li;
       }));
+      this.selectedItem = this.cellItems.get(this.display.selected) || null;
       this.cellList.onclick = (ev) => {
         const li = ev.target.closest('li');
         if (li) this.selectCell(Number(li.dataset.id), true);
       };
     }, 50);
+  }
+
+  updateCells(changed) {
+    const stats = this.labels.stats[this.display.layer];
+    for (const id of changed) {
+      const s = stats.get(id);
+      const li = this.cellItems.get(id);
+      if (!s) {
+        if (li) { li.remove(); this.cellItems.delete(id); }
+      } else if (li) {
+        li.lastChild.textContent = `${s.area} px`;
+      } else {
+        const item = this.cellItem({ id, area: s.area });
+        this.cellItems.set(id, item);
+        this.cellList.insertBefore(item, this.cellAfter(id));
+      }
+    }
+    this.cellCount.textContent = `(${stats.size})`;
+  }
+
+  // the list's first row with an id above `id` (null: the end), by bisection: rows are sorted by id
+  cellAfter(id) {
+    const rows = this.cellList.children;
+    let lo = 0;
+    let hi = rows.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (Number(rows[mid].dataset.id) > id) hi = mid;
+      else lo = mid + 1;
+    }
+    return rows[lo] || null;
   }
 
   // --- drawing -------------------------------------------------------------------------------------------
@@ -183,6 +381,7 @@ export class Editor {
   }
 
   drawNow() {
+    if (!this.channels) return; // a big task's first chunks are still on their way
     this.renderer.draw(this.view, { ...this.display, channels: this.channels.shown(), invert: this.channels.invert });
     this.timings.frames++;
     this.drawOverlay();
@@ -262,6 +461,7 @@ export class Editor {
       return;
     }
     if (ev.button !== 0) return;
+    if (!this.complete && this.tool !== 'select') { this.say('Still loading the full-resolution labels: edits open in a moment.'); return; }
     const p = this.pointerPixel();
     const input = BY_NAME[this.tool].input;
     if (this.readOnly && this.tool !== 'select') { this.say('This task is read-only.'); return; }
@@ -317,7 +517,7 @@ export class Editor {
   }
 
   showCursorInfo() {
-    if (!this.pointer) return;
+    if (!this.pointer || !this.planes) return;
     const [row, col] = this.pointerPixel();
     if (!this.inside([row, col])) { this.cursorInfo.textContent = '\u00a0'; return; }
     const id = this.labels.at(this.display.layer, row, col);
@@ -532,8 +732,10 @@ export class Editor {
       const s = this.labels.stats[this.display.layer].get(id);
       if (s) this.view.centerOn(s.rowSum / s.area, s.colSum / s.area);
     }
-    for (const li of this.cellList.children) li.classList.toggle('selected', Number(li.dataset.id) === this.display.selected);
-    const li = this.cellList.querySelector('li.selected');
+    if (this.selectedItem) this.selectedItem.classList.remove('selected');
+    const li = this.cellItems ? this.cellItems.get(this.display.selected) || null : null;
+    if (li) li.classList.add('selected');
+    this.selectedItem = li;
     if (li && jump) li.scrollIntoView({ block: 'nearest' });
     this.showTool();
     this.requestDraw();
@@ -558,6 +760,7 @@ export class Editor {
   // --- edits ---------------------------------------------------------------------------------------------
   edit(tool, params) {
     if (this.readOnly) { this.say('This task is read-only.'); return; }
+    if (!this.complete) { this.say('Still loading the full-resolution labels: edits open in a moment.'); return; }
     this.queue.push({ action: 'edit', tool, params });
   }
 
@@ -581,7 +784,14 @@ export class Editor {
       sent: this.client.traffic.sent, received: this.client.traffic.received, appliedAt: t1 };
     if (!patch.before.length && item.action === 'edit') this.say(`${BY_NAME[item.tool].label}: nothing changed.`);
     else this.say('');
-    if (box) this.showCells();
+    if (box) {
+      const ids = new Set();
+      if (patch.layer === this.display.layer) {
+        for (const v of patch.before) if (v) ids.add(v);
+        for (const v of patch.after) if (v) ids.add(v);
+      }
+      this.showCells(ids);
+    }
     this.showQueue();
   }
 
@@ -612,9 +822,13 @@ export class Editor {
 
   async reload() {
     this.closeBoxPreview(); // a preview of labels that are no longer the task's
-    const labels = await this.client.labels();
-    this.labels.replace(labels.data, labels.revision);
-    this.renderer.setLabels(this.labels);
+    if (this.info.chunks) {
+      await this.reloadChunkedLabels();
+    } else {
+      const labels = await this.client.labels();
+      this.labels.replace(labels.data, labels.revision);
+      this.renderer.setLabels(this.labels);
+    }
     this.showCells();
     this.showQueue();
     this.requestDraw();
@@ -634,7 +848,7 @@ export class Editor {
   // --- keys ----------------------------------------------------------------------------------------------
   keyDown(ev) {
     // keys belong to a form field being typed in, or to an open dialog (the submit confirmation)
-    if (typing(ev) || !this.labels || document.querySelector('dialog[open]')) return;
+    if (typing(ev) || !this.labels || !this.channels || document.querySelector('dialog[open]')) return;
     if (ev.key === ' ') {
       if (!this.spaceHeld) { this.spaceHeld = true; this.showTool(); }
       ev.preventDefault();
@@ -707,8 +921,8 @@ Editor.prototype.actions = {
     this.selectCell(0, false);
     this.say('');
   },
-  undo() { if (!this.readOnly) this.queue.push({ action: 'undo' }); },
-  redo() { if (!this.readOnly) this.queue.push({ action: 'redo' }); },
+  undo() { if (!this.readOnly && this.complete) this.queue.push({ action: 'undo' }); },
+  redo() { if (!this.readOnly && this.complete) this.queue.push({ action: 'redo' }); },
   toggleGray() { this.channels.gray = !this.channels.gray; this.channels.changed(); },
   nextChannel() { this.channels.step(1); },
   previousChannel() { this.channels.step(-1); },

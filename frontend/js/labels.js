@@ -3,37 +3,60 @@
 // interleaved like the server's array. Per-cell statistics (area, centroid) are kept up to date from each
 // patch's before/after values, so the cell list never rescans a 2048² task.
 export class Labels {
-  constructor(data, height, width, revision) {
+  constructor(data, height, width, revision, { blank = false } = {}) {
     this.height = height;
     this.width = width;
     this.layers = 2;
     this.confirmed = data;
-    this.shown = data.slice();
+    // a blank big task's arrays are filled chunk by chunk (fillChunk): fresh zeros cost nothing until written
+    this.shown = blank ? new Int32Array(data.length) : data.slice();
     this.revision = revision;
     this.stats = [new Map(), new Map()];
     this.maxId = 0;
-    this.countAll();
+    if (!blank) this.countAll();
+  }
+
+  static blank(height, width, revision) {
+    return new Labels(new Int32Array(height * width * 2), height, width, revision, { blank: true });
   }
 
   countAll() {
     this.stats = [new Map(), new Map()];
     this.maxId = 0;
+    this.countBox([0, 0, this.height, this.width]);
+  }
+
+  // add the cells' pixels inside box to the statistics
+  countBox([y0, x0, y1, x1]) {
     const d = this.confirmed;
     const w = this.width;
     // runs of one id along a row cost one map update, not one per pixel
     for (let layer = 0; layer < 2; layer++) {
-      for (let row = 0; row < this.height; row++) {
+      for (let row = y0; row < y1; row++) {
         const base = row * w * 2 + layer;
-        let col = 0;
-        while (col < w) {
+        let col = x0;
+        while (col < x1) {
           const id = d[base + col * 2];
           let end = col + 1;
-          while (end < w && d[base + end * 2] === id) end++;
+          while (end < x1 && d[base + end * 2] === id) end++;
           if (id !== 0) this.addRun(layer, id, row, col, end);
           col = end;
         }
       }
     }
+  }
+
+  // a chunk from the server, (h, w, 2) at box's corner, into the confirmed and shown labels (a blank box)
+  fillChunk(box, data) {
+    const [y0, x0, y1, x1] = box;
+    const rowLen = (x1 - x0) * 2;
+    for (let y = y0; y < y1; y++) {
+      const src = data.subarray((y - y0) * rowLen, (y - y0 + 1) * rowLen);
+      const at = (y * this.width + x0) * 2;
+      this.confirmed.set(src, at);
+      this.shown.set(src, at);
+    }
+    this.countBox(box);
   }
 
   addRun(layer, id, row, col0, col1) {

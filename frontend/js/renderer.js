@@ -6,7 +6,8 @@
 // screen pixel. The cache is kept in tiles: a display change invalidates them all and only the tiles in view
 // are redrawn (the selected cell is highlighted by the present pass, so selecting one keeps every tile); a patch
 // redraws just its box (plus the one-pixel ring whose outlines it may change). Zoomed
-// out below 1:1, the composite pass draws straight to the screen instead.
+// out below 1:1, the composite pass draws straight to the screen instead. A big task arrives in chunks: until the
+// chunks in view are in at full resolution, the composite pass draws straight from a coarse level's textures.
 import { BACKGROUND_RGB, OTHER_LAYER_RGB, OUTLINE_RGB, SELECTED_RGB } from './palette.js';
 
 export const MAX_ACTIVE_CHANNELS = 32;
@@ -65,7 +66,9 @@ uniform int u_layer[MAXC];
 uniform vec3 u_color[MAXC];
 uniform vec2 u_range[MAXC];
 uniform bool u_invert;
-uniform ivec2 u_size;       // image (width, height)
+uniform ivec2 u_size;       // the textures' (width, height)
+uniform ivec2 u_full;       // the image's (width, height) at full resolution
+uniform int u_shift;        // textures of a coarse level: one texel per 2**u_shift image px (direct mode only)
 uniform bool u_direct;      // straight to the screen (zoomed out) instead of into the cache
 uniform vec2 u_origin;
 uniform float u_scale;
@@ -111,7 +114,8 @@ void main() {
   if (u_direct) {
     vec2 img = u_origin + vec2(gl_FragCoord.x, u_canvasHeight - gl_FragCoord.y) / u_scale;
     p = ivec2(floor(img));
-    if (img.x < 0.0 || img.y < 0.0 || p.x >= u_size.x || p.y >= u_size.y) { color = vec4(u_background, 1.0); return; }
+    if (img.x < 0.0 || img.y < 0.0 || p.x >= u_full.x || p.y >= u_full.y) { color = vec4(u_background, 1.0); return; }
+    p = p >> u_shift;
   }
   vec3 rgb = vec3(0.0);
   for (int i = 0; i < MAXC; i++) {
@@ -159,6 +163,14 @@ function link(gl, fragment) {
   return { program, uniforms };
 }
 
+// a box of one plane (width px a row) as a contiguous array
+function planeBlock(plane, width, [y0, x0, y1, x1]) {
+  const w = x1 - x0;
+  const out = new plane.constructor((y1 - y0) * w);
+  for (let y = y0; y < y1; y++) out.set(plane.subarray(y * width + x0, y * width + x1), (y - y0) * w);
+  return out;
+}
+
 function nearest(gl, target) {
   gl.texParameteri(target, gl.TEXTURE_MIN_FILTER, gl.NEAREST);
   gl.texParameteri(target, gl.TEXTURE_MAG_FILTER, gl.NEAREST);
@@ -197,17 +209,29 @@ export class GLRenderer {
     return `WebGL2: ${info ? gl.getParameter(info.UNMASKED_RENDERER_WEBGL) : gl.getParameter(gl.RENDERER)}`;
   }
 
-  // planes: one typed array (H*W) per channel, all of one type (channels.js splitChannels)
-  setImage(planes, width, height) {
+  format(Type) {
     const gl = this.gl;
-    this.width = width;
-    this.height = height;
     const formats = new Map([
       [Float32Array, [gl.R32F, gl.RED, gl.FLOAT]],
       [Uint16Array, [gl.R16UI, gl.RED_INTEGER, gl.UNSIGNED_SHORT]],
       [Uint8Array, [gl.R8UI, gl.RED_INTEGER, gl.UNSIGNED_BYTE]],
     ]);
-    const [internal, format, type] = formats.get(planes[0].constructor);
+    return formats.get(Type);
+  }
+
+  // planes: one typed array (H*W) per channel, all of one type (channels.js splitChannels)
+  setImage(planes, width, height) {
+    this.allocate(width, height, planes.length, planes[0].constructor);
+    this.uploadImage(planes, [0, 0, height, width]);
+  }
+
+  // the textures of a width x height image with `count` channels of typed-array type Type, still empty
+  allocate(width, height, count, Type) {
+    const gl = this.gl;
+    this.width = width;
+    this.height = height;
+    const [internal] = this.format(Type);
+    this.imageType = Type;
     this.composite = link(gl, composite(internal !== gl.R32F));
     gl.useProgram(this.composite.program);
     gl.uniform1i(this.composite.uniforms.u_channels, 0);
@@ -216,10 +240,7 @@ export class GLRenderer {
     gl.bindTexture(gl.TEXTURE_2D_ARRAY, this.channelTexture);
     nearest(gl, gl.TEXTURE_2D_ARRAY);
     gl.pixelStorei(gl.UNPACK_ALIGNMENT, 1);
-    gl.texStorage3D(gl.TEXTURE_2D_ARRAY, 1, internal, width, height, planes.length);
-    planes.forEach((plane, i) => {
-      gl.texSubImage3D(gl.TEXTURE_2D_ARRAY, 0, 0, 0, i, width, height, 1, format, type, plane);
-    });
+    gl.texStorage3D(gl.TEXTURE_2D_ARRAY, 1, internal, width, height, count);
     gl.activeTexture(gl.TEXTURE2);
     gl.bindTexture(gl.TEXTURE_2D, this.cacheTexture);
     nearest(gl, gl.TEXTURE_2D);
@@ -232,26 +253,126 @@ export class GLRenderer {
     this.valid = new Uint8Array(this.tilesX * this.tilesY);
   }
 
-  setLabels(labels) {
+  // the channels inside box [y0, x0, y1, x1] of the full planes. The box is copied out first: with
+  // UNPACK_ROW_LENGTH the browser would copy every full row the box spans (an 8192² task's chunk: 16 MB, not 1 MB)
+  uploadImage(planes, [y0, x0, y1, x1]) {
+    const gl = this.gl;
+    const [, format, type] = this.format(planes[0].constructor);
+    const whole = y0 === 0 && x0 === 0 && y1 === this.height && x1 === this.width;
+    gl.activeTexture(gl.TEXTURE0);
+    gl.bindTexture(gl.TEXTURE_2D_ARRAY, this.channelTexture);
+    gl.pixelStorei(gl.UNPACK_ALIGNMENT, 1);
+    if (y1 > y0 && x1 > x0) {
+      planes.forEach((plane, i) => {
+        const data = whole ? plane : planeBlock(plane, this.width, [y0, x0, y1, x1]);
+        gl.texSubImage3D(gl.TEXTURE_2D_ARRAY, 0, x0, y0, i, x1 - x0, y1 - y0, 1, format, type, data);
+      });
+    }
+    gl.pixelStorei(gl.UNPACK_ALIGNMENT, 4);
+    this.invalidate([y0, x0, y1, x1]);
+  }
+
+  // upload: false for labels still blank (a big task's chunks come later, through loadLabels)
+  setLabels(labels, { upload = true } = {}) {
     const gl = this.gl;
     this.labels = labels;
     gl.activeTexture(gl.TEXTURE1);
     gl.bindTexture(gl.TEXTURE_2D, this.labelTexture);
     nearest(gl, gl.TEXTURE_2D);
     gl.pixelStorei(gl.UNPACK_ALIGNMENT, 4);
-    gl.texImage2D(gl.TEXTURE_2D, 0, gl.RG32I, labels.width, labels.height, 0, gl.RG_INTEGER, gl.INT, labels.shown);
+    gl.texImage2D(gl.TEXTURE_2D, 0, gl.RG32I, labels.width, labels.height, 0, gl.RG_INTEGER, gl.INT,
+      upload ? labels.shown : null);
     if (this.valid) this.valid.fill(0);
+  }
+
+  subLabels(box) {
+    const [y0, x0, y1, x1] = box;
+    const gl = this.gl;
+    gl.activeTexture(gl.TEXTURE1);
+    gl.bindTexture(gl.TEXTURE_2D, this.labelTexture);
+    gl.texSubImage2D(gl.TEXTURE_2D, 0, x0, y0, x1 - x0, y1 - y0, gl.RG_INTEGER, gl.INT, this.labels.block(box));
   }
 
   // re-upload the shown labels inside box (after a patch or a preview); its picture is redrawn next frame
   updateLabels(box) {
     const [y0, x0, y1, x1] = box;
     if (y1 <= y0 || x1 <= x0) return;
+    this.subLabels(box);
+    this.dirty.push([Math.max(0, y0 - 1), Math.max(0, x0 - 1), Math.min(this.height, y1 + 1), Math.min(this.width, x1 + 1)]);
+  }
+
+  // a chunk of labels arrived (not an edit): its tiles are composited again when next in view
+  loadLabels(box) {
+    this.subLabels(box);
+    this.invalidate(box);
+  }
+
+  invalidate([y0, x0, y1, x1]) {
+    // one pixel more on each side: a neighbour's outline depends on this box's ids
+    const t0 = Math.floor(Math.max(0, y0 - 1) / TILE);
+    const t1 = Math.ceil(Math.min(this.height, y1 + 1) / TILE);
+    const s0 = Math.floor(Math.max(0, x0 - 1) / TILE);
+    const s1 = Math.ceil(Math.min(this.width, x1 + 1) / TILE);
+    for (let ty = t0; ty < t1; ty++) for (let tx = s0; tx < s1; tx++) this.valid[ty * this.tilesX + tx] = 0;
+  }
+
+  // --- a big task while its chunks arrive ---------------------------------------------------------------------
+  // chunkSize: level-0 chunk side; until markLoaded has been called for every chunk in view, draw() uses the
+  // coarse level given to setCoarse
+  expectChunks(chunkSize) {
+    this.chunkSize = chunkSize;
+    this.chunkCols = Math.ceil(this.width / chunkSize);
+    this.loadedChunks = new Uint8Array(Math.ceil(this.height / chunkSize) * this.chunkCols);
+    this.complete = false;
+  }
+
+  markLoaded([i, j]) {
+    this.loadedChunks[i * this.chunkCols + j] = 1;
+    this.complete = this.loadedChunks.every((v) => v === 1);
+  }
+
+  viewLoaded(view) {
+    if (this.complete || !this.loadedChunks) return true;
+    const [r0, c0, r1, c1] = view.visible();
+    const s = this.chunkSize;
+    for (let i = Math.floor(r0 / s); i < Math.ceil(r1 / s); i++) {
+      for (let j = Math.floor(c0 / s); j < Math.ceil(c1 / s); j++) if (!this.loadedChunks[i * this.chunkCols + j]) return false;
+    }
+    return true;
+  }
+
+  // a coarse level: planes and interleaved labels of width x height texels, one per 2**shift image px
+  setCoarse(planes, labels, width, height, shift) {
     const gl = this.gl;
+    const [internal, format, type] = this.format(planes[0].constructor);
+    this.coarse = { width, height, shift, channels: gl.createTexture(), labels: gl.createTexture() };
+    gl.activeTexture(gl.TEXTURE0);
+    gl.bindTexture(gl.TEXTURE_2D_ARRAY, this.coarse.channels);
+    nearest(gl, gl.TEXTURE_2D_ARRAY);
+    gl.pixelStorei(gl.UNPACK_ALIGNMENT, 1);
+    gl.texStorage3D(gl.TEXTURE_2D_ARRAY, 1, internal, width, height, planes.length);
+    planes.forEach((plane, i) => gl.texSubImage3D(gl.TEXTURE_2D_ARRAY, 0, 0, 0, i, width, height, 1, format, type, plane));
+    gl.activeTexture(gl.TEXTURE1);
+    gl.bindTexture(gl.TEXTURE_2D, this.coarse.labels);
+    nearest(gl, gl.TEXTURE_2D);
+    gl.pixelStorei(gl.UNPACK_ALIGNMENT, 4);
+    gl.texImage2D(gl.TEXTURE_2D, 0, gl.RG32I, width, height, 0, gl.RG_INTEGER, gl.INT, labels);
+    this.bindFull();
+  }
+
+  bindFull() {
+    const gl = this.gl;
+    gl.activeTexture(gl.TEXTURE0);
+    gl.bindTexture(gl.TEXTURE_2D_ARRAY, this.channelTexture);
     gl.activeTexture(gl.TEXTURE1);
     gl.bindTexture(gl.TEXTURE_2D, this.labelTexture);
-    gl.texSubImage2D(gl.TEXTURE_2D, 0, x0, y0, x1 - x0, y1 - y0, gl.RG_INTEGER, gl.INT, this.labels.block(box));
-    this.dirty.push([Math.max(0, y0 - 1), Math.max(0, x0 - 1), Math.min(this.height, y1 + 1), Math.min(this.width, x1 + 1)]);
+  }
+
+  dropCoarse() {
+    if (!this.coarse) return;
+    this.gl.deleteTexture(this.coarse.channels);
+    this.gl.deleteTexture(this.coarse.labels);
+    this.coarse = null;
   }
 
   // cached: the picture without the selection highlight (the present pass adds it)
@@ -267,6 +388,8 @@ export class GLRenderer {
     }
     gl.uniform1i(u.u_invert, display.invert ? 1 : 0);
     gl.uniform2i(u.u_size, this.width, this.height);
+    gl.uniform2i(u.u_full, this.width, this.height);
+    gl.uniform1i(u.u_shift, 0);
     gl.uniform1i(u.u_active, display.layer);
     gl.uniform1f(u.u_fill, display.fill);
     gl.uniform1f(u.u_outline, display.outline);
@@ -320,6 +443,10 @@ export class GLRenderer {
 
   draw(view, display) {
     this.checkCache(display);
+    if (this.coarse && !this.viewLoaded(view)) {
+      this.drawCoarse(view, display);
+      return;
+    }
     if (view.scale < 1) {
       this.drawDirect(view, display);
       return;
@@ -358,7 +485,30 @@ export class GLRenderer {
     gl.drawArrays(gl.TRIANGLE_STRIP, 0, 4);
   }
 
+  // the coarse level, straight to the screen: what is in view before its full-resolution chunks are in
+  drawCoarse(view, display) {
+    const gl = this.gl;
+    const u = this.composite.uniforms;
+    gl.activeTexture(gl.TEXTURE0);
+    gl.bindTexture(gl.TEXTURE_2D_ARRAY, this.coarse.channels);
+    gl.activeTexture(gl.TEXTURE1);
+    gl.bindTexture(gl.TEXTURE_2D, this.coarse.labels);
+    gl.viewport(0, 0, this.canvas.width, this.canvas.height);
+    gl.useProgram(this.composite.program);
+    this.setCompositeUniforms(display);
+    gl.uniform2i(u.u_size, this.coarse.width, this.coarse.height);
+    gl.uniform1i(u.u_shift, this.coarse.shift);
+    gl.uniform1i(u.u_direct, 1);
+    gl.uniform2f(u.u_origin, view.x, view.y);
+    gl.uniform1f(u.u_scale, view.scale);
+    gl.uniform1f(u.u_canvasHeight, this.canvas.height);
+    gl.uniform3fv(u.u_background, BACKGROUND_RGB);
+    gl.drawArrays(gl.TRIANGLE_STRIP, 0, 4);
+    this.bindFull();
+  }
+
   dispose() {
+    this.dropCoarse();
     const gl = this.gl;
     for (const t of [this.channelTexture, this.labelTexture, this.cacheTexture]) gl.deleteTexture(t);
     gl.deleteFramebuffer(this.framebuffer);

@@ -53,13 +53,15 @@ confirmBox.addEventListener('close', async () => {
 });
 
 async function main() {
-  // the arrays are the big part of opening a task: fetch them while the task JSON comes
-  const arrays = Promise.all([client.image(), client.labels()]);
+  // the arrays are the big part of opening a task: a small task's come whole, as soon as the task JSON says it is
+  // small; a big one's (info.chunks) come in chunks, the view's first (editor.loadChunked)
+  const infoReply = client.info();
+  const arrays = infoReply.then((i) => (i.chunks ? null : Promise.all([client.image(), client.labels()])));
   arrays.then(() => performance.mark('cellloop-arrays'), () => null); // a bad link fails info() below
-  info = await client.info();
-  // POST open assigns the task and starts its clock; it answers the task JSON with the parent origin
-  const opened = await client.open();
-  if (opened && opened.state) info = { ...info, ...opened };
+  info = await infoReply;
+  // POST open assigns the task and starts its clock; it answers the task JSON with the parent origin. Assigning
+  // keeps an editable task editable, so the editor starts loading meanwhile (a big task's first chunks)
+  const opening = client.open();
   if (info.parent_origin) parentOrigin = info.parent_origin;
   showState();
   const readOnly = !EDITABLE.has(info.state);
@@ -72,7 +74,14 @@ async function main() {
   }
   editor = new Editor(document.getElementById('editor'), client, info, { readOnly, renderer });
   window.cellloop = { editor, client };
-  await editor.load(arrays);
+  const loading = editor.load(arrays);
+  const opened = await opening;
+  if (opened && opened.state) {
+    info = { ...info, ...opened };
+    if (info.parent_origin) parentOrigin = info.parent_origin;
+    showState();
+  }
+  await loading;
   // a comment pinned to a cell selects it and brings it into view; one pinned to a point centres the view there
   if (pin && pin.cell) {
     editor.setLayer(pin.layer || 0);

@@ -510,3 +510,86 @@ def test_screenshot_of_the_vectra_task(server, context, artifacts):
     assert renderer.startswith("WebGL2")
     page.screenshot(path=str(artifacts / "editor-task.png"))
     assert (artifacts / "editor-task.png").stat().st_size > 10_000
+
+
+# --- a big task, opened in chunks ------------------------------------------------------------------------------
+
+BIG = 1600  # 4x4 chunks of 512 px at full resolution, 2x2 at level 1, one at level 2
+
+
+def _big_task(server) -> tuple[str, np.ndarray]:
+    from backend.config import Config
+    from backend.store.models import Batch
+    from backend.store.projects import project_from_image
+    from backend.tasks import TaskService
+    from backend.web.app import create_app
+    from backend.web.auth import make_task_token
+
+    rows, cols = np.mgrid[0:BIG, 0:BIG]
+    cells = ((rows // 40) * 40 + cols // 40 + 1).astype(np.int32)
+    cells[(rows % 40 == 0) | (cols % 40 == 0)] = 0
+    labels = np.stack([cells, np.zeros_like(cells)], axis=-1)
+    rng = np.random.default_rng(7)
+    image = np.stack([(cells > 0) * 20000 + rng.integers(0, 2000, cells.shape),
+                      (cells == 0) * 40000 + rng.integers(0, 2000, cells.shape)], axis=-1).astype(np.uint16)
+    app = create_app(Config.from_env(instance_dir=server.instance, secret_key=server.env["CELLLOOP_SECRET_KEY"],
+                                     database_url=server.env["CELLLOOP_DATABASE_URL"],
+                                     storage_url=server.env["CELLLOOP_STORAGE_URL"]))
+    session = app.extensions["cellloop.sessionmaker"]()
+    storage = app.extensions["cellloop.storage"]
+    project = project_from_image(session, storage, name="big", image=image, channel_names=["nuclear", "membrane"])
+    batch = Batch(project=project, name="big")
+    session.add(batch)
+    task = TaskService(session, storage).create_task(batch, (0, 0, BIG, BIG), image, labels)
+    session.commit()
+    with app.app_context():
+        token = make_task_token(task)
+    session.close()
+    return token, labels
+
+
+CHUNK_REQUESTS = """() => performance.getEntriesByType('resource')
+    .map((e) => [new URL(e.name).pathname.split('/').slice(-4), e.startTime])
+    .filter(([p]) => p[0] === 'image' || p[0] === 'labels')
+    .map(([p, t]) => [p[0], ...p.slice(1).map(Number), t])"""
+
+
+def test_a_big_task_opens_with_the_view_first_and_paints(server, context):
+    token, labels = _big_task(server)
+    page = context.new_page()
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(f"{server.url}/task/{token}")
+    page.wait_for_selector("body[data-first-view]", timeout=30_000)
+    first_view = page.evaluate("() => performance.getEntriesByName('cellloop-first-view')[0].startTime")
+    opened = page.evaluate("() => window.cellloop.editor.timings.open")
+    page.wait_for_selector("body[data-ready]", timeout=60_000)
+    requests = page.evaluate(CHUNK_REQUESTS)
+    # the first view: the level fitting the window (every 2nd pixel here), all of it in view, nothing more
+    level = opened["level"]
+    assert level == 1
+    before = [r for r in requests if r[4] < first_view]
+    assert sorted((k, lv, i, j) for k, lv, i, j, _ in before) == sorted(
+        (k, 1, i, j) for k in ("image", "labels") for i in range(2) for j in range(2))
+    # then full resolution, the middle of the view first, every chunk once
+    full = [(i, j) for k, lv, i, j, _ in sorted(requests, key=lambda r: r[4]) if k == "image" and lv == 0]
+    assert sorted(full) == [(i, j) for i in range(4) for j in range(4)]
+    assert full[0] == (1, 1) and set(full[1:3]) == {(1, 2), (2, 1)}  # the chunks nearest the view's centre (800, 800)
+    shown = page.evaluate("() => Array.from(window.cellloop.editor.labels.confirmed.subarray(0, 2 * 1600 * 3))")
+    assert np.array_equal(np.array(shown).reshape(3, BIG, 2), labels[:3])
+    # a stroke across the corner of four chunks, zoomed in: stored on the server and drawn
+    page.evaluate("() => { const e = window.cellloop.editor; e.overwrite = true; e.view.scale = 2; e.view.centerOn(512, 512); e.drawNow(); }")
+    page.keyboard.press("b")
+    trace = [(505, 505), (520, 518)]
+    drag(page, trace)
+    settle(page)
+    from backend.store.arrays import decode_array
+    import urllib.request
+    with urllib.request.urlopen(f"{server.url}/api/task/{token}/labels", timeout=30) as resp:
+        stored = decode_array(resp.read())
+        assert resp.headers["X-Revision"] == "1"
+    changed = np.argwhere(stored[..., 0] != labels[..., 0])
+    assert changed.size and changed.min(axis=0).tolist()[0] < 512 < changed.max(axis=0).tolist()[0]
+    here = page.evaluate("() => window.cellloop.editor.labels.at(0, 512, 512)")
+    assert here == stored[512, 512, 0] != labels[512, 512, 0]
+    assert errors == []
