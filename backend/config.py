@@ -149,6 +149,8 @@ class Config:
     ratelimit_login_user: str = "5 per minute; 20 per hour; 50 per day"
     # image and labels reads per crowd link (and per reviewer): an editor reads each once per open or reload
     ratelimit_link_reads: str = "30 per second; 1800 per minute"
+    # chunk reads per crowd link (and per reviewer): opening an 8192² task reads up to ~520 chunks of 512 px
+    ratelimit_link_chunk_reads: str = "400 per second; 6000 per minute"
     # each crowd link's CPU budget (backend.web.cpu_budget): a bucket of this many CPU-seconds, refilled at
     # link_cpu_share CPU-seconds per second, so no link holds more than that share of a core for long
     link_cpu_burst_s: float = 5.0
@@ -196,7 +198,7 @@ class Config:
             value = _env_float(name.upper())
             if value is not None:
                 values[name] = value
-        for name in ("link_writes", "link_reads", "login_ip", "login_user"):
+        for name in ("link_writes", "link_reads", "link_chunk_reads", "login_ip", "login_user"):
             value = _env(f"RATELIMIT_{name.upper()}")
             if value:
                 values[f"ratelimit_{name}"] = _check_limit(f"CELLLOOP_RATELIMIT_{name.upper()}", value)

@@ -33,6 +33,8 @@ _SWEEP_EVERY = 4096
 
 WRITE_ENDPOINTS = frozenset({"crowd.edit", "crowd.preview", "crowd.undo", "crowd.redo", "crowd.submit",
                              "crowd.open_task"})
+# a big task opens in hundreds of chunk reads (backend/tasks/chunked.py): they have a rate of their own
+CHUNK_ENDPOINTS = frozenset({"crowd.image_chunk", "crowd.labels_chunk"})
 
 # the clock and a charge (the bucket refilled up to now, less the cost); ARGV[1], ARGV[2]: the bucket's size and refill
 _PRELUDE = """
@@ -235,9 +237,11 @@ def store_from_url(url: str):
 
 
 class LinkLimits:
-    def __init__(self, store, *, writes: str, reads: str, burst_s: float, share: float, prefix: str) -> None:
+    def __init__(self, store, *, writes: str, reads: str, burst_s: float, share: float, prefix: str,
+                 chunk_reads: str | None = None) -> None:
         self.store = store
-        self.rates = {"write": parse_rates(writes), "read": parse_rates(reads)}
+        self.rates = {"write": parse_rates(writes), "read": parse_rates(reads),
+                      "chunk read": parse_rates(chunk_reads or reads)}
         self.burst_s = float(burst_s)
         self.share = float(share)
         self.prefix = prefix
@@ -246,10 +250,11 @@ class LinkLimits:
         return f"{self.prefix}:link-cpu:{link}"
 
     def retry_after(self, link: str, kind: str) -> tuple[float, str] | None:
-        """(seconds until ``link`` may send a request of ``kind`` ('write' or 'read'), and why: 'rate' or 'cpu'), or
+        """(seconds until ``link`` may send a request of ``kind`` ('write', 'read' or 'chunk read'), and why: 'rate' or
+        'cpu'), or
         None when it may now (and then the request is counted)."""
         rates = self.rates[kind]
-        windows = [f"{self.prefix}:link-{kind}:{link}:{amount}/{period:g}" for amount, period in rates]
+        windows = [f"{self.prefix}:link-{kind.replace(' ', '-')}:{link}:{amount}/{period:g}" for amount, period in rates]
         wait, why = self.store.admit(self._bucket(link), windows, self.burst_s, self.share, rates)
         return (wait, why) if wait > 0 else None
 
@@ -262,7 +267,8 @@ def init_link_limits(app: Flask, config) -> None:
         return
     app.extensions["cellloop.link_limits"] = LinkLimits(
         store_from_url(config.ratelimit_storage_url), writes=config.ratelimit_link_writes,
-        reads=config.ratelimit_link_reads, burst_s=config.link_cpu_burst_s, share=config.link_cpu_share,
+        reads=config.ratelimit_link_reads, chunk_reads=config.ratelimit_link_chunk_reads,
+        burst_s=config.link_cpu_burst_s, share=config.link_cpu_share,
         prefix=config.ratelimit_key_prefix)
 
     @app.before_request
@@ -282,7 +288,8 @@ def admit(link: str) -> None:
     limits = current_app.extensions.get("cellloop.link_limits")
     if limits is None:
         return
-    kind = "write" if request.endpoint in WRITE_ENDPOINTS else "read"
+    kind = ("write" if request.endpoint in WRITE_ENDPOINTS else
+            "chunk read" if request.endpoint in CHUNK_ENDPOINTS else "read")
     refused = limits.retry_after(link, kind)
     if refused is not None:
         wait, why = refused

@@ -17,6 +17,7 @@ from flask_limiter import Limiter
 REVIEW_WRITE_ENDPOINTS = ("review.edit", "review.preview", "review.undo", "review.redo", "review.upload_labels")
 # reads that inflate or encode whole arrays: a reviewer's page reading them in a loop would hold a worker
 REVIEW_READ_ENDPOINTS = ("review.image", "review.labels")
+REVIEW_CHUNK_ENDPOINTS = ("review.image_chunk", "review.labels_chunk")
 
 
 def client_address() -> str:
@@ -54,6 +55,8 @@ def init_rate_limits(app: Flask, config) -> Limiter:
     )
     rules = {endpoint: [(config.ratelimit_link_writes, reviewer_key, None)] for endpoint in REVIEW_WRITE_ENDPOINTS}
     rules.update({endpoint: [(config.ratelimit_link_reads, reviewer_key, None)] for endpoint in REVIEW_READ_ENDPOINTS})
+    rules.update({endpoint: [(config.ratelimit_link_chunk_reads, reviewer_key, None)]
+                  for endpoint in REVIEW_CHUNK_ENDPOINTS})
     rules["session.login"] = [(config.ratelimit_login_ip, client_address, _failed),
                               (config.ratelimit_login_user, login_username_key, _failed)]
     # a stolen session must not become a way to guess the current password either

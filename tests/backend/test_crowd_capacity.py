@@ -105,6 +105,22 @@ def test_request_rates_are_moving_windows_with_the_wait_they_need(monkeypatch):
     assert limits.retry_after("task:1", "write") is None
 
 
+def test_chunk_reads_of_a_big_task_have_their_own_rate(monkeypatch):
+    clock = _Clock()
+    monkeypatch.setattr(link_limits.time, "monotonic", clock)
+    limits = link_limits.LinkLimits(link_limits.MemoryStore(), writes="3 per minute", reads="2 per second",
+                                    chunk_reads="5 per second", burst_s=10, share=1, prefix="t")
+    for _ in range(2):
+        assert limits.retry_after("task:1", "read") is None
+    assert limits.retry_after("task:1", "read")[1] == "rate"
+    # an open of a big task reads many chunks: they neither count as nor wait for whole-array reads
+    for _ in range(5):
+        assert limits.retry_after("task:1", "chunk read") is None
+    assert limits.retry_after("task:1", "chunk read")[1] == "rate"
+    clock.now += 1.01
+    assert limits.retry_after("task:1", "chunk read") is None
+
+
 def test_budget_and_rates_are_shared_by_workers_through_redis():
     prefix = "test-" + secrets.token_hex(4)
     workers = [link_limits.LinkLimits(link_limits.store_from_url(REDIS_URL), writes="3 per minute",
