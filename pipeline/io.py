@@ -649,6 +649,62 @@ def save_dataset(path, X, y, meta=None, mask=None) -> None:
             tmp.unlink()
 
 
+def write_dataset_tiles(path, X_tiles, y_tiles, meta) -> dict:
+    """``save_dataset`` for tiles held one by one: X (N, h, w, C) float32 and y (N, h, w, 2) int32 are streamed into
+    the .npz tile after tile, never stacked, so building a dataset holds its tiles once, not twice. Returns
+    ``{split: sha256}`` of each split's stacked (X, y) as ``pipeline.dataset.data_hash`` computes them, hashed while
+    writing (meta's "split"). The file reads back with ``load_dataset``; it appears atomically."""
+    import hashlib
+
+    path = Path(path)
+    n = len(X_tiles)
+    if len(y_tiles) != n or len(meta) != n or n == 0:
+        raise ValueError(f"{n} X tiles, {len(y_tiles)} y tiles and {len(meta)} meta entries: need as many of each, > 0")
+    shape_x, shape_y = np.asarray(X_tiles[0]).shape, np.asarray(y_tiles[0]).shape
+    if len(shape_x) != 3 or shape_y != shape_x[:2] + (2,):
+        raise ValueError(f"tiles must be X (h, w, C) and y (h, w, 2), got {shape_x} and {shape_y}")
+    splits: dict = {}
+    for i, m in enumerate(meta):
+        splits.setdefault(m.get("split"), []).append(i)
+    # data_hash digests X's (dtype, shape) and bytes, then y's, in one sha256: X is written whole before y, so one
+    # digest per split fed in writing order gives the same value
+    digests = {s: hashlib.sha256() for s in splits}
+    arrays = {
+        "meta": np.array([json.dumps(m, default=_json_default, sort_keys=True) for m in meta], dtype=str),
+    }
+    if all("tissue" in m and "platform" in m for m in meta):
+        arrays["tissue_list"] = np.array([str(m["tissue"]) for m in meta], dtype=str)
+        arrays["platform_list"] = np.array([str(m["platform"]) for m in meta], dtype=str)
+    tmp = _atomic_target(path)
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as archive:
+            for name, tiles, dtype, shape in (("X", X_tiles, np.float32, shape_x), ("y", y_tiles, np.int32, shape_y)):
+                header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+                          "shape": (n,) + shape}
+                for s, idx in splits.items():
+                    digests[s].update(str((np.dtype(dtype).str, (len(idx),) + shape)).encode())
+                split_of = {i: s for s, idx in splits.items() for i in idx}
+                with archive.open(f"{name}.npy", "w", force_zip64=True) as fh:
+                    np.lib.format.write_array_header_2_0(fh, header)
+                    for i, tile in enumerate(tiles):
+                        tile = np.asarray(tile)
+                        if tile.shape != shape:
+                            raise ValueError(f"{name} tile {i} has shape {tile.shape}, the first {shape}")
+                        if name == "X" and not np.isfinite(tile).all():
+                            raise ValueError(f"X tile {i} contains NaN or infinite values")
+                        data = np.ascontiguousarray(tile.astype(dtype, copy=False)).tobytes()
+                        fh.write(data)
+                        digests[split_of[i]].update(data)
+            for name, value in arrays.items():
+                with archive.open(f"{name}.npy", "w") as fh:
+                    np.lib.format.write_array(fh, value, allow_pickle=False)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return {s: d.hexdigest() for s, d in digests.items()}
+
+
 def _checked_dataset_labels(y, path):
     if y.dtype.kind not in "iu":
         raise ImageReadError(f"{path}: y must hold integer labels, found {y.dtype}")

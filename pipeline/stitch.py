@@ -321,3 +321,28 @@ def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
         return False
     pairs = np.unique(np.stack([a, b]), axis=1)
     return len(np.unique(pairs[0])) == pairs.shape[1] == len(np.unique(pairs[1]))
+
+
+def mutual_best_matches(a: np.ndarray, b: np.ndarray) -> list[tuple[int, int, int]]:
+    """(cell of ``a``, cell of ``b``, shared pixels) for every pair of cells that are each other's maximum-overlap
+    partner without a tie, on two labelings of the same pixels (any shape; layers may be stacked): the rule
+    ``stitch_crops`` joins crops by, for callers that join pieces too big to hold whole (slide blocks)."""
+    a = np.asarray(a).astype(np.int64, copy=False).ravel()
+    b = np.asarray(b).astype(np.int64, copy=False).ravel()
+    base = max(int(a.max(initial=0)), int(b.max(initial=0))) + 1
+    ka, kb, counts = _pair_counts(a, b, base)
+    if not len(counts):
+        return []
+    best_of_a, ties_a = _best(ka, kb, counts)
+    best_of_b, ties_b = _best(kb, ka, counts)
+    return [(int(cell_a), int(cell_b), int(n)) for cell_a, (cell_b, n) in best_of_a.items()
+            if best_of_b.get(cell_b, (None,))[0] == cell_a and cell_a not in ties_a and cell_b not in ties_b]
+
+
+def join_cells(n_nodes: int, offsets, joins) -> tuple[np.ndarray, list[dict]]:
+    """Components of ``joins`` ((pixels, node, node, where) with node = offsets[piece] + cell), strongest first, never
+    putting two cells of one piece into one cell (``stitch_crops``' contradiction rule); (component per node,
+    contradictions)."""
+    conflicts: list[dict] = []
+    component = _join(int(n_nodes), list(offsets), list(joins), conflicts)
+    return component, conflicts

@@ -19,7 +19,7 @@ EXPECTED_LIBRARY_ERRORS = (ValueError, FileNotFoundError, PermissionError, IsADi
 
 def build_parser() -> argparse.ArgumentParser:
     from backend.cli import admin_commands as backend_commands
-    from backend.cli import crowd_commands, loop_commands
+    from backend.cli import crowd_commands, loop_commands, slide_commands
     from pipeline.model import commands as model_commands
 
     parser = argparse.ArgumentParser(prog="cellloop", description=__doc__.splitlines()[0])
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     model_commands.register(sub)
     loop_commands.register(sub)
     crowd_commands.register(sub)  # after loop_commands: it adds crowd options to `publish` and `report`
+    slide_commands.register(sub)
     return parser
 
 

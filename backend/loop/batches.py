@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from backend.loop.common import LoopError, batch_images, count_cells, progress
 from backend.store.models import Batch, Image, Project, Revision, Task, TaskState, utcnow
-from backend.store.projects import read_image
+from backend.store.slides import StoredSlide
 from backend.store.storage import Storage, WriteLog
 from backend.tasks.links import sign_task_token
 
@@ -57,14 +57,15 @@ def create_batch(session: Session, storage: Storage, project: Project, name: str
         if session.scalar(select(func.count(Task.id)).where(Task.batch_id == batch.id, Task.image_id == image.id)):
             bar.update(1)
             continue  # cut by an earlier run
-        pixels = read_image(storage, image)
+        # region by region: a slide stored in chunks decodes only the chunks under each crop, never whole
+        pixels = StoredSlide.of("", image, storage)
         # one image at a time: a crash leaves whole images only, and takes back the crops it had stored
         writes = WriteLog(storage)
         svc = TaskService(session, writes)
         try:
             for box in crop_boxes((image.height, image.width), size, overlap):
                 y0, x0, y1, x1 = box
-                task = svc.create_task(batch, box, pixels[y0:y1, x0:x1])
+                task = svc.create_task(batch, box, pixels.read(y0, y1, x0, x1))
                 task.image_id = image.id
                 made += 1
             session.commit()

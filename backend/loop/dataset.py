@@ -5,6 +5,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -65,22 +66,29 @@ def build_dataset(session: Session, storage: Storage, project: Project, out, *, 
                      "n_cells": t.n_cells, "qc": qc_states[image.id],
                      "include_unreviewed": include_unreviewed,
                      "known_fraction": 1.0 if t.known is None else round(float(t.known.mean()), 4)})
-    X = np.stack([t.X for _, t in candidates])
-    y = np.stack([t.y for _, t in candidates])
-    n_partial = sum(t.known is not None for _, t in candidates)
-    mask = (np.stack([np.ones(X.shape[1:3], bool) if t.known is None else t.known for _, t in candidates])
-            if n_partial else None)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    io.save_dataset(out, X, y, meta, mask=mask)
-    data = {"X": X, "y": y, "meta": meta, "mask": mask}
+    n_partial = sum(t.known is not None for _, t in candidates)
+    if n_partial:
+        # tiles reviewed in part carry a mask: stacked once to save it beside X and y (opt-in, --partial-tiles)
+        X = np.stack([t.X for _, t in candidates])
+        y = np.stack([t.y for _, t in candidates])
+        mask = np.stack([np.ones(X.shape[1:3], bool) if t.known is None else t.known for _, t in candidates])
+        io.save_dataset(out, X, y, meta, mask=mask)
+        data = {"X": X, "y": y, "meta": meta, "mask": mask}
+        hashes = {}
+        for split in dataset.SPLITS:
+            Xs, ys, _ = dataset.select(data, split)
+            hashes[split] = dataset.data_hash(Xs, ys, dataset.select_mask(data, split)) if len(Xs) else None
+    else:
+        # streamed into the file tile by tile (and hashed on the way): the tiles are held once, never stacked again
+        hashes = io.write_dataset_tiles(out, [t.X for _, t in candidates], [t.y for _, t in candidates], meta)
     summary = {"path": str(out), "tiles": len(candidates), "skipped": dict(skipped), "splits": {}, "sha256": {},
                "images": len(images), "include_unreviewed": include_unreviewed, "partial_tiles": n_partial,
                "unreviewed_images": sum(state != "approved" for state in qc_states.values())}
     for split in dataset.SPLITS:
-        Xs, ys, _ = dataset.select(data, split)
-        summary["splits"][split] = int(len(Xs))
-        summary["sha256"][split] = dataset.data_hash(Xs, ys, dataset.select_mask(data, split)) if len(Xs) else None
+        summary["splits"][split] = sum(m["split"] == split for m in meta)
+        summary["sha256"][split] = hashes.get(split)
     return summary
 
 

@@ -145,8 +145,12 @@ def prelabel_batch(session: Session, storage: Storage, config, batch: Batch, mod
     cache_root = str(Path(config.instance_dir) / "model-cache")
     model_ref = None if choice.version is None else (choice.version.name, choice.version.path,
                                                      choice.version.files_sha256)
+    slides = [(image, pending) for image, pending in todo if image.chunk_size and choice.kind != registry.NO_MODEL]
+    if slides and choice.kind == registry.BASELINE:
+        raise LoopError("the baseline cannot prelabel a whole slide (it segments whole images in memory); "
+                        "prelabel it with a model")
     for image, _ in todo:
-        if choice.kind == registry.NO_MODEL:
+        if choice.kind == registry.NO_MODEL or image.chunk_size:
             continue
         key = f"projects/{project.id}/images/{image.id}/prelabels/{batch.id}-{secrets.token_hex(4)}.npy.gz"
         mpp = scale_for(choice.version, image.pixel_size_um)
@@ -155,7 +159,12 @@ def prelabel_batch(session: Session, storage: Storage, config, batch: Batch, mod
     by_image = {job[1]: result for job, result in zip(jobs, results)}
     crops = 0
     svc = RevisionStore(session, storage)
+    for image, pending in slides:
+        crops += _prelabel_slide(session, storage, config, svc, choice, image, pending, channels, model_ref,
+                                 cache_root, scheduler, workers, touched)
     for image, pending in todo:
+        if image.id in {s_image.id for s_image, _ in slides}:
+            continue
         whole = whole_maps = None
         if image.image_key in by_image:
             whole = decode_array(storage.get(by_image[image.image_key][0]), max_pixels=None)
@@ -179,7 +188,7 @@ def prelabel_batch(session: Session, storage: Storage, config, batch: Batch, mod
     batch.model_version_id = choice.version.id if choice.version is not None else None
     batch.prelabeled_at = utcnow()
     session.commit()
-    return {"model": choice.label, "images": len(jobs), "crops": crops, "left_alone": len(touched),
+    return {"model": choice.label, "images": len(jobs) + len(slides), "crops": crops, "left_alone": len(touched),
             "touched": sorted(touched)}
 
 
@@ -190,3 +199,40 @@ def keep_difficulty(session: Session, task: Task, labels: np.ndarray, maps: np.n
     score, parts = crop_difficulty(labels, maps)
     set_columns(session, task, difficulty=score, difficulty_detail=parts)
     session.commit()
+
+
+def _prelabel_slide(session, storage, config, svc, choice, image, pending, channels, model_ref, cache_root,
+                    scheduler, workers, touched) -> int:
+    """Prelabel a slide stored in chunks: predicted block by block (``pipeline.model.slide_predict``, on Dask with a
+    scheduler or workers), labels into a local OME-Zarr, each crop's cut read back from it. No assist maps: they
+    would be the slide's size again."""
+    import shutil
+    import tempfile
+
+    from pipeline.model.slide_predict import predict_slide
+    from pipeline.slide import LabelsWriter
+    from pipeline.stitch import relabel_crop
+
+    from backend.store.slides import StoredSlide
+
+    name, prefix, sha = model_ref
+    folder = registry.fetch_files(storage, name, prefix, cache_root, sha)
+    work = Path(config.instance_dir) / "slide-work"
+    work.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"image-{image.id}-", dir=work))
+    try:
+        mpp = scale_for(choice.version, image.pixel_size_um)
+        predict_slide(StoredSlide.of(config.storage_url, image), tmp / "labels.zarr", model=str(folder),
+                      channels=channels, image_mpp=mpp, scheduler=scheduler, workers=workers)
+        labels = LabelsWriter(tmp / "labels.zarr", (image.height, image.width), mode="r+")
+        made = 0
+        for task, _ in pending:
+            crop = relabel_crop(labels.read(task.y0, task.y1, task.x0, task.x1))
+            if svc.write_prelabel(task, crop, choice.label):
+                made += 1
+                keep_crop_maps(session, storage, task, None, choice.label)
+            else:
+                touched.append(task.id)
+        return made
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

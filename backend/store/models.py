@@ -132,6 +132,10 @@ class Image(Base):
     source_path: Mapped[str | None] = mapped_column(String(1024))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     stitched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # a whole slide is stored as chunk_size² chunks under image_key (a prefix; backend.store.slides), never whole;
+    # levels: the (height, width) of each level of the source file's pyramid, full resolution first
+    chunk_size: Mapped[int | None] = mapped_column(Integer)
+    levels: Mapped[list | None] = mapped_column(JSON)
 
     project: Mapped[Project] = relationship(back_populates="images")
     __table_args__ = (UniqueConstraint("project_id", "name"),)

@@ -58,8 +58,14 @@ def add_image(session: Session, storage: Storage, project: Project, image: np.nd
 
 
 def read_image(storage: Storage, row: Image) -> np.ndarray:
+    """The whole image in memory. A slide stored in chunks is read region by region instead where it can be
+    (``backend.store.slides.StoredSlide``); this assembles it whole for the steps that still need it so."""
     from backend.store.arrays import decode_array
 
+    if row.chunk_size:
+        from backend.store.slides import StoredSlide
+
+        return StoredSlide.of("", row, storage).read(0, row.height, 0, row.width)
     return decode_array(storage.get(row.image_key), max_pixels=None)
 
 

@@ -29,7 +29,18 @@ def register(subparsers) -> None:
                    help="µm per pixel of the image, or 'auto' (default): estimated from the image's cells")
     p.add_argument("--compartment", choices=("both", "whole-cell", "nuclear"), default="both")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--out", required=True, help="labels file: .tif/.ome.tif (OME-TIFF) or .npz")
+    p.add_argument("--out", required=True, help="labels file: .tif/.ome.tif (OME-TIFF) or .npz; for a slide "
+                   ".zarr (OME-Zarr) or .ome.tif (tiled OME-TIFF)")
+    p.add_argument("--runtime", choices=("onnxruntime", "openvino", "keras"), default=None,
+                   help="inference runtime (default: $CELLLOOP_INFERENCE_RUNTIME, else keras; for onnxruntime and "
+                        "openvino the ONNX export is made once and cached beside the model version)")
+    p.add_argument("--slide", action="store_true",
+                   help="read the image lazily and predict it in blocks joined at the seams (automatic for OME-Zarr, "
+                        f"for .zarr output and for TIFFs over {SLIDE_PIXELS // 1_000_000} MP)")
+    p.add_argument("--block", type=int, default=None, help="slide block size in px, a multiple of 192 (default 2304)")
+    p.add_argument("--scheduler", help="Dask scheduler address: predict the slide's blocks on that cluster "
+                   "(its workers must reach the slide, the model and the output folder)")
+    p.add_argument("--workers", type=int, default=1, help="slide blocks in parallel on a local Dask cluster")
     p.set_defaults(func=cmd_predict)
 
     t = subparsers.add_parser("train", help="train a model version, or fine-tune one with --from")
@@ -63,6 +74,68 @@ def register(subparsers) -> None:
     e.add_argument("--batch-size", type=int, default=8)
     e.add_argument("--json", dest="json_out", help="write the metrics as JSON here")
     e.set_defaults(func=cmd_evaluate)
+
+
+SLIDE_PIXELS = 64_000_000
+
+
+def _is_slide(args) -> bool:
+    from pipeline.slide import is_slide_path
+
+    if args.slide or args.scheduler or args.workers > 1 or Path(args.out).suffix.lower() == ".zarr":
+        return True
+    if len(args.image) != 1:
+        return False
+    source = Path(args.image[0])
+    if source.suffix.lower() == ".zarr" or (source.is_dir() and is_slide_path(source)):
+        return True
+    if source.suffix.lower() not in (".tif", ".tiff") or not source.is_file():
+        return False
+    from pipeline.slide import open_slide
+
+    # tiled or in strips: tifffile's zarr store reads either region by region
+    try:
+        with open_slide(source) as slide:
+            return slide.height * slide.width > SLIDE_PIXELS
+    except ValueError:
+        return False  # the whole-image reader gives its own, more specific message
+
+
+def _predict_slide(args, version, model_path, image_mpp) -> int:
+    from pipeline.model import slide_predict
+    from pipeline.slide import open_slide
+
+    out = Path(args.out)
+    if len(args.image) != 1:
+        raise _error("a slide is one file (OME-TIFF, tiled TIFF or OME-Zarr), not one file per channel")
+    if out.suffix.lower() not in (".zarr", ".tif", ".tiff"):
+        raise _error(f"slide labels go to a .zarr folder or an .ome.tif file, not {out.name}")
+    if args.workers < 1:
+        raise _error("--workers must be at least 1")
+    block = args.block or slide_predict.BLOCK
+    if block < slide_predict.HALO_AFTER or block % 192:
+        raise _error(f"--block must be a multiple of 192 px, at least 384, got {block}")
+    wanted = _channel_request(args, len(version.channels), version.channels)
+    nuclear_only = len(wanted) == 2 and wanted[1] is None
+    with open_slide(args.image[0]) as slide:
+        channels = [slide.channel_index(c) for c in (wanted[:1] if nuclear_only else wanted)]
+        names = [slide.channel_names[c] for c in channels]
+        print(f"{args.image[0]}: slide {slide.height}x{slide.width}, {slide.n_channels} channels, "
+              f"levels {slide.levels}; channels {', '.join(names)}")
+        if image_mpp == "auto" and slide.pixel_size_um:
+            image_mpp = float(slide.pixel_size_um)  # the file's own pixel size beats an estimate
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result = slide_predict.predict_slide(
+        args.image[0], out, model=model_path, channels=channels, image_mpp=image_mpp,
+        compartment=args.compartment, runtime=args.runtime, block=block, batch_size=args.batch_size,
+        scheduler=args.scheduler, workers=args.workers, nuclear_only=nuclear_only,
+        progress=_progress_bar("blocks"))
+    t = result.timings
+    print(f"{out}: {result.cells} cells, {result.nuclei} nuclei in {result.blocks} blocks "
+          f"({result.contradictions} seam contradictions left apart; pre {t['preprocess_s']:.1f}s, "
+          f"network {t['network_s']:.1f}s, post {t['postprocess_s']:.1f}s, join {t['join_s']:.1f}s, "
+          f"write {t['write_s']:.1f}s)")
+    return 0
 
 
 def _image_mpp(text: str):
@@ -138,7 +211,8 @@ def cmd_predict(args) -> int:
     from pipeline import io
 
     out = Path(args.out)
-    _check_labels_suffix(out)
+    if out.suffix.lower() != ".zarr":  # a .zarr folder is a slide's output
+        _check_labels_suffix(out)
     image_mpp = _image_mpp(args.image_mpp)
     if args.batch_size < 1:
         raise _error("--batch-size must be at least 1")
@@ -150,7 +224,10 @@ def cmd_predict(args) -> int:
     from pipeline.model import saving
     from pipeline.model.predict import Mesmer
 
-    version = saving.load_model_version(_model_path(args.model))
+    model_path = _model_path(args.model)
+    version = saving.load_model_version(model_path)
+    if _is_slide(args):
+        return _predict_slide(args, version, model_path, image_mpp)
     wanted = _channel_request(args, len(version.channels), version.channels)
     nuclear_only = len(wanted) == 2 and wanted[1] is None
     image, picked = io.read_image(paths, channels=wanted[:1] if nuclear_only else wanted)
@@ -162,7 +239,7 @@ def cmd_predict(args) -> int:
 
         image = np.concatenate([image, np.zeros_like(image)], axis=-1)
         print(f"no membrane channel: whole cells from nuclear channel {picked[0]!r} only")
-    app = Mesmer(version)
+    app = Mesmer(version, runtime=args.runtime)
     labels = app.predict(
         image.astype("float32"),
         image_mpp=image_mpp,

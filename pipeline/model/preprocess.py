@@ -24,10 +24,24 @@ def percentile_clip(channel: np.ndarray, percentile: float = 99.9) -> np.ndarray
     return np.minimum(channel, top).astype(np.float32)
 
 
-def _normalize_channel(channel, percentile, kernel_size, clip_limit):
+def channel_range(channel: np.ndarray, percentile: float = 99.9) -> tuple[float, float]:
+    """(low, high) that ``normalize`` rescales one channel by: its minimum and the ``percentile`` of its nonzero
+    pixels. Computed once on a sample of a whole slide, it lets every block of the slide be normalised alike."""
     channel = np.nan_to_num(np.asarray(channel, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-    channel = percentile_clip(channel, percentile)
-    lo, hi = float(channel.min()), float(channel.max())
+    clipped = percentile_clip(channel, percentile)
+    if clipped.size == 0:
+        return 0.0, 0.0
+    return float(clipped.min()), float(clipped.max())
+
+
+def _normalize_channel(channel, percentile, kernel_size, clip_limit, fixed_range=None):
+    channel = np.nan_to_num(np.asarray(channel, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    if fixed_range is None:
+        channel = percentile_clip(channel, percentile)
+        lo, hi = float(channel.min()), float(channel.max())
+    else:
+        lo, hi = (float(v) for v in fixed_range)
+        channel = np.clip(channel, lo, hi)
     if not hi > lo:
         # A constant channel carries no information; zeros keep the model input well defined.
         return np.zeros_like(channel)
@@ -38,12 +52,14 @@ def _normalize_channel(channel, percentile, kernel_size, clip_limit):
     return np.clip(np.nan_to_num(eq), 0.0, 1.0).astype(np.float32)
 
 
-def normalize(X, *, percentile: float = 99.9, kernel_size: int | None = 128, clip_limit: float = 0.01) -> np.ndarray:
+def normalize(X, *, percentile: float = 99.9, kernel_size: int | None = 128, clip_limit: float = 0.01,
+              ranges=None) -> np.ndarray:
     """Mesmer pre-processing of ``X`` (H, W, C) or (N, H, W, C); float32 in [0, 1], same shape.
 
     Per image and channel: clip at the ``percentile`` of nonzero pixels, rescale to [0, 1], then
     CLAHE (``equalize_adapthist(kernel_size, clip_limit)``). Constant or blank channels become
-    zeros; NaN and infinities are treated as 0, so the output never holds NaN.
+    zeros; NaN and infinities are treated as 0, so the output never holds NaN. ``ranges``: one (low, high) per
+    channel (``channel_range`` of the whole slide) to rescale by instead of each image's own.
     """
     X = np.asarray(X)
     if X.ndim not in (3, 4):
@@ -53,7 +69,8 @@ def normalize(X, *, percentile: float = 99.9, kernel_size: int | None = 128, cli
     out = np.empty(Xb.shape, dtype=np.float32)
     for i in range(Xb.shape[0]):
         for c in range(Xb.shape[-1]):
-            out[i, ..., c] = _normalize_channel(Xb[i, ..., c], percentile, kernel_size, clip_limit)
+            fixed = None if ranges is None else ranges[c]
+            out[i, ..., c] = _normalize_channel(Xb[i, ..., c], percentile, kernel_size, clip_limit, fixed)
     return out[0] if single else out
 
 
