@@ -192,18 +192,12 @@ def deep_watershed(
     inner_distance,
     pixelwise,
     *,
-    maxima_threshold: float = 0.1,
-    interior_threshold: float = 0.2,
-    radius: int = 2,
-    maxima_smooth: float = 0.0,
-    interior_smooth: float = 2.0,
     small_objects_threshold: int = 15,
     fill_holes_threshold: int = 15,
-    exclude_border: bool = False,
-    maxima_algorithm: str = "peak_local_max",
-    flood: str = "distance",
+    **seed_options,
 ) -> np.ndarray:
-    """Instance labels int32 (H, W) from an inner-distance map and a pixelwise map.
+    """Instance labels int32 (H, W) from an inner-distance map and a pixelwise map. The markers and the mask, and
+    the keywords that set them (``seed_options``: thresholds, radius, smoothing, variant), are ``seeds_and_mask``'s.
 
     ``inner_distance`` (H, W) or (H, W, 1); ``pixelwise`` (H, W, 3) [border, interior,
     background] or (H, W) / (H, W, 1) already holding the interior probability. Markers are
@@ -220,12 +214,10 @@ def deep_watershed(
     ``maxima_threshold`` high (``h_maxima`` with a disk of ``radius``, then ``label``, so touching
     peaks make one seed) and the flood runs on the negative smoothed interior probability.
     """
-    dist, interior, mask, markers = seeds_and_mask(
-        inner_distance, pixelwise, maxima_threshold=maxima_threshold, interior_threshold=interior_threshold,
-        radius=radius, maxima_smooth=maxima_smooth, interior_smooth=interior_smooth,
-        exclude_border=exclude_border, maxima_algorithm=maxima_algorithm, flood=flood)
+    dist, interior, mask, markers = seeds_and_mask(inner_distance, pixelwise, **seed_options)
     if not markers.any():
         return np.zeros(dist.shape, np.int32)
+    flood = seed_options.get("flood", seeds_and_mask.__kwdefaults__["flood"])
     labels = watershed(-(interior if flood == "interior" else dist), markers, mask=mask)
     labels = remove_small(labels, small_objects_threshold)
     labels = fill_small_holes(labels, fill_holes_threshold)
