@@ -167,6 +167,8 @@ ONE_EDIT = """async () => {
     const e = window.cellloop.editor;
     await e.idle();
     const t = e.timings.last;
+    // the patch's frame may have been drawn already (an animation frame): its box is drawn again, as then
+    if (t.box) e.renderer.updateLabels(t.box);
     const t0 = performance.now();
     e.drawNow();
     e.renderer.finish();

@@ -778,10 +778,11 @@ export class Editor {
     if (patch.before.length) box = this.labels.applyPatch(patch);
     this.labels.revision = revision;
     // the preview goes, the server's result stays
-    this.reshow(unionBox(box, item.preview ? item.box : null));
+    const shown = unionBox(box, item.preview ? item.box : null);
+    this.reshow(shown);
     const t1 = performance.now();
     this.timings.last = { tool: item.tool || item.action, queuedMs: item.sentAt - item.queuedAt, roundtripMs: t0 - item.sentAt, applyMs: t1 - t0,
-      sent: this.client.traffic.sent, received: this.client.traffic.received, appliedAt: t1 };
+      sent: this.client.traffic.sent, received: this.client.traffic.received, appliedAt: t1, sentAt: item.sentAt, box: shown };
     if (!patch.before.length && item.action === 'edit') this.say(`${BY_NAME[item.tool].label}: nothing changed.`);
     else this.say('');
     if (box) {
