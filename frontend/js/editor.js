@@ -42,6 +42,8 @@ export class Editor {
     this.frame = null;
     this.timings = { frames: 0 };
     this.overlayHooks = []; // (ctx, view) => void: pages draw their own marks on the overlay (qc.js)
+    // resolves once the task is first drawn: for a big task the coarse view, before its full-resolution chunks
+    this.firstView = new Promise((resolve) => { this.shownFirst = resolve; });
     this.queue = new EditQueue({
       send: (item) => this.sendItem(item),
       onDone: (item, result) => this.acknowledged(item, result),
@@ -86,6 +88,7 @@ export class Editor {
     t.push(performance.now());
     // where opening a task spends its time (bench/editor.py reports it)
     this.timings.open = { prepareMs: t[2] - t[1], uploadMs: t[3] - t[2], drawMs: t[4] - t[3] };
+    this.shownFirst();
   }
 
   // --- a big task: the coarse level in view first, then level 0, nearest the middle of the view first -----------
@@ -126,6 +129,7 @@ export class Editor {
     // and textures, the first frame
     this.timings.open = { level, coarseChunks: coarse.count, arraysMs: t[1] - t[0], prepareMs: t[2] - t[1], drawMs: t[3] - t[2] };
     this.say('Loading full resolution…');
+    this.shownFirst();
     await this.fetchFullResolution(layout);
     this.renderer.dropCoarse && this.renderer.dropCoarse();
     this.brushLabel = this.labels.nextId();

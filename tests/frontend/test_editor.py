@@ -113,7 +113,30 @@ def test_brush_stroke_changes_exactly_the_trace(server, context):
     assert (after != before).any()
     # what the browser shows is what the server stored
     np.testing.assert_array_equal(shown_labels(page), after)
+    # the patch's frame drew only the screen over the patch, and that picture is the whole frame's
+    presented, canvas, differ = page.evaluate(PARTIAL_FRAME)
+    assert 0 < presented < canvas / 3 and differ == 0, (presented, canvas, differ)
     assert page.errors == []
+
+
+PARTIAL_FRAME = """async () => {
+    const e = window.cellloop.editor;
+    await new Promise((resolve) => requestAnimationFrame(() => resolve()));  // the patch's frame
+    const presented = e.renderer.presented;
+    const read = () => {
+        e.renderer.finish();
+        const c = document.createElement('canvas'); c.width = e.canvas.width; c.height = e.canvas.height;
+        const ctx = c.getContext('2d'); ctx.drawImage(e.canvas, 0, 0);
+        return ctx.getImageData(0, 0, c.width, c.height).data;
+    };
+    const partial = read();
+    e.renderer.frameKey = null;  // the whole canvas again
+    e.drawNow();
+    const whole = read();
+    let differ = 0;
+    for (let i = 0; i < whole.length; i++) if (whole[i] !== partial[i]) differ++;
+    return [presented, e.canvas.width * e.canvas.height, differ];
+}"""
 
 
 def test_a_long_stroke_goes_in_requests_of_at_most_2000_points(server, context):
