@@ -600,6 +600,18 @@ def test_a_big_task_opens_with_the_view_first_and_paints(server, context):
     assert full[0] == (1, 1) and set(full[1:3]) == {(1, 2), (2, 1)}  # the chunks nearest the view's centre (800, 800)
     shown = page.evaluate("() => Array.from(window.cellloop.editor.labels.confirmed.subarray(0, 2 * 1600 * 3))")
     assert np.array_equal(np.array(shown).reshape(3, BIG, 2), labels[:3])
+    # 1600 cells listed, but only the rows scrolled into view are in the page; a jump to the last cell brings its
+    # row in, selected, and a click on a row selects that cell
+    page.wait_for_function("() => document.querySelector('.cells li[data-id]')")
+    assert page.locator(".cell-box h3 span").text_content() == "(1600)"
+    assert 0 < page.locator(".cells li[data-id]").count() < 100
+    page.evaluate("() => window.cellloop.editor.selectCell(1600, true)")
+    assert page.locator(".cells li.selected").get_attribute("data-id") == "1600"
+    row = page.locator(".cells li[data-id]").first
+    picked = int(row.get_attribute("data-id"))
+    row.click()
+    assert page.evaluate("() => window.cellloop.editor.display.selected") == picked != 1600
+    page.keyboard.press("Escape")
     # a stroke across the corner of four chunks, zoomed in: stored on the server and drawn
     page.evaluate("() => { const e = window.cellloop.editor; e.overwrite = true; e.view.scale = 2; e.view.centerOn(512, 512); e.drawNow(); }")
     page.keyboard.press("b")
