@@ -7,7 +7,7 @@ import { CellList } from './celllist.js';
 import { chunkBox, chunksIn, eachLimited, levelFor, scatterChannels } from './chunks.js';
 import { actionFor, typing } from './keymap.js';
 import { Labels, unionBox } from './labels.js';
-import { buildPanels, el } from './panels.js';
+import { buildPanels } from './panels.js';
 import { EditQueue } from './queue.js';
 import { GLRenderer } from './renderer.js';
 import { chunks, simplify, strokeMask, tracePoints } from './stroke.js';
