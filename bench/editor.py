@@ -11,7 +11,8 @@ rasteriser, on machines without a GPU):
 
 - ``paint@SIZE``: a brush stroke, mouse-up to the server's patch drawn, split into ``queued_ms`` (mouse-up to
   request sent), ``roundtrip_ms`` (request sent to patch decoded), ``apply_ms`` (patch into the labels and the
-  label texture) and ``draw_ms`` (the next frame, waited for on the GPU); medians and p95; bytes sent and
+  label texture) and ``draw_ms`` (the patch's frame, its box drawn again as the editor draws it, waited for on the
+  GPU; a frame with the view unchanged draws only the screen over what changed); medians and p95; bytes sent and
   received per edit. The 2048² task has 8 uint16 channels and 4,000 cells.
 - ``open@2048``: navigation start to the first view drawn and finished. The 2048² task is big enough to be served
   in chunks: the first view is the coarse level that fits the window (every 2nd pixel, real 16-bit values, all 8
