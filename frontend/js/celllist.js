@@ -14,7 +14,7 @@ export class CellList {
     this.stats = new Map(); // id -> {area, ...}: the labels' own statistics (read when a row is drawn)
     this.selected = 0;
     this.rowHeight = 0;
-    this.window = null;
+    this.rows = new Map(); // id -> li of the rows in the page
     this.top = el('li', { className: 'spacer' });
     this.bottom = el('li', { className: 'spacer' });
     this.top.setAttribute('aria-hidden', 'true');
@@ -33,15 +33,26 @@ export class CellList {
     this.render();
   }
 
-  // cells whose statistics changed (a patch): rows come, go or show their new area
+  // cells whose statistics changed (a patch): rows come, go or show their new area (a stroke on one cell
+  // rewrites one row's text, not the window)
   update(changed) {
+    let moved = false;
     for (const id of changed) {
       const at = this.indexOf(id);
       const present = at < this.ids.length && this.ids[at] === id;
       if (this.stats.has(id) && !present) this.ids.splice(at, 0, id);
       else if (!this.stats.has(id) && present) this.ids.splice(at, 1);
+      else continue;
+      moved = true;
     }
-    this.render();
+    if (moved) {
+      this.render();
+      return;
+    }
+    for (const id of changed) {
+      const li = this.rows.get(id);
+      if (li) li.lastChild.textContent = this.areaText(id);
+    }
   }
 
   // the first index whose id is >= id (bisection)
@@ -58,17 +69,22 @@ export class CellList {
 
   // reveal: scroll the selected row into view (a jump to the cell)
   select(id, reveal = false) {
+    const old = this.rows.get(this.selected);
+    if (old) old.classList.remove('selected');
     this.selected = id || 0;
+    const li = this.rows.get(this.selected);
+    if (li) li.classList.add('selected');
     if (reveal && this.selected) {
       const at = this.indexOf(this.selected);
       if (this.ids[at] === this.selected && this.rowHeight) {
         const y = at * this.rowHeight;
         const view = this.ul.clientHeight;
-        if (y < this.ul.scrollTop) this.ul.scrollTop = y;
-        else if (y + this.rowHeight > this.ul.scrollTop + view) this.ul.scrollTop = y + this.rowHeight - view;
+        const top = this.ul.scrollTop;
+        if (y < top) this.ul.scrollTop = y;
+        else if (y + this.rowHeight > top + view) this.ul.scrollTop = y + this.rowHeight - view;
+        if (this.ul.scrollTop !== top) this.render();
       }
     }
-    this.render();
   }
 
   schedule() {
@@ -76,9 +92,13 @@ export class CellList {
     this.frame = requestAnimationFrame(() => { this.frame = null; this.render(); });
   }
 
-  row(id) {
+  areaText(id) {
     const s = this.stats.get(id);
-    const li = el('li', { className: id === this.selected ? 'selected' : '' }, `${id}`, el('span', {}, `${s ? s.area : 0} px`));
+    return `${s ? s.area : 0} px`;
+  }
+
+  row(id) {
+    const li = el('li', { className: id === this.selected ? 'selected' : '' }, `${id}`, el('span', {}, this.areaText(id)));
     li.dataset.id = id;
     return li;
   }
@@ -96,9 +116,9 @@ export class CellList {
     const last = Math.min(this.ids.length, first + Math.ceil((this.ul.clientHeight || 400) / h) + 2 * EXTRA);
     this.top.style.height = `${first * h}px`;
     this.bottom.style.height = `${(this.ids.length - last) * h}px`;
-    const rows = [];
-    for (let i = first; i < last; i++) rows.push(this.row(this.ids[i]));
-    this.ul.replaceChildren(this.top, ...rows, this.bottom);
+    this.rows = new Map();
+    for (let i = first; i < last; i++) this.rows.set(this.ids[i], this.row(this.ids[i]));
+    this.ul.replaceChildren(this.top, ...this.rows.values(), this.bottom);
   }
 
   // the rows in the page now (tests)

@@ -627,4 +627,9 @@ def test_a_big_task_opens_with_the_view_first_and_paints(server, context):
     assert changed.size and changed.min(axis=0).tolist()[0] < 512 < changed.max(axis=0).tolist()[0]
     here = page.evaluate("() => window.cellloop.editor.labels.at(0, 512, 512)")
     assert here == stored[512, 512, 0] != labels[512, 512, 0]
+    # the stroke painted the picked cell (the brush took its id): its row shows the new area
+    assert here == picked
+    area = int((stored[..., 0] == picked).sum())
+    assert area > int((labels[..., 0] == picked).sum())
+    assert page.locator(f".cells li[data-id='{picked}'] span").text_content() == f"{area} px"
     assert errors == []
