@@ -4,6 +4,9 @@ same editor), its conflicts and crop seams; which images count as reviewed for d
 A QC task is a task of kind "qc" covering the whole image, in the project's "image-qc" batch, waiting in the
 reviewer queue (state `submitted`). Re-stitching refreshes it: the new crowd stitch comes in, the expert's QC edits
 (what differs from the stitch the QC started from) stay on top, and a task whose labels changed waits for QC again.
+An image whose longer side is above ``chunked.CHUNKED_ABOVE`` gets a QC task stored in chunks like a big crop task
+(its channels once as a chunk pyramid beside the image, each labels snapshot a manifest), so the reviewer's editor
+opens it by region instead of downloading the whole image.
 """
 from __future__ import annotations
 
@@ -15,8 +18,10 @@ from sqlalchemy.orm import Session
 
 from backend.loop.common import LoopError
 from backend.store.arrays import decode_array, encode_array
+from backend.store.chunks import CHUNK, ChunkGrid
 from backend.store.models import Batch, Image, ImageQC, Project, Revision, Task, TaskState, utcnow
 from backend.store.storage import Storage
+from backend.tasks import chunked
 
 QC_BATCH = "image-qc"
 QC_KIND = "qc"
@@ -43,7 +48,26 @@ def _conflicts(new: list[dict], old: list[dict]) -> list[dict]:
 
 
 def _labels_key(task: Task, number: int) -> str:
-    return f"projects/{task.batch.project_id}/tasks/{task.id}/labels/{number:06d}-{secrets.token_hex(6)}.npy.gz"
+    ext = "chunks.json" if task.chunk_size is not None else "npy.gz"
+    return f"projects/{task.batch.project_id}/tasks/{task.id}/labels/{number:06d}-{secrets.token_hex(6)}.{ext}"
+
+
+def _qc_chunk_size(storage: Storage, image: Image) -> int | None:
+    """CHUNK for an image big enough to open by region (its channels are then cut into chunks, once), else None.
+    A slide (stored in tiles of its own, image_key a folder) keeps the whole-array QC task."""
+    if max(image.height, image.width) <= chunked.CHUNKED_ABOVE or image.image_key.endswith("/"):
+        return None
+    pixels = decode_array(storage.get(image.image_key), max_pixels=None)
+    chunked.write_image_chunks(storage, image.image_key, pixels, ChunkGrid(pixels.shape, CHUNK))
+    return CHUNK
+
+
+def _write_labels(storage: Storage, task: Task, key: str, labels: np.ndarray) -> list[str]:
+    """A QC labels snapshot: a chunk manifest for a chunked task, one array otherwise; returns the keys written."""
+    if task.chunk_size is None:
+        storage.put(key, encode_array(labels))
+        return [key]
+    return chunked.write_labels_snapshot(storage, key, labels, task.chunk_size)
 
 
 def refresh_qc(session: Session, storage: Storage, image: Image, labels: np.ndarray, conflicts: list[dict],
@@ -59,11 +83,11 @@ def refresh_qc(session: Session, storage: Storage, image: Image, labels: np.ndar
     if row is None:
         task = Task(batch=qc_batch(session, image.project), image_id=image.id, y0=0, x0=0, y1=image.height,
                     x1=image.width, state=TaskState.submitted, image_key=image.image_key, revision=0, kind=QC_KIND,
-                    submitted_at=utcnow())
+                    submitted_at=utcnow(), chunk_size=_qc_chunk_size(storage, image))
         session.add(task)
         session.flush()
         key = _labels_key(task, 0)
-        storage.put(key, encode_array(labels))
+        _write_labels(storage, task, key, labels)
         session.add(Revision(task=task, number=0, action="stitch", params={"stitch": source}, labels_key=key,
                              author_ref="system"))
         session.add(ImageQC(image_id=image.id, task_id=task.id, base_labels_key=image.labels_key,
@@ -83,7 +107,7 @@ def refresh_qc(session: Session, storage: Storage, image: Image, labels: np.ndar
             break
         number = task.revision + 1
         key = _labels_key(task, number)
-        storage.put(key, encode_array(merged))
+        written = _write_labels(storage, task, key, merged)
         # a changed image waits for the expert again, whatever its verdict was
         if conditional_update(session, task, [Task.revision == task.revision],
                               {"revision": number, "state": TaskState.submitted, "submitted_at": utcnow()}):
@@ -93,7 +117,8 @@ def refresh_qc(session: Session, storage: Storage, image: Image, labels: np.ndar
             outcome = "refreshed"
             break
         session.rollback()
-        storage.delete(key)
+        for k in written:
+            storage.delete(k)
     else:
         raise LoopError(f"image {image.name!r}: its QC task kept changing while stitching; run stitch again")
     row.base_labels_key = image.labels_key

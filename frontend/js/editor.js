@@ -3,10 +3,11 @@
 // previews them at once and sends them through the edit queue; the server's patches are the truth.
 import { Canvas2DRenderer } from './canvas2d.js';
 import { Channels, splitChannels } from './channels.js';
+import { CellList } from './celllist.js';
 import { chunkBox, chunksIn, eachLimited, levelFor, scatterChannels } from './chunks.js';
 import { actionFor, typing } from './keymap.js';
 import { Labels, unionBox } from './labels.js';
-import { buildPanels, el } from './panels.js';
+import { buildPanels } from './panels.js';
 import { EditQueue } from './queue.js';
 import { GLRenderer } from './renderer.js';
 import { chunks, simplify, strokeMask, tracePoints } from './stroke.js';
@@ -42,6 +43,8 @@ export class Editor {
     this.frame = null;
     this.timings = { frames: 0 };
     this.overlayHooks = []; // (ctx, view) => void: pages draw their own marks on the overlay (qc.js)
+    // resolves once the task is first drawn: for a big task the coarse view, before its full-resolution chunks
+    this.firstView = new Promise((resolve) => { this.shownFirst = resolve; });
     this.queue = new EditQueue({
       send: (item) => this.sendItem(item),
       onDone: (item, result) => this.acknowledged(item, result),
@@ -86,6 +89,7 @@ export class Editor {
     t.push(performance.now());
     // where opening a task spends its time (bench/editor.py reports it)
     this.timings.open = { prepareMs: t[2] - t[1], uploadMs: t[3] - t[2], drawMs: t[4] - t[3] };
+    this.shownFirst();
   }
 
   // --- a big task: the coarse level in view first, then level 0, nearest the middle of the view first -----------
@@ -126,6 +130,7 @@ export class Editor {
     // and textures, the first frame
     this.timings.open = { level, coarseChunks: coarse.count, arraysMs: t[1] - t[0], prepareMs: t[2] - t[1], drawMs: t[3] - t[2] };
     this.say('Loading full resolution…');
+    this.shownFirst();
     await this.fetchFullResolution(layout);
     this.renderer.dropCoarse && this.renderer.dropCoarse();
     this.brushLabel = this.labels.nextId();
@@ -310,68 +315,22 @@ export class Editor {
     for (const row of this.channelList.children) row.classList.toggle('active', Number(row.dataset.channel) === this.channels.active);
   }
 
-  cellItem(c) {
-    const li = el('li', { className: c.id === this.display.selected ? 'selected' : '' }, `${c.id}`, el('span', {}, `${c.area} px`));
-    li.dataset.id = c.id;
-    return li;
-  }
-
-  // changed: the ids a patch touched on the shown layer; only their rows change (a 8192² task lists 64,000 cells,
-  // rebuilding them all after every stroke would stall the page)
+  // changed: the ids a patch touched on the shown layer; only their rows change (a 8192² task lists 64,000 cells)
   showCells(changed = null) {
-    if (changed && this.cellItems && !this.cellTimer) {
-      this.updateCells(changed);
+    if (!this.cellList) this.cellList = new CellList(this.cellListElement, this.cellCount, (id) => this.selectCell(id, true));
+    if (changed && this.cellsShown && !this.cellTimer) {
+      this.cellList.update(changed);
       return;
     }
     if (this.cellTimer) return;
     // a patch can land many times a second; the list need not follow every one
     this.cellTimer = setTimeout(() => {
       this.cellTimer = null;
-      const cells = this.labels.cells(this.display.layer);
-      this.cellCount.textContent = `(${cells.length})`;
-      this.cellItems = new Map();
-      this.cellList.replaceChildren(...cells.map((c) => {
-        const li = this.cellItem(c);
-        this.cellItems.set(c.id, li);
-        return li;
-      }));
-      this.selectedItem = this.cellItems.get(this.display.selected) || null;
-      this.cellList.onclick = (ev) => {
-        const li = ev.target.closest('li');
-        if (li) this.selectCell(Number(li.dataset.id), true);
-      };
+      const stats = this.labels.stats[this.display.layer];
+      this.cellList.selected = this.display.selected;
+      this.cellList.set([...stats.keys()].sort((a, b) => a - b), stats);
+      this.cellsShown = true;
     }, 50);
-  }
-
-  updateCells(changed) {
-    const stats = this.labels.stats[this.display.layer];
-    for (const id of changed) {
-      const s = stats.get(id);
-      const li = this.cellItems.get(id);
-      if (!s) {
-        if (li) { li.remove(); this.cellItems.delete(id); }
-      } else if (li) {
-        li.lastChild.textContent = `${s.area} px`;
-      } else {
-        const item = this.cellItem({ id, area: s.area });
-        this.cellItems.set(id, item);
-        this.cellList.insertBefore(item, this.cellAfter(id));
-      }
-    }
-    this.cellCount.textContent = `(${stats.size})`;
-  }
-
-  // the list's first row with an id above `id` (null: the end), by bisection: rows are sorted by id
-  cellAfter(id) {
-    const rows = this.cellList.children;
-    let lo = 0;
-    let hi = rows.length;
-    while (lo < hi) {
-      const mid = (lo + hi) >> 1;
-      if (Number(rows[mid].dataset.id) > id) hi = mid;
-      else lo = mid + 1;
-    }
-    return rows[lo] || null;
   }
 
   // --- drawing -------------------------------------------------------------------------------------------
@@ -732,11 +691,7 @@ export class Editor {
       const s = this.labels.stats[this.display.layer].get(id);
       if (s) this.view.centerOn(s.rowSum / s.area, s.colSum / s.area);
     }
-    if (this.selectedItem) this.selectedItem.classList.remove('selected');
-    const li = this.cellItems ? this.cellItems.get(this.display.selected) || null : null;
-    if (li) li.classList.add('selected');
-    this.selectedItem = li;
-    if (li && jump) li.scrollIntoView({ block: 'nearest' });
+    if (this.cellList) this.cellList.select(this.display.selected, jump);
     this.showTool();
     this.requestDraw();
   }
@@ -778,10 +733,11 @@ export class Editor {
     if (patch.before.length) box = this.labels.applyPatch(patch);
     this.labels.revision = revision;
     // the preview goes, the server's result stays
-    this.reshow(unionBox(box, item.preview ? item.box : null));
+    const shown = unionBox(box, item.preview ? item.box : null);
+    this.reshow(shown);
     const t1 = performance.now();
     this.timings.last = { tool: item.tool || item.action, queuedMs: item.sentAt - item.queuedAt, roundtripMs: t0 - item.sentAt, applyMs: t1 - t0,
-      sent: this.client.traffic.sent, received: this.client.traffic.received, appliedAt: t1 };
+      sent: this.client.traffic.sent, received: this.client.traffic.received, appliedAt: t1, sentAt: item.sentAt, box: shown };
     if (!patch.before.length && item.action === 'edit') this.say(`${BY_NAME[item.tool].label}: nothing changed.`);
     else this.say('');
     if (box) {

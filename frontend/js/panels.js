@@ -86,11 +86,11 @@ export function buildPanels(editor) {
     row('fill', editor.fillSlider), row('outlines', editor.outlineSlider), row('other layer', editor.otherSlider),
     row('highlight', editor.highlightBox));
   editor.cursorInfo = el('div', { className: 'cursor-info' }, '\u00a0');
-  editor.cellList = el('ul', { className: 'cells' });
+  editor.cellListElement = el('ul', { className: 'cells' });
   editor.cellCount = el('span');
   const sidebar = el('aside', { className: 'sidebar' },
     el('section', { className: 'channel-box' }, el('h3', {}, 'Channels'), editor.channelList), displayBox,
-    el('section', { className: 'cell-box' }, el('h3', {}, 'Cells ', editor.cellCount), editor.cursorInfo, editor.cellList));
+    el('section', { className: 'cell-box' }, el('h3', {}, 'Cells ', editor.cellCount), editor.cursorInfo, editor.cellListElement));
 
   editor.message = el('span', { className: 'message', role: 'status' });
   editor.queueInfo = el('span', { className: 'queue' });

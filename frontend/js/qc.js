@@ -31,8 +31,9 @@ export class QCPanel {
     this.list = el('ul', { id: 'qc-conflicts', className: 'cells qc-conflicts' });
     this.seamBox = el('input', { type: 'checkbox', id: 'qc-seams', title: 'draw the crop seams' });
     this.seamBox.addEventListener('change', () => { this.showSeams = this.seamBox.checked; this.editor.drawOverlay(); });
-    const note = this.data.large
-      ? el('p', { className: 'qc-note' }, `This image is ${this.data.shape.join('×')} px, larger than 4096²: the whole image is loaded at once (opening by region needs chunked serving, not there yet), so expect a slow start.`)
+    // a QC task made before QC tasks were stored in chunks loads whole
+    const note = this.data.large && !this.editor.info.chunks
+      ? el('p', { className: 'qc-note' }, `This image is ${this.data.shape.join('×')} px, larger than 4096², and its QC task was made before QC tasks were stored in chunks: the whole image is loaded at once, so expect a slow start.`)
       : '';
     this.section = el('section', { className: 'qc-box', id: 'qc-panel' },
       el('h3', {}, 'Conflicts ', this.counts),

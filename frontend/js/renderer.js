@@ -6,7 +6,10 @@
 // screen pixel. The cache is kept in tiles: a display change invalidates them all and only the tiles in view
 // are redrawn (the selected cell is highlighted by the present pass, so selecting one keeps every tile); a patch
 // redraws just its box (plus the one-pixel ring whose outlines it may change). Zoomed
-// out below 1:1, the composite pass draws straight to the screen instead. A big task arrives in chunks: until the
+// out below 1:1, the composite pass draws straight to the screen instead. A frame whose view and display are
+// the last frame's draws only the screen rectangles over what changed since (the canvas keeps its drawing buffer):
+// a stroke's frames then cost the stroke's pixels, not the canvas's, and leave the CPU (software WebGL) to the
+// server while the edit is on its way. A big task arrives in chunks: until the
 // chunks in view are in at full resolution, the composite pass draws straight from a coarse level's textures.
 import { BACKGROUND_RGB, OTHER_LAYER_RGB, OUTLINE_RGB, SELECTED_RGB } from './palette.js';
 
@@ -201,6 +204,15 @@ export class GLRenderer {
     this.framebuffer = gl.createFramebuffer();
     this.dirty = [];
     this.displayKey = null;
+    this.frameKey = null; // view and display of the last frame
+    this.changed = null;  // image rectangles changed since the last frame; null: everything
+    this.presented = 0;   // canvas pixels the last frame drew (tests: a patch's frame draws only its box)
+  }
+
+  // rectangles of the image whose picture changed: the next frame redraws them (a long list: the whole frame)
+  changedBox(box) {
+    if (this.changed && this.changed.length < 16) this.changed.push(box);
+    else this.changed = null;
   }
 
   get name() {
@@ -251,6 +263,7 @@ export class GLRenderer {
     this.tilesX = Math.ceil(width / TILE);
     this.tilesY = Math.ceil(height / TILE);
     this.valid = new Uint8Array(this.tilesX * this.tilesY);
+    this.changed = null;
   }
 
   // the channels inside box [y0, x0, y1, x1] of the full planes. The box is copied out first: with
@@ -283,6 +296,7 @@ export class GLRenderer {
     gl.texImage2D(gl.TEXTURE_2D, 0, gl.RG32I, labels.width, labels.height, 0, gl.RG_INTEGER, gl.INT,
       upload ? labels.shown : null);
     if (this.valid) this.valid.fill(0);
+    this.changed = null;
   }
 
   subLabels(box) {
@@ -298,7 +312,9 @@ export class GLRenderer {
     const [y0, x0, y1, x1] = box;
     if (y1 <= y0 || x1 <= x0) return;
     this.subLabels(box);
-    this.dirty.push([Math.max(0, y0 - 1), Math.max(0, x0 - 1), Math.min(this.height, y1 + 1), Math.min(this.width, x1 + 1)]);
+    const ring = [Math.max(0, y0 - 1), Math.max(0, x0 - 1), Math.min(this.height, y1 + 1), Math.min(this.width, x1 + 1)];
+    this.dirty.push(ring);
+    this.changedBox(ring);
   }
 
   // a chunk of labels arrived (not an edit): its tiles are composited again when next in view
@@ -308,6 +324,7 @@ export class GLRenderer {
   }
 
   invalidate([y0, x0, y1, x1]) {
+    if (y1 > y0 && x1 > x0) this.changedBox([Math.max(0, y0 - 1), Math.max(0, x0 - 1), y1 + 1, x1 + 1]);
     // one pixel more on each side: a neighbour's outline depends on this box's ids
     const t0 = Math.floor(Math.max(0, y0 - 1) / TILE);
     const t1 = Math.ceil(Math.min(this.height, y1 + 1) / TILE);
@@ -358,6 +375,7 @@ export class GLRenderer {
     gl.pixelStorei(gl.UNPACK_ALIGNMENT, 4);
     gl.texImage2D(gl.TEXTURE_2D, 0, gl.RG32I, width, height, 0, gl.RG_INTEGER, gl.INT, labels);
     this.bindFull();
+    this.changed = null;
   }
 
   bindFull() {
@@ -373,6 +391,7 @@ export class GLRenderer {
     this.gl.deleteTexture(this.coarse.channels);
     this.gl.deleteTexture(this.coarse.labels);
     this.coarse = null;
+    this.changed = null;
   }
 
   // cached: the picture without the selection highlight (the present pass adds it)
@@ -443,15 +462,50 @@ export class GLRenderer {
 
   draw(view, display) {
     this.checkCache(display);
-    if (this.coarse && !this.viewLoaded(view)) {
-      this.drawCoarse(view, display);
+    const mode = this.coarse && !this.viewLoaded(view) ? 'coarse' : view.scale < 1 ? 'direct' : 'present';
+    const key = JSON.stringify([mode, view.x, view.y, view.scale, this.canvas.width, this.canvas.height, display]);
+    const rects = key === this.frameKey ? this.changed : null;
+    this.frameKey = key;
+    this.changed = [];
+    if (rects && !rects.length) {
+      this.presented = 0;
       return;
     }
-    if (view.scale < 1) {
-      this.drawDirect(view, display);
+    if (mode !== 'present') {
+      this.scissored(view, rects, () => (mode === 'coarse' ? this.drawCoarse(view, display) : this.drawDirect(view, display)));
       return;
     }
     this.refresh(view, display);
+    this.scissored(view, rects, () => this.drawPresent(view, display));
+  }
+
+  // run draw() once for the whole canvas (rects null) or once per image rectangle, clipped to its screen pixels
+  // (one canvas pixel more around each: a partly covered pixel is redrawn whole)
+  scissored(view, rects, draw) {
+    const gl = this.gl;
+    const cw = this.canvas.width;
+    const ch = this.canvas.height;
+    if (!rects) {
+      this.presented = cw * ch;
+      draw();
+      return;
+    }
+    this.presented = 0;
+    gl.enable(gl.SCISSOR_TEST);
+    for (const [y0, x0, y1, x1] of rects) {
+      const sx0 = Math.max(0, Math.floor((x0 - view.x) * view.scale) - 1);
+      const sx1 = Math.min(cw, Math.ceil((x1 - view.x) * view.scale) + 1);
+      const sy0 = Math.max(0, Math.floor((y0 - view.y) * view.scale) - 1);
+      const sy1 = Math.min(ch, Math.ceil((y1 - view.y) * view.scale) + 1);
+      if (sx1 <= sx0 || sy1 <= sy0) continue;
+      gl.scissor(sx0, ch - sy1, sx1 - sx0, sy1 - sy0);
+      this.presented += (sx1 - sx0) * (sy1 - sy0);
+      draw();
+    }
+    gl.disable(gl.SCISSOR_TEST);
+  }
+
+  drawPresent(view, display) {
     const gl = this.gl;
     const u = this.present.uniforms;
     gl.viewport(0, 0, this.canvas.width, this.canvas.height);

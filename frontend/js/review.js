@@ -91,14 +91,23 @@ async function openTask(id, notice = '') {
   show([notice, last].filter(Boolean).join(' · '), notice ? 'done' : 'info');
   page('editor');
   delete document.body.dataset.ready;
-  state.editor = new Editor($('editor'), client, info, { readOnly: !reviewable });
-  window.cellloop = { editor: state.editor, client };
-  await state.editor.load();
-  if (info.kind === 'qc') {
-    state.qc = new QCPanel(state.editor, client, state.csrf);
+  delete document.body.dataset.firstView;
+  delete document.body.dataset.qcShown;
+  const editor = new Editor($('editor'), client, info, { readOnly: !reviewable });
+  state.editor = editor;
+  window.cellloop = { editor, client };
+  // a big image (a whole-image QC task) shows its coarse view first: its conflicts list comes with that view, not
+  // after every full-resolution chunk
+  const loading = editor.load();
+  await Promise.race([editor.firstView, loading]);
+  if (info.kind === 'qc' && state.editor === editor) {
+    state.qc = new QCPanel(editor, client, state.csrf);
     window.cellloop.qc = state.qc;
     await state.qc.mount();
+    document.body.dataset.qcShown = 'true';
   }
+  await loading;
+  if (state.editor !== editor) return; // the reviewer went on to another task meanwhile
   document.body.dataset.ready = 'true';
 }
 

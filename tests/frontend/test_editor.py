@@ -113,7 +113,30 @@ def test_brush_stroke_changes_exactly_the_trace(server, context):
     assert (after != before).any()
     # what the browser shows is what the server stored
     np.testing.assert_array_equal(shown_labels(page), after)
+    # the patch's frame drew only the screen over the patch, and that picture is the whole frame's
+    presented, canvas, differ = page.evaluate(PARTIAL_FRAME)
+    assert 0 < presented < canvas / 3 and differ == 0, (presented, canvas, differ)
     assert page.errors == []
+
+
+PARTIAL_FRAME = """async () => {
+    const e = window.cellloop.editor;
+    await new Promise((resolve) => requestAnimationFrame(() => resolve()));  // the patch's frame
+    const presented = e.renderer.presented;
+    const read = () => {
+        e.renderer.finish();
+        const c = document.createElement('canvas'); c.width = e.canvas.width; c.height = e.canvas.height;
+        const ctx = c.getContext('2d'); ctx.drawImage(e.canvas, 0, 0);
+        return ctx.getImageData(0, 0, c.width, c.height).data;
+    };
+    const partial = read();
+    e.renderer.frameKey = null;  // the whole canvas again
+    e.drawNow();
+    const whole = read();
+    let differ = 0;
+    for (let i = 0; i < whole.length; i++) if (whole[i] !== partial[i]) differ++;
+    return [presented, e.canvas.width * e.canvas.height, differ];
+}"""
 
 
 def test_a_long_stroke_goes_in_requests_of_at_most_2000_points(server, context):
@@ -577,6 +600,18 @@ def test_a_big_task_opens_with_the_view_first_and_paints(server, context):
     assert full[0] == (1, 1) and set(full[1:3]) == {(1, 2), (2, 1)}  # the chunks nearest the view's centre (800, 800)
     shown = page.evaluate("() => Array.from(window.cellloop.editor.labels.confirmed.subarray(0, 2 * 1600 * 3))")
     assert np.array_equal(np.array(shown).reshape(3, BIG, 2), labels[:3])
+    # 1600 cells listed, but only the rows scrolled into view are in the page; a jump to the last cell brings its
+    # row in, selected, and a click on a row selects that cell
+    page.wait_for_function("() => document.querySelector('.cells li[data-id]')")
+    assert page.locator(".cell-box h3 span").text_content() == "(1600)"
+    assert 0 < page.locator(".cells li[data-id]").count() < 100
+    page.evaluate("() => window.cellloop.editor.selectCell(1600, true)")
+    assert page.locator(".cells li.selected").get_attribute("data-id") == "1600"
+    row = page.locator(".cells li[data-id]").first
+    picked = int(row.get_attribute("data-id"))
+    row.click()
+    assert page.evaluate("() => window.cellloop.editor.display.selected") == picked != 1600
+    page.keyboard.press("Escape")
     # a stroke across the corner of four chunks, zoomed in: stored on the server and drawn
     page.evaluate("() => { const e = window.cellloop.editor; e.overwrite = true; e.view.scale = 2; e.view.centerOn(512, 512); e.drawNow(); }")
     page.keyboard.press("b")
@@ -592,4 +627,9 @@ def test_a_big_task_opens_with_the_view_first_and_paints(server, context):
     assert changed.size and changed.min(axis=0).tolist()[0] < 512 < changed.max(axis=0).tolist()[0]
     here = page.evaluate("() => window.cellloop.editor.labels.at(0, 512, 512)")
     assert here == stored[512, 512, 0] != labels[512, 512, 0]
+    # the stroke painted the picked cell (the brush took its id): its row shows the new area
+    assert here == picked
+    area = int((stored[..., 0] == picked).sum())
+    assert area > int((labels[..., 0] == picked).sum())
+    assert page.locator(f".cells li[data-id='{picked}'] span").text_content() == f"{area} px"
     assert errors == []

@@ -251,3 +251,60 @@ def test_an_edit_reads_and_writes_only_the_chunks_it_touches(big, monkeypatch):
             got, _ = _chunk(client, f"/api/task/{token}/labels/{level}/{i}/{j}")
             assert np.array_equal(got, _expected(current, grid, level, i, j)), (level, i, j)
     assert np.array_equal(_replay(big), current)
+
+
+def test_a_big_images_qc_task_is_stored_and_served_in_chunks(tmp_path):
+    """Whole-image QC of an image above CHUNKED_ABOVE: stored like a big task (image chunk pyramid, manifests),
+    served in chunks to the reviewer, edited, and refreshed by a new stitch with the expert's pixels kept."""
+    from backend.loop.qc import refresh_qc
+    from backend.store.arrays import encode_array
+    from backend.store.models import Task
+    from backend.store.projects import project_from_image
+    from backend.tasks import TaskService
+
+    world = make_world(tmp_path, n_tasks=1)
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 65536, (H, W, 2), dtype=np.uint16)
+    labels = np.zeros((H, W, 2), np.int32)
+    labels[..., 0] = (np.arange(H)[:, None] // 50) * 100 + np.arange(W)[None, :] // 50 + 1
+    with world.session() as session:
+        storage = world.storage()
+        project = project_from_image(session, storage, name="qcbig", image=image, channel_names=["dna", "mem"])
+        row = project.images[0]
+        row.labels_key = f"projects/{project.id}/images/{row.id}/labels/s1.npy.gz"
+        storage.put(row.labels_key, encode_array(labels))
+        session.commit()
+        out = refresh_qc(session, storage, row, labels, [], [[0, 0, 600, 700]], source="b1")
+        task = session.get(Task, out["qc_task"])
+        assert (out["qc"], task.chunk_size) == ("created", 512)
+        tid, image_id = task.id, row.id
+    client = world.client
+    csrf = login(client, "rev")
+    info = client.get(f"/api/review/tasks/{tid}").get_json()
+    assert info["chunks"] == {"size": 512, "levels": [[1100, 1300], [550, 650], [275, 325]]}
+    grid = ChunkGrid((H, W))
+    for level, i, j in [(0, 2, 2), (1, 0, 1), (2, 0, 0)]:
+        got, _ = _chunk(client, f"/api/review/tasks/{tid}/image/{level}/{i}/{j}")
+        assert got.dtype == np.uint16 and np.array_equal(got, _expected(image, grid, level, i, j))
+        got, _ = _chunk(client, f"/api/review/tasks/{tid}/labels/{level}/{i}/{j}")
+        assert np.array_equal(got, _expected(labels, grid, level, i, j))
+    assert client.post(f"/api/review/tasks/{tid}/start", headers={"X-CSRF-Token": csrf}).status_code == 200
+    resp = client.post(f"/api/review/tasks/{tid}/edit", headers={"X-CSRF-Token": csrf},
+                       json={"base_revision": 0, "tool": "paint", "params": _paint(1050, 1250, 99999)})
+    assert resp.status_code == 200, resp.get_json()
+    got, resp = _chunk(client, f"/api/review/tasks/{tid}/labels/0/2/2")
+    assert resp.headers["X-Revision"] == "1" and (got[..., 0] == 99999).sum() > 20
+    # a new stitch changes the top-left corner: it comes in, the expert's stroke stays, as a new manifest
+    restitched = labels.copy()
+    restitched[:100, :100, 0] = 7
+    with world.session() as session:
+        storage = world.storage()
+        from backend.store.models import Image
+        row = session.get(Image, image_id)
+        out = refresh_qc(session, storage, row, restitched, [], [[0, 0, 600, 700]], source="b2")
+        assert out["qc"] == "refreshed" and out["expert_pixels_kept"] > 20
+        task = session.get(Task, tid)
+        after = TaskService(session, storage).labels(task)
+        assert (after[:100, :100, 0] == 7).all() and (after[..., 0] == 99999).sum() == (got[..., 0] == 99999).sum()
+        keys = [r.labels_key for r in task.revisions if r.labels_key]
+        assert keys and all(k.endswith(MANIFEST_SUFFIX) for k in keys)
