@@ -67,6 +67,9 @@ class Mesmer:
         self._net = None
 
     def _network(self, batch: np.ndarray):
+        return self._ensure_network()(batch)
+
+    def _ensure_network(self):
         if self._net is None:
             from pipeline.model import runtime as runtimes
 
@@ -79,7 +82,7 @@ class Mesmer:
 
                 warnings.warn(f"{exc}; predicting with Keras instead", RuntimeWarning, stacklevel=2)
                 self.runtime, self._net = "keras", runtimes.KerasNetwork(self.model)
-        return self._net(batch)
+        return self._net
 
     def _check(self, X: np.ndarray) -> np.ndarray:
         X = np.asarray(X)
@@ -106,8 +109,11 @@ class Mesmer:
         t1 = time.perf_counter()
         # batch_size counts 256 px tiles: bigger tiles go fewer to a batch, so the network's memory stays the same
         tiles_per_batch = max(1, (batch_size * TILE * TILE) // (self.tile * self.tile))
+        self._ensure_network()
+        # Only Keras traces again for a new batch shape; the exported runtimes take a short last batch as it is.
         outputs = tiling.tile_predict(
-            self._network, Xm, tile=self.tile, stride=self.stride, batch_size=tiles_per_batch, progress=progress
+            self._network, Xm, tile=self.tile, stride=self.stride, batch_size=tiles_per_batch, progress=progress,
+            fixed_batches=self.runtime == "keras",
         )
         t2 = time.perf_counter()
         self.timings["preprocess_s"] += t1 - t0
