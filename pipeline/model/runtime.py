@@ -19,14 +19,15 @@ from pathlib import Path
 import numpy as np
 
 RUNTIMES = ("onnxruntime", "openvino", "keras")
-# Measured here (bench/model.py --case network@256x8, the three interleaved on one 8 x 256² batch of the starter, 2
-# cores): on the idle machine ONNX Runtime 150 ms, Keras/TensorFlow (oneDNN) 192 ms, OpenVINO 247 ms, before the
-# export wrote the x2 upsampling as one Resize node (EXPORTER below), which took another sixth off ONNX Runtime's CPU
-# time; labels identical to Keras' at 2048². (Under load 7-9 an older measurement had Keras ahead: on a busy machine
-# the ranking can flip, hence the setting CELLLOOP_INFERENCE_RUNTIME.) Rejected, measured: int8 static quantisation
-# (QDQ, per channel; 1.4x less CPU but 3.6% of cells changed, 95% not kept pixel for pixel, against the tolerance of
-# 0.5% / 2%) and OpenVINO bfloat16 (slower here, 80% of cells changed).
-DEFAULT_RUNTIME = "onnxruntime"
+# Measured here (the starter's network on one batch of 8 256² tiles, 2 cores, runtimes interleaved; median wall / CPU
+# ms at load 2.8): with the export as Keras traces it, ONNX Runtime 234 / 365 and OpenVINO 377 / 632 (Keras about
+# 190 wall at idle); with the x2 upsampling exported as one Resize node (EXPORTER below) ONNX Runtime 205 / 301 and
+# OpenVINO 138 / 265. OpenVINO on the Resize export is the fastest, labels as Keras' (2048²: no cell changed, 1 of
+# 13,370 not kept pixel for pixel), so it is the default; the others stay a setting (CELLLOOP_INFERENCE_RUNTIME).
+# Rejected, measured: int8 static quantisation with onnxruntime.quantization (QDQ, per channel; 1.4x less CPU but
+# 3.6% of cells changed and 95% not kept pixel for pixel, against the runtime tests' 0.5% / 2%), and OpenVINO
+# bfloat16 (slower here, 80% of cells changed).
+DEFAULT_RUNTIME = "openvino"
 CACHE_DIR = ".runtime"
 ONNX_FILE = "model.onnx"
 STAMP_FILE = "model.onnx.json"

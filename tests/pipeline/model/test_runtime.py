@@ -111,6 +111,6 @@ def test_an_export_by_another_exporter_is_made_again(starter, tmp_path, monkeypa
     assert runtime.cached_onnx(version) == path and len(exported) == 1  # then reused
 
 
-def test_stored_versions_predict_on_onnx_runtime_by_default(monkeypatch):
+def test_stored_versions_predict_on_an_exported_runtime_by_default(monkeypatch):
     monkeypatch.delenv("CELLLOOP_INFERENCE_RUNTIME", raising=False)
-    assert runtime.DEFAULT_RUNTIME == "onnxruntime" and Mesmer(STARTER_DIR).runtime == "onnxruntime"
+    assert runtime.DEFAULT_RUNTIME == "openvino" and Mesmer(STARTER_DIR).runtime == "openvino"
