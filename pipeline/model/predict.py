@@ -58,9 +58,13 @@ class Mesmer:
         # The inference runtime: the one asked for, else CELLLOOP_INFERENCE_RUNTIME, else the default
         # (runtime.DEFAULT_RUNTIME) for versions stored with a model.keras (an exported runtime exports once and
         # caches beside it) and Keras for models held only in memory, which would pay an export each time.
+        # The export converts a TensorFlow graph (tf2onnx), so under another Keras backend the default is Keras too.
+        import keras
+
         stored = version.path is not None and (Path(version.path) / saving.MODEL_FILE).is_file()
+        exportable = stored and keras.backend.backend() == "tensorflow"
         chosen = runtime or os.environ.get("CELLLOOP_INFERENCE_RUNTIME") or None
-        self.runtime = runtimes.check_runtime(chosen or (runtimes.DEFAULT_RUNTIME if stored else "keras"))
+        self.runtime = runtimes.check_runtime(chosen or (runtimes.DEFAULT_RUNTIME if exportable else "keras"))
         self._runtime_explicit = chosen is not None
         self.tile = int(tile or TILE)
         self.stride = int(stride or (STRIDE if self.tile == TILE else self.tile * 3 // 4))
