@@ -32,7 +32,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="labels file: .tif/.ome.tif (OME-TIFF) or .npz; for a slide "
                    ".zarr (OME-Zarr) or .ome.tif (tiled OME-TIFF)")
     p.add_argument("--runtime", choices=("onnxruntime", "openvino", "keras"), default=None,
-                   help="inference runtime (default: $CELLLOOP_INFERENCE_RUNTIME, else keras; for onnxruntime and "
+                   help="inference runtime (default: $CELLLOOP_INFERENCE_RUNTIME, else openvino; for onnxruntime and "
                         "openvino the ONNX export is made once and cached beside the model version)")
     p.add_argument("--slide", action="store_true",
                    help="read the image lazily and predict it in blocks joined at the seams (automatic for OME-Zarr, "

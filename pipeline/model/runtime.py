@@ -1,14 +1,15 @@
 """The network at inference time: Keras itself, or the model exported to ONNX and run by ONNX Runtime or OpenVINO.
 
 Training stays Keras; only prediction changes runtime. The ONNX file is exported once per model version and cached
-next to it (``<version>/.runtime/model.onnx``, keyed by the sha-256 of ``model.keras``, so a retrained file is
-exported again), and copied into a content-addressed cache (``CELLLOOP_MODEL_CACHE`` or ``~/.cache/cellloop``) that
+next to it (``<version>/.runtime/model.onnx``, keyed by the sha-256 of ``model.keras`` and by ``EXPORTER``, so a retrained
+file, or a file exported the old way, is exported again), and copied into a content-addressed cache (``CELLLOOP_MODEL_CACHE`` or ``~/.cache/cellloop``) that
 read-only folders use and from which another copy of the same file takes its export instead of exporting again. Nothing here touches the network: export is local.
 
 Every runtime is a callable ``batch (B, h, w, C) float32 -> [4 arrays (B, h, w, k)]`` in Mesmer's output order.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -18,14 +19,20 @@ from pathlib import Path
 import numpy as np
 
 RUNTIMES = ("onnxruntime", "openvino", "keras")
-# Measured here (bench/model.py --case network@256x8, the three interleaved on one 8 x 256² batch of the starter, on
-# 2 cores shared at load 7-9): Keras/TensorFlow (oneDNN) 0.54-0.58 s, ONNX Runtime 0.75-1.29 s, OpenVINO 1.76 s,
-# with labels identical at 2048². Neither exported runtime beat TensorFlow, so Keras stays the default and the
-# others are a setting (CELLLOOP_INFERENCE_RUNTIME) for machines where they win.
-DEFAULT_RUNTIME = "keras"
+# Measured here (the starter's network on one batch of 8 256² tiles, 2 cores, runtimes interleaved; median wall / CPU
+# ms at load 2.8): with the export as Keras traces it, ONNX Runtime 234 / 365 and OpenVINO 377 / 632 (Keras about
+# 190 wall at idle); with the x2 upsampling exported as one Resize node (EXPORTER below) ONNX Runtime 205 / 301 and
+# OpenVINO 138 / 265. OpenVINO on the Resize export is the fastest, labels as Keras' (2048²: no cell changed, 1 of
+# 13,370 not kept pixel for pixel), so it is the default; the others stay a setting (CELLLOOP_INFERENCE_RUNTIME).
+# Rejected, measured: int8 static quantisation with onnxruntime.quantization (QDQ, per channel; 1.4x less CPU but
+# 3.6% of cells changed and 95% not kept pixel for pixel, against the runtime tests' 0.5% / 2%), and OpenVINO
+# bfloat16 (slower here, 80% of cells changed).
+DEFAULT_RUNTIME = "openvino"
 CACHE_DIR = ".runtime"
 ONNX_FILE = "model.onnx"
 STAMP_FILE = "model.onnx.json"
+# Part of the stamp: an export made by an older exporter is made again, not reused.
+EXPORTER = "keras.export(format='onnx'), x2 upsampling as Resize"
 
 
 class RuntimeUnavailable(RuntimeError):
@@ -77,7 +84,7 @@ def export_onnx(model, path: Path) -> Path:
         try:
             from pipeline.quiet import native_stderr_silenced
 
-            with native_stderr_silenced():
+            with native_stderr_silenced(), _native_upsampling():
                 model.export(str(tmp / ONNX_FILE), format="onnx", verbose=False, input_signature=spec)
         except Exception as exc:  # tf2onnx raises many kinds for an unsupported graph
             raise RuntimeUnavailable(f"cannot export the model to ONNX: {str(exc).strip().splitlines()[0]}") from None
@@ -85,6 +92,32 @@ def export_onnx(model, path: Path) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+@contextlib.contextmanager
+def _native_upsampling():
+    """While exporting, trace ``BilinearUpsample2x`` as TensorFlow's bilinear resize (half-pixel centres, edges
+    clamped: the same interpolation), which becomes one ONNX Resize node instead of the gathers, concatenations and
+    reshapes that the backend-neutral layer is made of (38% of ONNX Runtime's kernel time on the starter, measured
+    with its profiler). Keras' own graph, and training, keep the layer as it is."""
+    import keras
+
+    from pipeline.model import panoptic
+
+    if keras.backend.backend() != "tensorflow":
+        yield
+        return
+    import tensorflow as tf
+
+    def call(self, inputs):
+        return tf.image.resize(inputs, tf.shape(inputs)[1:3] * 2, method="bilinear")
+
+    original = panoptic.BilinearUpsample2x.call
+    panoptic.BilinearUpsample2x.call = call
+    try:
+        yield
+    finally:
+        panoptic.BilinearUpsample2x.call = original
 
 
 def cached_onnx(version) -> Path:
@@ -105,7 +138,7 @@ def cached_onnx(version) -> Path:
         _copy_export(shared, folder)
         return onnx_path
     export_onnx(version.model, onnx_path)
-    stamp.write_text(json.dumps({"keras_sha256": sha, "exporter": "keras.export(format='onnx')"}) + "\n")
+    stamp.write_text(json.dumps({"keras_sha256": sha, "exporter": EXPORTER}) + "\n")
     if shared != folder:
         try:
             _copy_export(folder, shared)
@@ -116,7 +149,8 @@ def cached_onnx(version) -> Path:
 
 def _stamped(folder: Path, sha: str) -> bool:
     try:
-        return (folder / ONNX_FILE).is_file() and json.loads((folder / STAMP_FILE).read_text()).get("keras_sha256") == sha
+        stamp = json.loads((folder / STAMP_FILE).read_text())
+        return (folder / ONNX_FILE).is_file() and stamp.get("keras_sha256") == sha and stamp.get("exporter") == EXPORTER
     except (OSError, json.JSONDecodeError):
         return False
 

@@ -46,6 +46,7 @@ def tile_predict(
     batch_size: int = 8,
     progress: Callable[[int, int], None] | None = None,
     power: int = 2,
+    fixed_batches: bool = True,
 ) -> list[np.ndarray]:
     """Run ``fn`` over overlapping tiles of ``X`` (H, W, C) and blend the outputs back.
 
@@ -55,7 +56,9 @@ def tile_predict(
     ``spline_window`` and divided by the summed weights, so a prediction that agrees between
     tiles comes back unchanged. ``progress(done, total)`` is called after each batch. When there is
     more than one batch, every batch holds ``batch_size`` tiles (blank ones fill the last); a single
-    batch is filled up to a power of two.
+    batch is filled up to a power of two. ``fixed_batches=False`` (for a runtime that takes any batch size at no
+    cost, like ONNX Runtime) sends no blank tiles: the tiles go in batches of near-equal size, none above
+    ``batch_size``. The blended outputs are the same either way.
     Returns a list of float32 arrays (H, W, k_i).
     """
     X = np.asarray(X)
@@ -79,14 +82,20 @@ def tile_predict(
     accum: list[np.ndarray] | None = None
     total = len(boxes)
     done = 0
-    for b0 in range(0, total, batch_size):
-        chunk = boxes[b0 : b0 + batch_size]
+    if fixed_batches:
+        cuts = list(range(0, total, batch_size)) + [total]
+    else:
+        n_batches = -(-total // batch_size)
+        cuts = [round(i * total / n_batches) for i in range(n_batches + 1)]
+    weighted = np.empty((tile, tile, 1), np.float32)
+    for b0, b1 in zip(cuts[:-1], cuts[1:]):
+        chunk = boxes[b0:b1]
         batch = np.stack([Xp[r : r + tile, q : q + tile] for r, q in chunk])
         # Every new batch shape makes a compiled network trace again (seconds on CPU): blank tiles fill
         # a short batch up to the full batch size, or up to a power of two when the image needs only
         # one batch, and their outputs are dropped.
         fill = batch_size if total > batch_size else 1 << (len(chunk) - 1).bit_length()
-        if len(chunk) < fill:
+        if fixed_batches and len(chunk) < fill:
             batch = np.concatenate([batch, np.zeros((fill - len(chunk),) + batch.shape[1:], batch.dtype)])
         outs = fn(batch)
         if isinstance(outs, np.ndarray) or not isinstance(outs, (list, tuple)):
@@ -97,10 +106,15 @@ def tile_predict(
         for o, acc in zip(outs, accum):
             if o.shape[:3] != (len(chunk), tile, tile):
                 raise ValueError(f"fn returned shape {o.shape}, expected ({len(chunk)}, {tile}, {tile}, k)")
+            if weighted.shape[-1] != o.shape[-1]:
+                weighted = np.empty((tile, tile, o.shape[-1]), np.float32)
             for j, (r, q) in enumerate(chunk):
-                acc[r : r + tile, q : q + tile] += o[j] * window[..., None]
+                # one reused buffer for the weighted tile instead of a new array per tile and output
+                np.multiply(o[j], window[..., None], out=weighted)
+                acc[r : r + tile, q : q + tile] += weighted
         done += len(chunk)
         if progress is not None:
             progress(done, total)
     assert accum is not None
-    return [(acc / weight[..., None])[:h, :w] for acc in accum]
+    # divided in place (a whole image's outputs are GBs on a slide block); the padding is cropped after
+    return [np.divide(acc, weight[..., None], out=acc)[:h, :w] for acc in accum]

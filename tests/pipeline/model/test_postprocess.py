@@ -196,3 +196,40 @@ def test_published_variant_recovers_noisy_targets(tissue):
         deep_watershed(t[0], t[1], maxima_algorithm="hmax")
     with pytest.raises(ValueError, match="flood"):
         deep_watershed(t[0], t[1], flood="border")
+
+
+def test_peak_coordinates_are_peak_local_maxs_including_ties_and_plateaus():
+    from skimage.feature import peak_local_max
+
+    from pipeline.model.postprocess import peak_coordinates
+
+    rng = np.random.default_rng(4)
+    for trial in range(60):
+        img = rng.random(tuple(rng.integers(5, 60, 2))).astype(np.float32)
+        if trial % 3 == 0:
+            img = np.round(img * 3) / 3  # plateaus: equal peaks closer than min_distance, the spacing pass's case
+        if trial % 10 == 0:
+            img[:] = 0.5
+        for min_distance, threshold in ((1, 0.0), (2, 0.1), (4, 0.3)):
+            want = peak_local_max(img, min_distance=min_distance, threshold_abs=threshold, exclude_border=False)
+            np.testing.assert_array_equal(peak_coordinates(img, min_distance, threshold), want)
+
+
+def test_fill_small_holes_matches_a_direct_neighbour_count():
+    rng = np.random.default_rng(6)
+    for _ in range(20):
+        labels = ((rng.random((40, 50)) < 0.7) * rng.integers(1, 4, (40, 50))).astype(np.int32)
+        out = fill_small_holes(labels, 4)
+        from scipy import ndimage as ndi
+
+        holes, n = ndi.label(labels == 0)
+        want = labels.copy()
+        for h in range(1, n + 1):
+            where = holes == h
+            if where.sum() >= 4 or where[0].any() or where[-1].any() or where[:, 0].any() or where[:, -1].any():
+                continue
+            ring = ndi.binary_dilation(where) & ~where  # 4-neighbours (the default cross)
+            around = np.unique(labels[ring])
+            if around.size == 1 and around[0] > 0:
+                want[where] = around[0]
+        np.testing.assert_array_equal(out, want)

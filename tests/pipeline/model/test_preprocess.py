@@ -89,3 +89,13 @@ def test_resample_labels_keeps_ids_and_roundtrips():
     stack = resample_labels(np.stack([y, y]), (20, 15))
     assert stack.shape == (2, 20, 15, 2)
     assert resample_labels(y[..., 0], (17, 13)).shape == (17, 13)
+
+
+def test_channels_normalised_in_threads_give_the_serial_numbers(monkeypatch):
+    from pipeline.model import preprocess
+
+    X = np.random.default_rng(7).gamma(2.0, 100.0, (600, 520, 3)).astype(np.float32)
+    threaded = normalize(X)
+    monkeypatch.setattr(preprocess, "_THREADED_PIXELS", 10**12)
+    np.testing.assert_array_equal(threaded, normalize(X))
+    np.testing.assert_array_equal(threaded[..., 1], normalize(X[..., 1:2])[..., 0])

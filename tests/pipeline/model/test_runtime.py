@@ -66,3 +66,51 @@ def test_the_runtime_is_a_setting(starter, monkeypatch):
     monkeypatch.setenv("CELLLOOP_INFERENCE_RUNTIME", "openvino")
     assert Mesmer(STARTER_DIR).runtime == "openvino"
     assert Mesmer(STARTER_DIR, runtime="onnxruntime").runtime == "onnxruntime"  # asked for wins over the setting
+
+
+def test_the_export_upsamples_with_resize_nodes(starter):
+    import onnx
+
+    from pipeline.model import panoptic
+
+    graph = onnx.load(str(runtime.cached_onnx(starter))).graph
+    upsamplers = [la for la in starter.model.layers if isinstance(la, panoptic.BilinearUpsample2x)]
+    ops = [node.op_type for node in graph.node]
+    assert upsamplers and ops.count("Resize") == len(upsamplers)
+    assert "Range" not in ops  # the backend-neutral layer's index arithmetic is gone
+    x = np.arange(6, dtype=np.float32).reshape(1, 2, 3, 1)
+    up = np.asarray(panoptic.BilinearUpsample2x()(x))[0, 0, :, 0]  # Keras' layer is its own again after export
+    np.testing.assert_allclose(up, [0, 0.25, 0.75, 1.25, 1.75, 2])
+
+
+def test_an_export_by_another_exporter_is_made_again(starter, tmp_path, monkeypatch):
+    import shutil
+
+    folder = tmp_path / "version"
+    folder.mkdir()
+    shutil.copyfile(STARTER_DIR / saving.MODEL_FILE, folder / saving.MODEL_FILE)
+    shutil.copyfile(STARTER_DIR / "config.json", folder / "config.json")
+    sha = saving.sha256_file(folder / saving.MODEL_FILE)
+    cache = folder / runtime.CACHE_DIR
+    cache.mkdir()
+    (cache / runtime.ONNX_FILE).write_bytes(b"old")
+    (cache / runtime.STAMP_FILE).write_text(json.dumps({"keras_sha256": sha, "exporter": "keras.export(format='onnx')"}))
+    monkeypatch.setenv("CELLLOOP_MODEL_CACHE", str(tmp_path / "shared"))
+    exported = []
+
+    def fake_export(model, path):
+        exported.append(path)
+        path.write_bytes(b"new")
+        return path
+
+    monkeypatch.setattr(runtime, "export_onnx", fake_export)
+    version = saving.load_model_version(folder)
+    path = runtime.cached_onnx(version)
+    assert exported == [path] and path.read_bytes() == b"new"
+    assert json.loads((cache / runtime.STAMP_FILE).read_text())["exporter"] == runtime.EXPORTER
+    assert runtime.cached_onnx(version) == path and len(exported) == 1  # then reused
+
+
+def test_stored_versions_predict_on_an_exported_runtime_by_default(monkeypatch):
+    monkeypatch.delenv("CELLLOOP_INFERENCE_RUNTIME", raising=False)
+    assert runtime.DEFAULT_RUNTIME == "openvino" and Mesmer(STARTER_DIR).runtime == "openvino"

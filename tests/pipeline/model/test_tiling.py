@@ -98,3 +98,18 @@ def test_every_batch_has_the_same_shape_and_fill_tiles_are_dropped():
     tile_predict(fn, X[:300, :300], batch_size=8)  # 4 tiles, one batch: as is
     tile_predict(fn, X[:300, :500], batch_size=8)  # 6 tiles, one batch: filled up to 8
     assert shapes == [(4, 256, 256, 1), (8, 256, 256, 1)]
+
+
+def test_unfixed_batches_send_no_blank_tiles_and_blend_the_same():
+    X = np.random.default_rng(3).random((700, 500, 1)).astype(np.float32)
+    sizes = []
+
+    def fn(b):
+        sizes.append(len(b))
+        return _conv(b)
+
+    fixed = tile_predict(_conv, X, batch_size=5)[0]
+    out = tile_predict(fn, X, batch_size=5, fixed_batches=False)[0]
+    n_tiles = len(tile_starts(700, 256, 192)) * len(tile_starts(500, 256, 192))
+    assert sum(sizes) == n_tiles and max(sizes) <= 5 and max(sizes) - min(sizes) <= 1
+    np.testing.assert_array_equal(out, fixed)  # the same sums in the same order: bit for bit
