@@ -8,6 +8,11 @@ from pathlib import Path
 
 import pytest
 
+# Production predicts on an exported runtime (pipeline.model.runtime.DEFAULT_RUNTIME), exporting each model version
+# once (8-14 s). The suite trains dozens of throwaway versions, so it predicts on Keras unless told otherwise; the
+# runtime tests compare every runtime's labels with Keras', and the end-to-end loop test runs on the default.
+os.environ.setdefault("CELLLOOP_INFERENCE_RUNTIME", "keras")
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # CI checks shared/ out next to the repository, not inside it.
 SHARED_DATA = (REPO_ROOT / ".." / "shared" / "data").resolve()

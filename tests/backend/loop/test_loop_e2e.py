@@ -47,7 +47,9 @@ def _write_images(folder, n, shape=(256, 256)):
     return truths
 
 
-def test_one_cycle_end_to_end_then_a_fine_tuned_second_version(instance, tmp_path, capsys):
+def test_one_cycle_end_to_end_then_a_fine_tuned_second_version(instance, tmp_path, capsys, monkeypatch):
+    # the whole loop on production's inference runtime (the suite's other tests predict on Keras, see conftest)
+    monkeypatch.delenv("CELLLOOP_INFERENCE_RUNTIME", raising=False)
     truths = _write_images(tmp_path, 3)
     assert main(["db", "upgrade"]) == 0
     assert main(["ingest", *(str(tmp_path / f"img{i}.ome.tif") for i in range(3)), "--project", "syn",
@@ -111,6 +113,8 @@ def test_one_cycle_end_to_end_then_a_fine_tuned_second_version(instance, tmp_pat
     session.expire_all()
     b2 = session.scalar(select(Batch).where(Batch.name == "b2"))
     assert b2.model_version_id == v1.id and b2.prelabel == "syn-v1"
+    # syn-v1 predicted through its export (the default runtime), made beside its fetched copy
+    assert list(instance.rglob(".runtime/model.onnx"))
     assert {t.source_image.name for t in b2.tasks} == {"img2"}
 
     data = record["dataset"]
