@@ -108,18 +108,20 @@ def chunk_channels() -> list[int] | None:
     return channels
 
 
-def image_chunk_reply(read, level: str, row: str, col: str) -> Response:
-    """An image chunk from ``read(level, row, col)`` (the stored bytes), cut to ``?channels=`` when given."""
+def image_chunk_reply(task, level: str, row: str, col: str) -> Response:
+    """One image chunk of a big task: as stored, or only the channels of ``?channels=`` (chunked.py)."""
     channels = chunk_channels()
+    svc = service()
     if channels is None:
-        return chunk_reply(read, level, row, col)
+        return chunk_reply(lambda *a: svc.image_chunk_bytes(task, *a), level, row, col)
 
-    def sliced(*address):
+    def read(lv: int, r: int, c: int) -> bytes:
+        svc.chunk_grid(task).check(lv, r, c)
         try:
-            return chunked.select_channels(read(*address), channels)
+            return chunked.image_channels_bytes(storage(), task.image_key, lv, r, c, channels)
         except chunked.ChannelsOutOfRange as exc:
             raise BadRequest(str(exc)) from None
-    return chunk_reply(sliced, level, row, col)
+    return chunk_reply(read, level, row, col)
 
 
 def chunk_revision() -> int | None:

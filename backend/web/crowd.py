@@ -154,7 +154,7 @@ def labels(token: str):
 def image_chunk(token: str, level: str, row: str, col: str):
     """One chunk of a big task's channels, (h, w, C) gzip .npy: level k is every 2**k-th row and column."""
     task, _ = _task_from_token(token)
-    return image_chunk_reply(lambda *a: service().image_chunk_bytes(task, *a), level, row, col)
+    return image_chunk_reply(task, level, row, col)
 
 
 @bp.get("/api/task/<token>/labels/<level>/<row>/<col>")

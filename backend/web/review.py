@@ -99,7 +99,7 @@ def labels(task_id: int):
 @reviewer_only
 def image_chunk(task_id: int, level: str, row: str, col: str):
     task = _task(task_id)
-    return image_chunk_reply(lambda *a: service().image_chunk_bytes(task, *a), level, row, col)
+    return image_chunk_reply(task, level, row, col)
 
 
 @bp.get("/tasks/<int:task_id>/labels/<level>/<row>/<col>")

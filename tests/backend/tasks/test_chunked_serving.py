@@ -334,6 +334,13 @@ def test_channels_parameter_serves_exactly_those_channels(big):
         resp = client.get(f"/api/task/{token}/image/1/0/0?{query}")
         assert resp.status_code == 400, (query, resp.get_json())
         assert words in resp.get_json()["error"], (query, resp.get_json())
+    # one channel is its own stored chunk, served as it is (no decoding); several are cut from the whole chunk
+    from backend.store.models import Task
+    from backend.tasks.chunked import image_channel_chunk_key
+    with big.session() as session:
+        image_key = session.get(Task, big.big["id"]).image_key
+    resp = client.get(f"/api/task/{token}/image/1/1/0?channels=1")
+    assert resp.data == big.storage().get(image_channel_chunk_key(image_key, 1, 1, 0, 1))
     # an address outside the grid is still its 404, whatever the channels
     assert client.get(f"/api/task/{token}/image/1/0/2?channels=0").status_code == 404
     # reviewers ask the same way
