@@ -152,16 +152,19 @@ export class Editor {
   }
 
   // the chunks of `level` over an image rectangle, assembled into that level's planes (one per channel, null for
-  // the channels not asked for) and interleaved labels
+  // the channels not asked for) and interleaved labels. Each channel comes alone: the server stores each
+  // channel's chunks as well as the whole ones and hands a stored one out as it is (cutting channels out of a
+  // whole chunk would cost it tens of ms of CPU per chunk)
   async fetchLevel(layout, level, rect, channels) {
     const [lh, lw] = layout.levels[level];
     const s = layout.size;
     const labels = new Int32Array(lh * lw * 2);
     const planes = this.info.channels.map(() => null);
     const wanted = chunksIn(layout, level, rect);
-    await eachLimited(wanted.flatMap((c) => [['image', c], ['labels', c]]), 6, async ([kind, [i, j]]) => {
+    const work = wanted.flatMap((c) => [...channels.map((k) => ['image', c, k]), ['labels', c]]);
+    await eachLimited(work, 6, async ([kind, [i, j], k]) => {
       if (kind === 'image') {
-        this.fillChannels(planes, await this.client.imageChunk(level, i, j, channels), channels, [lh, lw], i * s, j * s);
+        this.fillChannels(planes, await this.client.imageChunk(level, i, j, [k]), [k], [lh, lw], i * s, j * s);
       } else {
         // display only (the labels edited are level 0's): any revision will do
         const chunk = await this.client.labelsChunk(level, i, j);
@@ -183,21 +186,42 @@ export class Editor {
     scatterChannels(chunk, channels.map((c) => planes[c]), width, y0, x0);
   }
 
-  // the channels the first view did not fetch, at its level over its chunks, a few at a time: those the display
-  // shows first (switched on meanwhile), then in order; each group's ranges and coarse textures as it arrives
-  async fetchOtherChannels(layout, coarse, group = 8) {
+  // the channels the first view did not fetch, at its level over its chunks: whole chunks (every channel, the
+  // stored chunk as it is), and a channel switched on meanwhile alone, at once; each channel's range and coarse
+  // texture once its values are in
+  async fetchOtherChannels(layout, coarse) {
     const s = layout.size;
-    for (let missing = this.channels.missing(); missing.length; missing = this.channels.missing()) {
-      const shown = new Set(this.channels.shownIndices());
-      const next = [...missing.filter((c) => shown.has(c)), ...missing.filter((c) => !shown.has(c))]
-        .slice(0, group).sort((a, b) => a - b);
-      await eachLimited(coarse.chunks, 4, async ([i, j]) => {
-        const chunk = await this.client.imageChunk(coarse.level, i, j, next);
-        this.fillChannels(coarse.planes, chunk, next, [coarse.height, coarse.width], i * s, j * s);
+    const pending = new Set(this.channels.missing());
+    if (!pending.size) return;
+    const all = this.info.channels.map((_, c) => c);
+    const arrived = (list) => {
+      const now = list.filter((c) => !this.channels.channels[c].loaded);
+      if (!now.length) return;
+      if (this.renderer.updateCoarse) this.renderer.updateCoarse(coarse.planes, now);
+      this.channels.arrived(now, coarse.planes);
+    };
+    const alone = async (list) => {
+      await eachLimited(coarse.chunks.flatMap((c) => list.map((k) => [c, k])), 2, async ([[i, j], k]) => {
+        const chunk = await this.client.imageChunk(coarse.level, i, j, [k]);
+        this.fillChannels(coarse.planes, chunk, [k], [coarse.height, coarse.width], i * s, j * s);
       });
-      if (this.renderer.updateCoarse) this.renderer.updateCoarse(coarse.planes, next);
-      this.channels.arrived(next, coarse.planes);
-    }
+      arrived(list);
+    };
+    const extra = [];
+    let loading = true;
+    this.channels.onChange(() => {
+      if (!loading) return;
+      const now = this.channels.shownIndices().filter((c) => pending.has(c));
+      now.forEach((c) => pending.delete(c));
+      if (now.length) extra.push(alone(now));
+    });
+    await eachLimited(coarse.chunks, 4, async ([i, j]) => {
+      const chunk = await this.client.imageChunk(coarse.level, i, j);
+      this.fillChannels(coarse.planes, chunk, all, [coarse.height, coarse.width], i * s, j * s);
+    });
+    loading = false;
+    arrived(all);
+    await Promise.all(extra);
   }
 
   // every level-0 chunk, those in view first (the view at the time each is picked: zoom in while it loads and

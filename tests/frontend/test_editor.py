@@ -593,7 +593,8 @@ def test_a_big_task_opens_with_the_view_first_and_paints(server, context):
     assert level == 1
     before = [r for r in requests if r[4] < first_view]
     assert sorted((k, lv, i, j) for k, lv, i, j, _ in before) == sorted(
-        (k, 1, i, j) for k in ("image", "labels") for i in range(2) for j in range(2))
+        [("image", 1, i, j) for i in range(2) for j in range(2)] * 2  # each shown channel alone
+        + [("labels", 1, i, j) for i in range(2) for j in range(2)])
     # then full resolution, the middle of the view first, every chunk once
     full = [(i, j) for k, lv, i, j, _ in sorted(requests, key=lambda r: r[4]) if k == "image" and lv == 0]
     assert sorted(full) == [(i, j) for i in range(4) for j in range(4)]
@@ -641,7 +642,8 @@ BIG8 = 1100  # 3x3 chunks at full resolution, 2x2 at level 1, one at level 2
 def test_a_big_tasks_first_view_fetches_only_the_shown_channels(server, context):
     """An 8-channel big task whose saved display shows channels 3 and 6: the first view asks for those two only;
     the other six come next (their ranges from their values, a saved range kept), then full resolution with every
-    channel, and a channel switched to later shows its exact 16-bit values."""
+    channel, and a channel switched to later shows its exact 16-bit values; one switched on before the others are
+    in is fetched alone at once."""
     from backend.config import Config
     from backend.store.models import Batch
     from backend.store.projects import project_from_image
@@ -675,21 +677,39 @@ def test_a_big_tasks_first_view_fetches_only_the_shown_channels(server, context)
     page.add_init_script(f"localStorage.setItem('cellloop.view.big8', {json.dumps(json.dumps(saved))})")
     errors = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    held = []  # whole chunks (the other channels come in them), held back until channel 1 is switched on
+
+    def hold(route):
+        if "channels=" not in route.request.url and not released:
+            held.append(route)
+        else:
+            route.continue_()
+    released = False
+    page.route(lambda url: "/image/" in url, hold)
     page.goto(f"{server.url}/task/{token}")
     page.wait_for_selector("body[data-first-view]", timeout=30_000)
     first_view = page.evaluate("() => performance.getEntriesByName('cellloop-first-view')[0].startTime")
     level = page.evaluate("() => window.cellloop.editor.timings.open.level")
+    # switched on while the others are on their way: fetched alone, at once
+    page.evaluate("() => { const ch = window.cellloop.editor.channels; ch.channels[1].on = true; ch.changed(); }")
+    page.wait_for_function("() => window.cellloop.editor.channels.channels[1].loaded", timeout=30_000)
+    assert held and not page.evaluate("() => window.cellloop.editor.channels.channels[2].loaded")
+    released = True
+    for route in held:
+        route.continue_()
     page.wait_for_selector("body[data-ready]", timeout=60_000)
     requests = page.evaluate("""() => performance.getEntriesByType('resource')
         .map((e) => [new URL(e.name), e.startTime]).filter(([u]) => /\\/image\\/\\d+\\/\\d+\\/\\d+$/.test(u.pathname))
-        .map(([u, t]) => [u.pathname.split('/').slice(-3).map(Number), u.searchParams.get('channels'), t])""")
+        .map(([u, t]) => [u.pathname.split('/').slice(-3).map(Number), u.searchParams.get('channels') || 'all', t])""")
+    # the first view: channels 3 and 6 of its level's chunks in view, each channel alone (stored as it is)
     before = [(tuple(a), ch) for a, ch, t in requests if t < first_view]
-    assert before and all(a[0] == level and ch == "3,6" for a, ch in before), before
-    later = [(tuple(a), ch) for a, ch, t in requests if t >= first_view]
-    # the other six channels at the first view's level, over its chunks, then every level-0 chunk whole
-    assert sorted(a for a, ch in later if ch == "0,1,2,4,5,7") == sorted(a for a, _ in before)
-    assert sorted(a for a, ch in later if ch is None) == [(0, i, j) for i in range(3) for j in range(3)]
-    assert len(later) == len(before) + 9
+    view = sorted({a for a, _ in before})
+    assert view and all(a[0] == level for a in view)
+    assert sorted(before) == sorted((a, ch) for a in view for ch in ("3", "6"))
+    # then those chunks whole (the other six channels with them), then every level-0 chunk whole
+    later = sorted((tuple(a), ch) for a, ch, t in requests if t >= first_view)
+    assert later == sorted([(a, "all") for a in view] + [(a, "1") for a in view]
+                           + [((0, i, j), "all") for i in range(3) for j in range(3)])
     ranges = page.evaluate("() => window.cellloop.editor.channels.channels.map((c) => [c.loaded, c.min, c.max])")
     assert ranges[6] == [True, 30100, 30900]  # the saved range, kept
     for c in (0, 1, 3, 7):  # auto ranges from each channel's own values
