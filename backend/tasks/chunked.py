@@ -17,7 +17,7 @@ import numpy as np
 from backend.edits import Patch
 from backend.store.arrays import decode_array, encode_array, validate_labels
 from backend.store.chunks import ChunkGrid, apply_patch_at_level
-from backend.store.storage import Storage
+from backend.store.storage import NotFound, Storage
 
 MANIFEST_SUFFIX = ".chunks.json"
 MANIFEST_FORMAT = "cellloop-chunks/1"
@@ -34,10 +34,57 @@ def image_chunk_key(image_key: str, level: int, row: int, col: int) -> str:
     return f"{base}/chunks/{level}/{row}-{col}.npy.gz"
 
 
+def image_channel_chunk_key(image_key: str, level: int, row: int, col: int, channel: int) -> str:
+    return image_chunk_key(image_key, level, row, col)[:-len(".npy.gz")] + f"/c{channel}.npy.gz"
+
+
+# levels from which each channel is also stored alone: those an editor's first view reads (level 0 only for a
+# task that fits the window at full size; storing it per channel too would more than double the writing)
+CHANNEL_CHUNKS_FROM_LEVEL = 1
+
+
 def write_image_chunks(storage: Storage, image_key: str, image: np.ndarray, grid: ChunkGrid) -> None:
+    """Every chunk of every level, all channels together, and at the coarse levels each channel alone too,
+    (h, w, 1): an editor's first view asks for the channels its display shows, and a stored one-channel chunk is
+    served as it is, where cutting it out of the whole chunk costs ~35 ms of CPU (decode 8 channels, encode one).
+    Costs: for a 2048² task of 8 uint16 channels 2.6 s of CPU instead of 1.8, a quarter more bytes stored."""
     for level in range(grid.levels):
         for i, j in grid.chunks(level):
-            storage.put(image_chunk_key(image_key, level, i, j), encode_array(grid.cut(image, level, i, j)))
+            chunk = grid.cut(image, level, i, j)
+            storage.put(image_chunk_key(image_key, level, i, j), encode_array(chunk))
+            if level >= CHANNEL_CHUNKS_FROM_LEVEL and chunk.ndim == 3 and chunk.shape[2] > 1:
+                for c in range(chunk.shape[2]):
+                    storage.put(image_channel_chunk_key(image_key, level, i, j, c),
+                                encode_array(np.ascontiguousarray(chunk[:, :, c:c + 1])))
+
+
+class ChannelsOutOfRange(ValueError):
+    pass
+
+
+def image_channels_bytes(storage: Storage, image_key: str, level: int, row: int, col: int,
+                         channels: list[int]) -> bytes:
+    """The image chunk at (level, row, col) holding only ``channels``, in that order (gzip .npy, (h, w, k)): one
+    channel is its stored chunk as it is (no CPU); several, or an image stored before channels had chunks of their
+    own, are cut out of the whole chunk."""
+    if len(channels) == 1:
+        try:
+            return storage.get(image_channel_chunk_key(image_key, level, row, col, channels[0]))
+        except NotFound:
+            pass  # a channel that does not exist, a one-channel image, or chunks written before these
+    return select_channels(storage.get(image_chunk_key(image_key, level, row, col)), channels)
+
+
+def select_channels(data: bytes, channels: list[int]) -> bytes:
+    """A stored image chunk (gzip .npy, (h, w, C)) cut down to ``channels``, in that order, values as stored.
+    Decoding the chunk and encoding the slice costs ~20 + ~14 ms of CPU for a 512² chunk of 8 uint16 channels,
+    ~10 ms more for each further channel kept."""
+    chunk = decode_array(data, ndim=3)
+    count = chunk.shape[2]
+    bad = [c for c in channels if c >= count]
+    if bad:
+        raise ChannelsOutOfRange(f"channel {bad[0]} does not exist: this task has {count} channels (0-{count - 1})")
+    return encode_array(np.ascontiguousarray(chunk[:, :, channels]))
 
 
 class Manifest:

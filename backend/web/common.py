@@ -9,6 +9,7 @@ from backend.web import request_limits as limits
 from backend.store.arrays import ArrayError
 from backend.store.chunks import NoSuchChunk
 from backend.edits import EditError
+from backend.tasks import chunked
 from backend.tasks import CorruptHistory, NothingToUndo, StaleRevision, TaskService
 from backend.tasks.revisions import NotChunked
 from backend.tasks.states import TransitionError
@@ -87,6 +88,40 @@ def chunk_address(level: str, row: str, col: str) -> tuple[int, int, int]:
             raise BadRequest(f"chunk {name} must be a non-negative integer, got {text[:20]!r}")
         values.append(int(text))
     return values[0], values[1], values[2]
+
+
+MAX_CHANNEL_DIGITS = 4
+
+
+def chunk_channels() -> list[int] | None:
+    """``?channels=0,3`` of an image chunk request: the channels wanted, in that order (None: all of them).
+    Integers, none twice; whether they exist is checked against the chunk (image_chunk_reply)."""
+    text = request.args.get("channels")
+    if text is None:
+        return None
+    parts = text.split(",")
+    if not all(p.isascii() and p.isdigit() and len(p) <= MAX_CHANNEL_DIGITS for p in parts):
+        raise BadRequest(f"'channels' must be comma-separated channel numbers (e.g. channels=0,3), got {text[:40]!r}")
+    channels = [int(p) for p in parts]
+    if len(set(channels)) != len(channels):
+        raise BadRequest(f"'channels' names a channel twice: {text[:40]!r}")
+    return channels
+
+
+def image_chunk_reply(task, level: str, row: str, col: str) -> Response:
+    """One image chunk of a big task: as stored, or only the channels of ``?channels=`` (chunked.py)."""
+    channels = chunk_channels()
+    svc = service()
+    if channels is None:
+        return chunk_reply(lambda *a: svc.image_chunk_bytes(task, *a), level, row, col)
+
+    def read(lv: int, r: int, c: int) -> bytes:
+        svc.chunk_grid(task).check(lv, r, c)
+        try:
+            return chunked.image_channels_bytes(storage(), task.image_key, lv, r, c, channels)
+        except chunked.ChannelsOutOfRange as exc:
+            raise BadRequest(str(exc)) from None
+    return chunk_reply(read, level, row, col)
 
 
 def chunk_revision() -> int | None:

@@ -9,6 +9,7 @@ from sqlalchemy.orm import joinedload
 from backend.web import common, link_limits
 from backend.web.common import (ARRAY_MIMETYPE, PATCH_MIMETYPE, base_revision, binary, chunk_reply, chunk_revision,
                                 edit_request, json_body, service)
+from backend.web.common import image_chunk_reply
 from backend.web.auth import read_task_token
 from backend.store.models import Task
 from backend.web.security_headers import PAGE_CSP
@@ -153,7 +154,7 @@ def labels(token: str):
 def image_chunk(token: str, level: str, row: str, col: str):
     """One chunk of a big task's channels, (h, w, C) gzip .npy: level k is every 2**k-th row and column."""
     task, _ = _task_from_token(token)
-    return chunk_reply(lambda *a: service().image_chunk_bytes(task, *a), level, row, col)
+    return image_chunk_reply(task, level, row, col)
 
 
 @bp.get("/api/task/<token>/labels/<level>/<row>/<col>")

@@ -9,6 +9,7 @@ from sqlalchemy import select, update
 from backend.web.common import (ARRAY_MIMETYPE, MAX_ID, BadRequest, base_revision, binary, chunk_reply, chunk_revision,
                                 db, edit_request, json_body, service)
 from backend.web.request_limits import enforce_body_limit, label_upload_limit
+from backend.web.common import image_chunk_reply
 from backend.web.crowd import edit_reply, preview_reply, task_summary
 from backend.store.arrays import decode_array
 from backend.web.auth import make_task_token, require_role
@@ -98,7 +99,7 @@ def labels(task_id: int):
 @reviewer_only
 def image_chunk(task_id: int, level: str, row: str, col: str):
     task = _task(task_id)
-    return chunk_reply(lambda *a: service().image_chunk_bytes(task, *a), level, row, col)
+    return image_chunk_reply(task, level, row, col)
 
 
 @bp.get("/tasks/<int:task_id>/labels/<level>/<row>/<col>")

@@ -85,13 +85,15 @@ export class Client {
     this.traffic = { sent: 0, received: 0 }; // bytes of the last change request, for the benchmark
   }
 
-  async request(path, { method = 'GET', body } = {}) {
+  // params: more of the query string ('channels=0,3'), after this client's own query
+  async request(path, { method = 'GET', body, params = '' } = {}) {
     const headers = {};
     if (body !== undefined) headers['Content-Type'] = 'application/json';
     if (this.csrf) headers['X-CSRF-Token'] = this.csrf;
     const payload = body === undefined ? undefined : JSON.stringify(body);
     // no-referrer: the token in this page's URL must not leak into logs through the Referer header
-    const resp = await fetch(this.base + path + this.query, { method, headers, body: payload, referrerPolicy: 'no-referrer' });
+    const extra = params ? (this.query ? '&' : '?') + params : '';
+    const resp = await fetch(this.base + path + this.query + extra, { method, headers, body: payload, referrerPolicy: 'no-referrer' });
     this.traffic.sent = payload ? payload.length : 0;
     if (!resp.ok) {
       let payload = {};
@@ -110,9 +112,11 @@ export class Client {
     return { ...(await parseNpy(await arrayBytes(resp))), revision: Number(resp.headers.get('X-Revision')) };
   }
 
-  // one chunk of a big task (info.chunks): level k holds every 2**k-th row and column
-  imageChunk(level, row, col) {
-    return retried(async () => parseNpy(await arrayBytes(await this.request(`/image/${level}/${row}/${col}`))));
+  // one chunk of a big task (info.chunks): level k holds every 2**k-th row and column; channels: only these
+  // (ascending), the chunk's last axis then holding them in that order (default: every channel)
+  imageChunk(level, row, col, channels = null) {
+    const params = channels ? `channels=${channels.join(',')}` : '';
+    return retried(async () => parseNpy(await arrayBytes(await this.request(`/image/${level}/${row}/${col}`, { params }))));
   }
 
   // revision: the revision being assembled; the server answers 409 (with the current one) if the task moved on

@@ -51,8 +51,15 @@ export function percentile(stats, p) {
   return stats.hi;
 }
 
+// a channel whose values have not arrived yet (a big task fetches the shown channels first): no range to show
+function noStats() {
+  return { lo: 0, hi: 1, hist: new Uint32Array(HIST_BINS) };
+}
+
 export class Channels {
-  // roles: {nuclear, membrane} channel indices (those that feed the model), coloured the same in every project
+  // roles: {nuclear, membrane} channel indices (those that feed the model), coloured the same in every project.
+  // planes: one per channel, or missing (undefined/null) for a channel still on its way: its range comes from
+  // its values when they arrive (arrived), unless this project's saved settings give one
   constructor(names, planes, project, roles = {}) {
     this.storageKey = `cellloop.view.${project}`;
     this.gray = false;
@@ -64,15 +71,39 @@ export class Channels {
     let next = 0;
     const hasRoles = roles.nuclear !== undefined;
     this.channels = names.map((name, index) => {
-      const stats = channelStats(planes[index]);
+      const loaded = Boolean(planes[index]);
+      const stats = loaded ? channelStats(planes[index]) : noStats();
       const auto = AUTO_PERCENTILES.map((p) => percentile(stats, p));
       const role = index in byRole && byRole[index];
       const color = !hasRoles ? CHANNEL_COLORS[index % CHANNEL_COLORS.length] : role || rest[next++ % rest.length];
       // the model's channels show from the start, wherever they sit in a large panel
       const on = hasRoles ? Boolean(role) || (index < 3 && names.length <= 3) : index < 3;
-      return { name, index, on, color, min: auto[0], max: Math.max(auto[1], auto[0] + 1e-6), stats };
+      return { name, index, on, color, min: auto[0], max: Math.max(auto[1], auto[0] + 1e-6), stats, loaded, savedRange: false };
     });
     this.load();
+  }
+
+  // indices of the channels the display shows now (grayscale: the active one; colour: those switched on)
+  shownIndices() {
+    return this.shown().map((c) => c.index).sort((a, b) => a - b);
+  }
+
+  // indices of the channels whose values have not arrived yet
+  missing() {
+    return this.channels.filter((c) => !c.loaded).map((c) => c.index);
+  }
+
+  // the values of channels `indices` have arrived (planes[i] for channel i): their histograms, and their auto
+  // range unless the saved settings gave one
+  arrived(indices, planes) {
+    for (const i of indices) {
+      const ch = this.channels[i];
+      ch.stats = channelStats(planes[i]);
+      ch.loaded = true;
+      if (!ch.savedRange) this.autoRange(i);
+    }
+    if (this.container) this.render();
+    for (const fn of this.listeners) fn();
   }
 
   onChange(fn) { this.listeners.push(fn); }
@@ -105,7 +136,9 @@ export class Channels {
 
   save() {
     try {
-      const channels = Object.fromEntries(this.channels.map((c) => [c.name, { on: c.on, color: c.color, min: c.min, max: c.max }]));
+      // a channel still on its way has no range of its own yet: keep only a saved one
+      const range = (c) => (c.loaded || c.savedRange ? { min: c.min, max: c.max } : {});
+      const channels = Object.fromEntries(this.channels.map((c) => [c.name, { on: c.on, color: c.color, ...range(c) }]));
       localStorage.setItem(this.storageKey, JSON.stringify({ channels, gray: this.gray, invert: this.invert, active: this.active }));
     } catch (err) { /* storage full or disabled: settings just do not persist */ }
   }
@@ -119,7 +152,7 @@ export class Channels {
       if (!s) continue;
       if (typeof s.on === 'boolean') ch.on = s.on;
       if (/^#[0-9a-f]{6}$/i.test(s.color)) ch.color = s.color;
-      if (Number.isFinite(s.min) && Number.isFinite(s.max) && s.max > s.min) { ch.min = s.min; ch.max = s.max; }
+      if (Number.isFinite(s.min) && Number.isFinite(s.max) && s.max > s.min) { ch.min = s.min; ch.max = s.max; ch.savedRange = true; }
     }
     this.gray = saved.gray === true;
     this.invert = saved.invert === true;

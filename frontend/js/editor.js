@@ -105,13 +105,20 @@ export class Editor {
     this.resize();
     this.view.fit();
     const level = levelFor(layout, this.view.scale);
-    const coarse = await this.fetchLevel(layout, level, this.view.visible());
+    // the display settings first (this project's saved ones), so that the first view fetches only the channels
+    // it shows; the rest come right after it (fetchOtherChannels)
+    // (this.channels only once there are textures to draw: a frame drawn meanwhile draws nothing)
+    const channels = new Channels(this.info.channels, [], this.info.project, this.info.roles || {});
+    const shown = channels.shownIndices();
+    const first = shown.length ? shown : [channels.active];
+    const coarse = await this.fetchLevel(layout, level, this.view.visible(), first);
     t.push(performance.now());
-    this.channels = new Channels(this.info.channels, coarse.planes, this.info.project, this.info.roles || {});
+    channels.arrived(first, coarse.planes);
+    this.channels = channels;
     this.channels.mount(this.channelList);
     this.channels.onChange(() => { this.requestDraw(); this.showChannelState(); });
     this.showChannelState();
-    const Type = coarse.planes[0].constructor;
+    const Type = coarse.planes[first[0]].constructor;
     this.planes = coarse.planes.map(() => new Type(h * w));
     this.renderer.allocate(w, h, this.planes.length, Type);
     this.renderer.uploadImage(this.planes, [0, 0, 0, 0]);
@@ -131,6 +138,7 @@ export class Editor {
     this.timings.open = { level, coarseChunks: coarse.count, arraysMs: t[1] - t[0], prepareMs: t[2] - t[1], drawMs: t[3] - t[2] };
     this.say('Loading full resolution…');
     this.shownFirst();
+    await this.fetchOtherChannels(layout, coarse);
     await this.fetchFullResolution(layout);
     this.renderer.dropCoarse && this.renderer.dropCoarse();
     this.brushLabel = this.labels.nextId();
@@ -143,20 +151,20 @@ export class Editor {
     this.requestDraw();
   }
 
-  // the chunks of `level` over an image rectangle, assembled into that level's planes and interleaved labels
-  async fetchLevel(layout, level, rect) {
+  // the chunks of `level` over an image rectangle, assembled into that level's planes (one per channel, null for
+  // the channels not asked for) and interleaved labels. Each channel comes alone: the server stores each
+  // channel's chunks as well as the whole ones and hands a stored one out as it is (cutting channels out of a
+  // whole chunk would cost it tens of ms of CPU per chunk)
+  async fetchLevel(layout, level, rect, channels) {
     const [lh, lw] = layout.levels[level];
     const s = layout.size;
     const labels = new Int32Array(lh * lw * 2);
-    let planes = null;
+    const planes = this.info.channels.map(() => null);
     const wanted = chunksIn(layout, level, rect);
-    await eachLimited(wanted.flatMap((c) => [['image', c], ['labels', c]]), 6, async ([kind, [i, j]]) => {
+    const work = wanted.flatMap((c) => [...channels.map((k) => ['image', c, k]), ['labels', c]]);
+    await eachLimited(work, 6, async ([kind, [i, j], k]) => {
       if (kind === 'image') {
-        const chunk = await this.client.imageChunk(level, i, j);
-        const d = chunk.data;
-        const Type = d instanceof Uint16Array || d instanceof Uint8Array ? d.constructor : Float32Array;
-        if (!planes) planes = Array.from({ length: chunk.shape[2] }, () => new Type(lh * lw));
-        scatterChannels(chunk, planes, lw, i * s, j * s);
+        this.fillChannels(planes, await this.client.imageChunk(level, i, j, [k]), [k], [lh, lw], i * s, j * s);
       } else {
         // display only (the labels edited are level 0's): any revision will do
         const chunk = await this.client.labelsChunk(level, i, j);
@@ -166,7 +174,54 @@ export class Editor {
         }
       }
     });
-    return { planes, labels, width: lw, height: lh, count: wanted.length };
+    return { planes, labels, width: lw, height: lh, count: wanted.length, level, chunks: wanted };
+  }
+
+  // a chunk holding channels `channels` (in that order) into planes[c] of a level [height, width] at (y0, x0),
+  // each plane made on its first chunk (8- and 16-bit data keep their type)
+  fillChannels(planes, chunk, channels, [height, width], y0, x0) {
+    const d = chunk.data;
+    const Type = d instanceof Uint16Array || d instanceof Uint8Array ? d.constructor : Float32Array;
+    for (const c of channels) if (!planes[c]) planes[c] = new Type(height * width);
+    scatterChannels(chunk, channels.map((c) => planes[c]), width, y0, x0);
+  }
+
+  // the channels the first view did not fetch, at its level over its chunks: whole chunks (every channel, the
+  // stored chunk as it is), and a channel switched on meanwhile alone, at once; each channel's range and coarse
+  // texture once its values are in
+  async fetchOtherChannels(layout, coarse) {
+    const s = layout.size;
+    const pending = new Set(this.channels.missing());
+    if (!pending.size) return;
+    const all = this.info.channels.map((_, c) => c);
+    const arrived = (list) => {
+      const now = list.filter((c) => !this.channels.channels[c].loaded);
+      if (!now.length) return;
+      if (this.renderer.updateCoarse) this.renderer.updateCoarse(coarse.planes, now);
+      this.channels.arrived(now, coarse.planes);
+    };
+    const alone = async (list) => {
+      await eachLimited(coarse.chunks.flatMap((c) => list.map((k) => [c, k])), 2, async ([[i, j], k]) => {
+        const chunk = await this.client.imageChunk(coarse.level, i, j, [k]);
+        this.fillChannels(coarse.planes, chunk, [k], [coarse.height, coarse.width], i * s, j * s);
+      });
+      arrived(list);
+    };
+    const extra = [];
+    let loading = true;
+    this.channels.onChange(() => {
+      if (!loading) return;
+      const now = this.channels.shownIndices().filter((c) => pending.has(c));
+      now.forEach((c) => pending.delete(c));
+      if (now.length) extra.push(alone(now));
+    });
+    await eachLimited(coarse.chunks, 4, async ([i, j]) => {
+      const chunk = await this.client.imageChunk(coarse.level, i, j);
+      this.fillChannels(coarse.planes, chunk, all, [coarse.height, coarse.width], i * s, j * s);
+    });
+    loading = false;
+    arrived(all);
+    await Promise.all(extra);
   }
 
   // every level-0 chunk, those in view first (the view at the time each is picked: zoom in while it loads and

@@ -358,22 +358,38 @@ export class GLRenderer {
     return true;
   }
 
-  // a coarse level: planes and interleaved labels of width x height texels, one per 2**shift image px
+  // a coarse level: planes and interleaved labels of width x height texels, one per 2**shift image px; a plane
+  // still missing (a channel not fetched yet) is uploaded later, through updateCoarse
   setCoarse(planes, labels, width, height, shift) {
     const gl = this.gl;
-    const [internal, format, type] = this.format(planes[0].constructor);
+    const [internal, format, type] = this.format(planes.find(Boolean).constructor);
     this.coarse = { width, height, shift, channels: gl.createTexture(), labels: gl.createTexture() };
     gl.activeTexture(gl.TEXTURE0);
     gl.bindTexture(gl.TEXTURE_2D_ARRAY, this.coarse.channels);
     nearest(gl, gl.TEXTURE_2D_ARRAY);
     gl.pixelStorei(gl.UNPACK_ALIGNMENT, 1);
     gl.texStorage3D(gl.TEXTURE_2D_ARRAY, 1, internal, width, height, planes.length);
-    planes.forEach((plane, i) => gl.texSubImage3D(gl.TEXTURE_2D_ARRAY, 0, 0, 0, i, width, height, 1, format, type, plane));
+    planes.forEach((plane, i) => plane && gl.texSubImage3D(gl.TEXTURE_2D_ARRAY, 0, 0, 0, i, width, height, 1, format, type, plane));
     gl.activeTexture(gl.TEXTURE1);
     gl.bindTexture(gl.TEXTURE_2D, this.coarse.labels);
     nearest(gl, gl.TEXTURE_2D);
     gl.pixelStorei(gl.UNPACK_ALIGNMENT, 4);
     gl.texImage2D(gl.TEXTURE_2D, 0, gl.RG32I, width, height, 0, gl.RG_INTEGER, gl.INT, labels);
+    this.bindFull();
+    this.changed = null;
+  }
+
+  // channels `indices` of the coarse level have arrived (planes[i] for channel i)
+  updateCoarse(planes, indices) {
+    if (!this.coarse) return;
+    const gl = this.gl;
+    const { width, height } = this.coarse;
+    const [, format, type] = this.format(planes[indices[0]].constructor);
+    gl.activeTexture(gl.TEXTURE0);
+    gl.bindTexture(gl.TEXTURE_2D_ARRAY, this.coarse.channels);
+    gl.pixelStorei(gl.UNPACK_ALIGNMENT, 1);
+    for (const i of indices) gl.texSubImage3D(gl.TEXTURE_2D_ARRAY, 0, 0, 0, i, width, height, 1, format, type, planes[i]);
+    gl.pixelStorei(gl.UNPACK_ALIGNMENT, 4);
     this.bindFull();
     this.changed = null;
   }

@@ -593,7 +593,8 @@ def test_a_big_task_opens_with_the_view_first_and_paints(server, context):
     assert level == 1
     before = [r for r in requests if r[4] < first_view]
     assert sorted((k, lv, i, j) for k, lv, i, j, _ in before) == sorted(
-        (k, 1, i, j) for k in ("image", "labels") for i in range(2) for j in range(2))
+        [("image", 1, i, j) for i in range(2) for j in range(2)] * 2  # each shown channel alone
+        + [("labels", 1, i, j) for i in range(2) for j in range(2)])
     # then full resolution, the middle of the view first, every chunk once
     full = [(i, j) for k, lv, i, j, _ in sorted(requests, key=lambda r: r[4]) if k == "image" and lv == 0]
     assert sorted(full) == [(i, j) for i in range(4) for j in range(4)]
@@ -632,4 +633,97 @@ def test_a_big_task_opens_with_the_view_first_and_paints(server, context):
     area = int((stored[..., 0] == picked).sum())
     assert area > int((labels[..., 0] == picked).sum())
     assert page.locator(f".cells li[data-id='{picked}'] span").text_content() == f"{area} px"
+    assert errors == []
+
+
+BIG8 = 1100  # 3x3 chunks at full resolution, 2x2 at level 1, one at level 2
+
+
+def test_a_big_tasks_first_view_fetches_only_the_shown_channels(server, context):
+    """An 8-channel big task whose saved display shows channels 3 and 6: the first view asks for those two only;
+    the other six come next (their ranges from their values, a saved range kept), then full resolution with every
+    channel, and a channel switched to later shows its exact 16-bit values; one switched on before the others are
+    in is fetched alone at once."""
+    from backend.config import Config
+    from backend.store.models import Batch
+    from backend.store.projects import project_from_image
+    from backend.tasks import TaskService
+    from backend.web.app import create_app
+    from backend.web.auth import make_task_token
+
+    rng = np.random.default_rng(11)
+    # channel c: c * 5000 plus up to 2000, so each channel's auto range is its own
+    image = (np.arange(8)[None, None, :] * 5000 + rng.integers(0, 2000, (BIG8, BIG8, 8))).astype(np.uint16)
+    rows, cols = np.mgrid[0:BIG8, 0:BIG8]
+    labels = np.stack([((rows // 50) * 50 + cols // 50 + 1).astype(np.int32), np.zeros((BIG8, BIG8), np.int32)], -1)
+    app = create_app(Config.from_env(instance_dir=server.instance, secret_key=server.env["CELLLOOP_SECRET_KEY"],
+                                     database_url=server.env["CELLLOOP_DATABASE_URL"],
+                                     storage_url=server.env["CELLLOOP_STORAGE_URL"]))
+    session = app.extensions["cellloop.sessionmaker"]()
+    storage = app.extensions["cellloop.storage"]
+    names = [f"marker{c}" for c in range(8)]
+    project = project_from_image(session, storage, name="big8", image=image, channel_names=names)
+    batch = Batch(project=project, name="big8")
+    session.add(batch)
+    task = TaskService(session, storage).create_task(batch, (0, 0, BIG8, BIG8), image, labels)
+    session.commit()
+    with app.app_context():
+        token = make_task_token(task)
+    session.close()
+
+    saved = {"channels": {n: {"on": c in (3, 6)} for c, n in enumerate(names)}, "gray": False, "active": 3}
+    saved["channels"]["marker6"].update(min=30100, max=30900)
+    page = context.new_page()
+    page.add_init_script(f"localStorage.setItem('cellloop.view.big8', {json.dumps(json.dumps(saved))})")
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    held = []  # whole chunks (the other channels come in them), held back until channel 1 is switched on
+
+    def hold(route):
+        if "channels=" not in route.request.url and not released:
+            held.append(route)
+        else:
+            route.continue_()
+    released = False
+    page.route(lambda url: "/image/" in url, hold)
+    page.goto(f"{server.url}/task/{token}")
+    page.wait_for_selector("body[data-first-view]", timeout=30_000)
+    first_view = page.evaluate("() => performance.getEntriesByName('cellloop-first-view')[0].startTime")
+    level = page.evaluate("() => window.cellloop.editor.timings.open.level")
+    # switched on while the others are on their way: fetched alone, at once
+    page.evaluate("() => { const ch = window.cellloop.editor.channels; ch.channels[1].on = true; ch.changed(); }")
+    page.wait_for_function("() => window.cellloop.editor.channels.channels[1].loaded", timeout=30_000)
+    assert held and not page.evaluate("() => window.cellloop.editor.channels.channels[2].loaded")
+    released = True
+    for route in held:
+        route.continue_()
+    page.wait_for_selector("body[data-ready]", timeout=60_000)
+    requests = page.evaluate("""() => performance.getEntriesByType('resource')
+        .map((e) => [new URL(e.name), e.startTime]).filter(([u]) => /\\/image\\/\\d+\\/\\d+\\/\\d+$/.test(u.pathname))
+        .map(([u, t]) => [u.pathname.split('/').slice(-3).map(Number), u.searchParams.get('channels') || 'all', t])""")
+    # the first view: channels 3 and 6 of its level's chunks in view, each channel alone (stored as it is)
+    before = [(tuple(a), ch) for a, ch, t in requests if t < first_view]
+    view = sorted({a for a, _ in before})
+    assert view and all(a[0] == level for a in view)
+    assert sorted(before) == sorted((a, ch) for a in view for ch in ("3", "6"))
+    # then those chunks whole (the other six channels with them), then every level-0 chunk whole
+    later = sorted((tuple(a), ch) for a, ch, t in requests if t >= first_view)
+    assert later == sorted([(a, "all") for a in view] + [(a, "1") for a in view]
+                           + [((0, i, j), "all") for i in range(3) for j in range(3)])
+    ranges = page.evaluate("() => window.cellloop.editor.channels.channels.map((c) => [c.loaded, c.min, c.max])")
+    assert ranges[6] == [True, 30100, 30900]  # the saved range, kept
+    for c in (0, 1, 3, 7):  # auto ranges from each channel's own values
+        loaded, lo, hi = ranges[c]
+        assert loaded and c * 5000 <= lo < hi <= c * 5000 + 2000, (c, ranges[c])
+    # grayscale on channel 5, which the first view did not fetch: exact values under the cursor
+    page.evaluate("""() => { const ch = window.cellloop.editor.channels; ch.gray = true; ch.active = 5; ch.changed(); }""")
+    assert page.evaluate("() => window.cellloop.editor.channels.shownIndices()") == [5]
+    for r, c in ((700, 300), (20, 1090)):
+        page.evaluate(f"() => {{ const e = window.cellloop.editor; e.view.scale = 2; e.view.centerOn({r}, {c}); e.drawNow(); }}")
+        page.mouse.move(*screen(page, r, c))
+        text = \
+            page.evaluate("() => window.cellloop.editor.cursorInfo.textContent")
+        assert f"({r}, {c}) · marker5 {int(image[r, c, 5])} ·" in text, text
+    plane = page.evaluate("() => Array.from(window.cellloop.editor.planes[5].subarray(1099 * 1100))")
+    assert np.array_equal(np.array(plane), image[-1, :, 5])
     assert errors == []

@@ -308,3 +308,43 @@ def test_a_big_images_qc_task_is_stored_and_served_in_chunks(tmp_path):
         assert (after[:100, :100, 0] == 7).all() and (after[..., 0] == 99999).sum() == (got[..., 0] == 99999).sum()
         keys = [r.labels_key for r in task.revisions if r.labels_key]
         assert keys and all(k.endswith(MANIFEST_SUFFIX) for k in keys)
+
+
+def test_channels_parameter_serves_exactly_those_channels(big):
+    """``?channels=`` cuts every chunk to the named channels, in that order, 16-bit exact, at any level; a bad
+    list is a 400 that says what is wrong."""
+    token, image, client = big.big["token"], big.big["image"], big.client
+    grid = ChunkGrid((H, W))
+    for level, (i, j) in ((0, (1, 2)), (2, (0, 0))):
+        for channels in ([1], [0], [1, 0], [0, 1]):
+            url = f"/api/task/{token}/image/{level}/{i}/{j}?channels={','.join(map(str, channels))}"
+            got, _ = _chunk(client, url)
+            want = _expected(image, grid, level, i, j)[:, :, channels]
+            assert got.dtype == np.uint16 and got.shape == want.shape and np.array_equal(got, want), url
+    cases = {
+        "channels=2": "channel 2 does not exist: this task has 2 channels",
+        "channels=0,0": "names a channel twice",
+        "channels=": "comma-separated channel numbers",
+        "channels=-1": "comma-separated channel numbers",
+        "channels=a,1": "comma-separated channel numbers",
+        "channels=0,,1": "comma-separated channel numbers",
+        "channels=1.0": "comma-separated channel numbers",
+    }
+    for query, words in cases.items():
+        resp = client.get(f"/api/task/{token}/image/1/0/0?{query}")
+        assert resp.status_code == 400, (query, resp.get_json())
+        assert words in resp.get_json()["error"], (query, resp.get_json())
+    # one channel is its own stored chunk, served as it is (no decoding); several are cut from the whole chunk
+    from backend.store.models import Task
+    from backend.tasks.chunked import image_channel_chunk_key
+    with big.session() as session:
+        image_key = session.get(Task, big.big["id"]).image_key
+    resp = client.get(f"/api/task/{token}/image/1/1/0?channels=1")
+    assert resp.data == big.storage().get(image_channel_chunk_key(image_key, 1, 1, 0, 1))
+    # an address outside the grid is still its 404, whatever the channels
+    assert client.get(f"/api/task/{token}/image/1/0/2?channels=0").status_code == 404
+    # reviewers ask the same way
+    login(client, "rev", PASSWORD)
+    got, _ = _chunk(client, f"/api/review/tasks/{big.big['id']}/image/1/1/1?channels=1")
+    assert np.array_equal(got, _expected(image, grid, 1, 1, 1)[:, :, [1]])
+    assert client.get(f"/api/review/tasks/{big.big['id']}/image/1/1/1?channels=5").status_code == 400
