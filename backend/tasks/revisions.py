@@ -13,11 +13,12 @@ date with those revisions' patches instead of rebuilding from the snapshot.
 """
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from dataclasses import dataclass
 
 import numpy as np
-from sqlalchemy import insert, select, update
+from sqlalchemy import JSON, DateTime, Integer, LargeBinary, String, bindparam, cast, insert, select, update
 from sqlalchemy.orm import Session, undefer
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -54,6 +55,28 @@ UNTOUCHED = (TaskState.new, TaskState.prelabeled)
 # built once: every edit runs it (see advance_revision)
 _INSERT_REVISION = insert(Revision.__table__).returning(Revision.__table__.c.id)
 
+# The known-task edit (RevisionStore.edit_known): the task row moves on only while it is exactly as this worker last
+# committed it (revision, labels epoch, link nonce), assigned and opened: every column the ordinary path reads to
+# decide, checked in the update itself instead of in a SELECT before it.
+_TASKS, _REVISIONS = Task.__table__, Revision.__table__
+_ADVANCE_KNOWN = update(_TASKS).where(
+    _TASKS.c.id == bindparam("task_id"), _TASKS.c.revision == bindparam("base"),
+    _TASKS.c.labels_epoch == bindparam("epoch"), _TASKS.c.token_nonce == bindparam("nonce"),
+    _TASKS.c.state == TaskState.assigned, _TASKS.c.opened_at.is_not(None)).values(revision=bindparam("number"))
+_REVISION_COLUMNS = ("number", "action", "params", "target", "labels_key", "patch_key", "patch_bytes", "author_id",
+                     "author_ref", "created_at")
+_COLUMN_TYPES = {"number": Integer, "action": String, "params": JSON, "target": Integer, "labels_key": String,
+                 "patch_key": String, "patch_bytes": LargeBinary, "author_id": Integer, "author_ref": String,
+                 "created_at": DateTime(timezone=True)}
+# PostgreSQL: the update and the revision's insert in one statement (one round trip, its own transaction): the
+# insert selects from the update's RETURNING, so a row that did not move inserts nothing
+_MOVED = _ADVANCE_KNOWN.returning(_TASKS.c.id).cte("moved")
+_EDIT_KNOWN_PG = insert(_REVISIONS).from_select(
+    ["task_id", *_REVISION_COLUMNS],
+    # the binds are prefixed: a bind named like a tasks column (created_at) would also be SET by the update
+    select(_MOVED.c.id, *(cast(bindparam("r_" + name, type_=_COLUMN_TYPES[name]), _COLUMN_TYPES[name])
+                          for name in _REVISION_COLUMNS))).returning(_REVISIONS.c.id)
+
 
 class NothingToUndo(Exception):
     pass
@@ -79,6 +102,28 @@ class CorruptHistory(Exception):
 
 
 @dataclass(frozen=True)
+class KnownTask:
+    """A task row as this worker last committed a revision of it: what an edit needs to know before its update.
+    The immutable columns (box, image, project) are simply true; the mutable ones (revision, labels epoch, link nonce)
+    are re-checked by the edit's conditional update, which also requires the task assigned and opened."""
+
+    task_id: int
+    project_id: int | None  # None: the batch was not loaded (patches then go in rows, or the ordinary path runs)
+    y0: int
+    x0: int
+    y1: int
+    x1: int
+    image_key: str
+    revision: int
+    labels_epoch: int
+    token_nonce: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.y1 - self.y0, self.x1 - self.x0)
+
+
+@dataclass(frozen=True)
 class CachedRevision:
     """A committed revision as this worker's cache knows it (number and identity), standing in for its row."""
 
@@ -99,7 +144,11 @@ class RevisionStore:
 
     # --- arrays ----------------------------------------------------------------------------------------
     def _key(self, task: Task, kind: str, number: int | None = None, ext: str = "npy.gz") -> str:
-        base = f"projects/{task.batch.project_id}/tasks/{task.id}"
+        return self._key_of(task.batch.project_id, task.id, kind, number, ext)
+
+    @staticmethod
+    def _key_of(project_id: int, task_id: int, kind: str, number: int | None = None, ext: str = "npy.gz") -> str:
+        base = f"projects/{project_id}/tasks/{task_id}"
         if number is None:
             return f"{base}/{kind}.{ext}"
         # a random suffix: two racing requests for the same revision number never share a key
@@ -108,7 +157,7 @@ class RevisionStore:
     def _cache_key(self, key: str) -> tuple:
         return (self._storage_name, key)
 
-    def image(self, task: Task) -> np.ndarray:
+    def image(self, task: Task | KnownTask) -> np.ndarray:
         """The task's crop; read-only when it comes from (and goes into) the cache."""
         if self.cache is None:
             return decode_array(self.storage.get(task.image_key))
@@ -525,7 +574,106 @@ class RevisionStore:
             if index is not None:  # only edits and replays (which have a patch) bring an index
                 index.update(patch, labels)
             self._keep(rev, labels, index)
+            self._remember(task)
         return rev
+
+    # --- the known-task edit ----------------------------------------------------------------------------------
+    def _known_key(self, task_id: int) -> tuple:
+        return (self._storage_name, "task row as last committed", task_id)
+
+    def _remember(self, task: Task) -> None:
+        """Keep the task row as this commit left it, for the next edit of it on this worker (``edit_known``)."""
+        if task.chunk_size is not None or task.state is not TaskState.assigned or task.opened_at is None:
+            self.cache.take(self._known_key(task.id))
+            return
+        batch = task.__dict__.get("batch")  # loaded with the task, or not at all (no query for it here)
+        self.cache.put(self._known_key(task.id), KnownTask(
+            task.id, None if batch is None else batch.project_id, task.y0, task.x0, task.y1, task.x1,
+            task.image_key, task.revision, task.labels_epoch, task.token_nonce))
+
+    def known_task(self, task_id: int) -> KnownTask | None:
+        """The task row as this worker last committed a revision of it, or None."""
+        return None if self.cache is None else self.cache.get(self._known_key(task_id))
+
+    def edit_known(self, known: KnownTask, actor: Actor, base_revision: int, tool: str,
+                   params: dict) -> tuple[Revision, Patch] | None:
+        """A crowd edit of a task this worker committed last, without reading the task row first: the labels come
+        from this worker's cache, and one conditional update (revision, labels epoch, link nonce, state assigned,
+        opened) decides the race and records the revision, in one round trip on PostgreSQL. None whenever anything
+        is not exactly the common case (another revision, a snapshot due, an assist tool, a refused or empty edit,
+        a row that moved): the caller then runs the ordinary path, which reads the task and answers as always (404
+        for a revoked link, 409 for a stale base, 400 for bad parameters), with these labels back in the cache."""
+        number = base_revision + 1
+        if (self.cache is None or actor.user is not None or base_revision != known.revision or base_revision < 1
+                or tool in ASSIST_TOOLS):
+            return None
+        pointer = self.cache.get(self._latest_key(known.task_id))
+        if pointer is None or pointer[0] != base_revision:
+            return None
+        ck = self._cache_key(pointer[1])
+        entry = self.cache.take(ck)
+        if entry is None:
+            return None  # another request of this task on this worker holds them
+        labels, index = entry
+        index = index if index is not None else LabelIndex.build(labels)
+        put_back = lambda: self.cache.put(ck, (labels, index))  # noqa: E731 (unchanged until the row moved)
+        try:
+            image = self.image(known) if params.get("channel") is not None else None
+            patch = apply_edit(labels, image, tool, params, index=index)
+        except Exception:
+            put_back()  # apply_edit leaves the labels untouched; the ordinary path answers
+            return None
+        patch_bytes = None if patch.is_empty else patch.to_bytes()
+        in_row = patch_bytes is not None and len(patch_bytes) <= self.patch_in_row_bytes
+        if (patch_bytes is None or self._wants_snapshot(None, labels, patch, number)
+                or (not in_row and known.project_id is None)):
+            put_back()
+            return None
+        patch_key = None if in_row else self._key_of(known.project_id, known.task_id, "patches", number, "patch")
+        row = dict(task_id=known.task_id, number=number, action=EDIT_ACTIONS, params={"tool": tool, **params},
+                   target=None, labels_key=None, patch_key=patch_key, patch_bytes=patch_bytes if in_row else None,
+                   author_id=None, author_ref=actor.ref, created_at=now())
+        try:
+            if patch_key is not None:
+                self.storage.put(patch_key, patch_bytes)
+            rev_id = self._advance_known(known, base_revision, row)
+        except BaseException:
+            self._forget_patch(patch_key)
+            put_back()
+            raise
+        if rev_id is None:  # the row is not as this worker knew it: the ordinary path says how
+            self._forget_patch(patch_key)
+            self.cache.take(self._known_key(known.task_id))
+            put_back()
+            return None
+        patch.apply(labels, check=False)
+        index.update(patch, labels)
+        rev = Revision(id=rev_id, **row)
+        self._keep(rev, labels, index)
+        self.cache.put(self._known_key(known.task_id), dataclasses.replace(known, revision=number))
+        return rev, patch
+
+    def _forget_patch(self, key: str | None) -> None:
+        if key is not None:
+            self.storage.delete(key)
+
+    def _advance_known(self, known: KnownTask, base: int, row: dict) -> int | None:
+        """Move the task from ``base`` on and insert the revision ``row``, committed, if the row is as ``known`` says;
+        the new revision's id, or None (nothing written)."""
+        params = {"task_id": known.task_id, "base": base, "number": base + 1, "epoch": known.labels_epoch,
+                  "nonce": known.token_nonce}
+        engine = self.db.get_bind()
+        if engine.dialect.name == "postgresql":
+            # its own connection in autocommit: one statement is one transaction, with no BEGIN and COMMIT round trips
+            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                return conn.execute(_EDIT_KNOWN_PG, {**params, **{"r_" + k: v for k, v in row.items()}}).scalar()
+        conn = self.db.connection()
+        if conn.execute(_ADVANCE_KNOWN, params).rowcount != 1:
+            self.db.rollback()
+            return None
+        rev_id = conn.execute(_INSERT_REVISION, row).scalar_one()
+        self.db.commit()
+        return rev_id
 
     def _dirty_since_snapshot(self, task: Task, patch: Patch | None) -> tuple[Revision | None, set | None]:
         """For a chunked task's next snapshot: the last snapshot and the level-0 chunks changed since it (the
