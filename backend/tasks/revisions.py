@@ -63,6 +63,11 @@ _ADVANCE_KNOWN = update(_TASKS).where(
     _TASKS.c.id == bindparam("task_id"), _TASKS.c.revision == bindparam("base"),
     _TASKS.c.labels_epoch == bindparam("epoch"), _TASKS.c.token_nonce == bindparam("nonce"),
     _TASKS.c.state == TaskState.assigned, _TASKS.c.opened_at.is_not(None)).values(revision=bindparam("number"))
+# the rows a worker a few revisions behind replays (RevisionStore._take_known_labels)
+_HISTORY = select(_REVISIONS.c.id, _REVISIONS.c.task_id, _REVISIONS.c.number, _REVISIONS.c.labels_key,
+                  _REVISIONS.c.patch_key, _REVISIONS.c.patch_bytes).where(
+    _REVISIONS.c.task_id == bindparam("task_id"), _REVISIONS.c.number >= bindparam("low"),
+    _REVISIONS.c.number <= bindparam("high")).order_by(_REVISIONS.c.number)
 _REVISION_COLUMNS = ("number", "action", "params", "target", "labels_key", "patch_key", "patch_bytes", "author_id",
                      "author_ref", "created_at")
 _COLUMN_TYPES = {"number": Integer, "action": String, "params": JSON, "target": Integer, "labels_key": String,
@@ -597,26 +602,22 @@ class RevisionStore:
 
     def edit_known(self, known: KnownTask, actor: Actor, base_revision: int, tool: str,
                    params: dict) -> tuple[Revision, Patch] | None:
-        """A crowd edit of a task this worker committed last, without reading the task row first: the labels come
-        from this worker's cache, and one conditional update (revision, labels epoch, link nonce, state assigned,
+        """A crowd edit of a task this worker has committed before, without reading the task row first: the labels come
+        from this worker's cache (caught up with the patches since, when another worker served some edits), and one
+        conditional update (revision, labels epoch, link nonce, state assigned,
         opened) decides the race and records the revision, in one round trip on PostgreSQL. None whenever anything
         is not exactly the common case (another revision, a snapshot due, an assist tool, a refused or empty edit,
         a row that moved): the caller then runs the ordinary path, which reads the task and answers as always (404
         for a revoked link, 409 for a stale base, 400 for bad parameters), with these labels back in the cache."""
         number = base_revision + 1
-        if (self.cache is None or actor.user is not None or base_revision != known.revision or base_revision < 1
-                or tool in ASSIST_TOOLS):
+        if self.cache is None or actor.user is not None or base_revision < 1 or tool in ASSIST_TOOLS:
             return None
-        pointer = self.cache.get(self._latest_key(known.task_id))
-        if pointer is None or pointer[0] != base_revision:
+        held = self._take_known_labels(known.task_id, base_revision)
+        if held is None:
             return None
-        ck = self._cache_key(pointer[1])
-        entry = self.cache.take(ck)
-        if entry is None:
-            return None  # another request of this task on this worker holds them
-        labels, index = entry
+        current, labels, index = held
         index = index if index is not None else LabelIndex.build(labels)
-        put_back = lambda: self.cache.put(ck, (labels, index))  # noqa: E731 (unchanged until the row moved)
+        put_back = lambda: self._keep(current, labels, index)  # noqa: E731 (unchanged until the row moved)
         try:
             image = self.image(known) if params.get("channel") is not None else None
             patch = apply_edit(labels, image, tool, params, index=index)
@@ -642,8 +643,9 @@ class RevisionStore:
             put_back()
             raise
         if rev_id is None:  # the row is not as this worker knew it: the ordinary path says how
+            # (what this worker knows stays: the update re-checks all of it every time, so it can never let through
+            # what the row no longer allows, and a client that reloads goes on without the task row)
             self._forget_patch(patch_key)
-            self.cache.take(self._known_key(known.task_id))
             put_back()
             return None
         patch.apply(labels, check=False)
@@ -652,6 +654,37 @@ class RevisionStore:
         self._keep(rev, labels, index)
         self.cache.put(self._known_key(known.task_id), dataclasses.replace(known, revision=number))
         return rev, patch
+
+    def _take_known_labels(self, task_id: int, base: int) -> tuple[CachedRevision, np.ndarray, LabelIndex | None] | None:
+        """This worker's labels of revision ``base`` (taken out of the cache), without reading the task row: its copy of
+        ``base`` itself, or of a few revisions before it brought up to date with the patches in between (one query,
+        when another worker served the edits in between), as in ``_take_cached``. None when it holds neither."""
+        pointer = self.cache.get(self._latest_key(task_id))
+        if pointer is None or not 0 <= base - pointer[0] <= SNAPSHOT_EVERY:
+            return None
+        number, identity = pointer
+        if number == base:
+            entry = self.cache.take(self._cache_key(identity))
+            return None if entry is None else (CachedRevision(task_id, number, identity), *entry)
+        # committed revisions above 0 never change: the client's base names rows that are what they will always be
+        history = self.db.execute(_HISTORY, {"task_id": task_id, "low": number, "high": base}).all()
+        self.db.rollback()  # a read: the edit's own statement runs on its own connection
+        if ([r.number for r in history] != list(range(number, base + 1)) or self._identity(history[0]) != identity
+                or not all(self._has_patch(r) for r in history[1:])):
+            return None
+        entry = self.cache.take(self._cache_key(identity))
+        if entry is None:
+            return None
+        labels, index = entry
+        try:
+            for r in history[1:]:
+                patch = self._patch(r)
+                patch.apply(labels, check=True)
+                if index is not None:
+                    index.update(patch, labels)
+        except (EditError, NotFound):
+            return None  # the copy may be half updated: dropped, the ordinary path rebuilds from storage
+        return CachedRevision(task_id, base, self._identity(history[-1])), labels, index
 
     def _forget_patch(self, key: str | None) -> None:
         if key is not None:

@@ -85,9 +85,15 @@ def test_known_task_edits_still_refuse_stale_revoked_and_submitted(known_world):
                                          {"layer": 1, "points": [[40, 40]], "radius": 1, "label": 3})
     moved = _paint(client, token, rev, 30)
     assert moved.status_code == 409 and moved.get_json()["revision"] == rev + 1
+    # based on the other worker's revision: this worker catches up with its patch, still without the task row
+    statements = _statements(w)
     ok = _paint(client, token, rev + 1, 30)
     assert ok.status_code == 200 and int(ok.headers["X-Revision"]) == rev + 2
+    assert not any("FROM tasks" in s for s in statements), statements
     rev += 2
+    with w.session() as s:
+        replayed = TaskService(s, w.storage()).labels(s.get(Task, task_id))
+    assert np.array_equal(decode_array(client.get(f"/api/task/{token}/labels").data), replayed)
 
     with w.session() as s:  # revoke every link of the task
         s.execute(update(Task).where(Task.id == task_id).values(token_nonce=Task.token_nonce + 1))
