@@ -11,7 +11,7 @@ from backend.web import common, link_limits
 from backend.web.common import (ARRAY_MIMETYPE, PATCH_MIMETYPE, base_revision, binary, chunk_reply, chunk_revision,
                                 edit_request, json_body, service)
 from backend.web.auth import read_task_token
-from backend.store.models import Task
+from backend.store.models import Batch, Task
 from backend.web.security_headers import PAGE_CSP
 from backend.tasks import Actor
 from backend.tasks.maps import assist_status
@@ -71,7 +71,8 @@ def _task_from_token(token: str, *, payload: dict | None = None) -> tuple[Task, 
         # every link of a task counts against the task's request rates and CPU budget: a 429 here, before any work
         link_limits.admit(f"task:{payload['t']}")
     task_id = payload["t"]
-    options = [joinedload(Task.batch)] if _needs_project() else []
+    # the task JSON names the project: batch and project in the task's own query
+    options = [joinedload(Task.batch).joinedload(Batch.project)] if _needs_project() else []
     task = common.db().get(Task, task_id, options=options) if task_id <= common.MAX_ID else None
     # a revoked link (nonce bumped) looks exactly like a link that never existed
     if task is None or task.token_nonce != payload.get("n"):
