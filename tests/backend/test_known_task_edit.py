@@ -108,3 +108,27 @@ def test_known_task_edits_still_refuse_stale_revoked_and_submitted(known_world):
     after = _paint(client, token, rev, 50)
     assert after.status_code == 409
     assert _numbers(w, task_id) == list(range(rev + 1))
+
+
+def test_open_assigns_and_starts_the_clock_in_one_update_and_records_the_event(known_world):
+    from backend.store.models import TaskEvent, TaskState
+
+    w = known_world
+    (task_id,), client = w.task_ids, w.client
+    token = w.tokens[task_id]
+    statements = _statements(w)
+    body = client.post(f"/api/task/{token}/open").get_json()
+    assert body["state"] == "assigned" and body["project"] == "p"
+    updates = [s for s in statements if s.lstrip().startswith("UPDATE")]
+    assert len(updates) == 1 and "opened_at" in updates[0], statements
+    with w.session() as s:
+        task = s.get(Task, task_id)
+        assert task.state is TaskState.assigned and task.opened_at is not None and task.assigned_at is not None
+        first_open = task.opened_at
+        (event_row,) = s.scalars(select(TaskEvent).where(TaskEvent.task_id == task_id)).all()
+        assert (event_row.action, event_row.from_state, event_row.to_state) == ("assign", "prelabeled", "assigned")
+        assert event_row.actor_ref == f"link:{task_id}" and event_row.created_at is not None
+    assert client.post(f"/api/task/{token}/open").status_code == 200  # idempotent: the first open's time stands
+    with w.session() as s:
+        assert s.get(Task, task_id).opened_at == first_open
+        assert len(s.scalars(select(TaskEvent).where(TaskEvent.task_id == task_id)).all()) == 1
