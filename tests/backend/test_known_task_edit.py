@@ -16,10 +16,17 @@ from backend.tasks import Actor, TaskService
 from .conftest import make_world
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def known_world(request, tmp_path):
-    url = request.getfixturevalue("pg_url") if request.param == "postgres" else None
-    return make_world(tmp_path, database_url=url, n_tasks=1)
+@pytest.fixture(params=["sqlite", "postgres", "postgres-sqlalchemy"])
+def known_world(request, tmp_path, monkeypatch):
+    """postgres: the statement straight through psycopg; postgres-sqlalchemy: the same statement built by SQLAlchemy
+    (what another PostgreSQL driver runs)."""
+    from backend.tasks import revisions
+
+    url = request.getfixturevalue("pg_url") if request.param.startswith("postgres") else None
+    monkeypatch.setattr(revisions, "DIRECT_PSYCOPG", request.param == "postgres")
+    world = make_world(tmp_path, database_url=url, n_tasks=1)
+    world.form = request.param
+    return world
 
 
 def _statements(world):
@@ -54,7 +61,9 @@ def test_known_task_edits_skip_the_task_select_and_store_what_they_answer(known_
         rev = int(resp.headers["X-Revision"])
         if i >= 1:  # the first edit on this worker reads the task; later ones know it
             assert not any("FROM tasks" in s for s in statements), statements
-            if w.config.database_url.startswith("postgresql"):
+            if w.form == "postgres":  # one statement, past SQLAlchemy: nothing it would see
+                assert statements == [], statements
+            elif w.form == "postgres-sqlalchemy":
                 assert len(statements) == 1 and statements[0].lstrip().startswith("WITH moved AS"), statements
     assert rev == 6 and _numbers(w, task_id) == list(range(7))
     served = client.get(f"/api/task/{token}/labels")
@@ -65,6 +74,10 @@ def test_known_task_edits_skip_the_task_select_and_store_what_they_answer(known_
         assert np.array_equal(svc.labels(s.get(Task, task_id)), expected)
         last = s.scalar(select(Revision).where(Revision.task_id == task_id, Revision.number == 6))
         assert last.action == "edit" and last.params["label"] == 12 and last.author_ref == f"link:{task_id}"
+        assert last.params == {"tool": "paint", "layer": 0, "points": [[45, 20], [45, 40]], "radius": 2, "label": 12}
+        assert last.created_at is not None and last.target is None and last.labels_key is None
+        assert last.patch_key is not None and last.patch_bytes is None  # patches as objects (the default)
+        assert s.get(Task, task_id).revision == 6
 
 
 def test_known_task_edits_still_refuse_stale_revoked_and_submitted(known_world):
@@ -110,10 +123,16 @@ def test_known_task_edits_still_refuse_stale_revoked_and_submitted(known_world):
     assert _numbers(w, task_id) == list(range(rev + 1))
 
 
-def test_open_assigns_and_starts_the_clock_in_one_update_and_records_the_event(known_world):
+@pytest.fixture(params=["sqlite", "postgres"])
+def open_world(request, tmp_path):
+    url = request.getfixturevalue("pg_url") if request.param == "postgres" else None
+    return make_world(tmp_path, database_url=url, n_tasks=1)
+
+
+def test_open_assigns_and_starts_the_clock_in_one_update_and_records_the_event(open_world):
     from backend.store.models import TaskEvent, TaskState
 
-    w = known_world
+    w = open_world
     (task_id,), client = w.task_ids, w.client
     token = w.tokens[task_id]
     statements = _statements(w)
