@@ -516,12 +516,15 @@ def cmd_demo(args) -> int:
     return serve(config, host=args.host, port=args.port, workers=args.workers)
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    def common(p):
-        p.add_argument("--instance", help="instance folder holding the SQLite file and local storage "
-                       "(default: $CELLLOOP_INSTANCE_DIR or ./cellloop-data)")
-        return p
+def with_instance(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``p`` with the --instance option every command that opens an instance takes."""
+    p.add_argument("--instance", help="instance folder holding the SQLite file and local storage "
+                   "(default: $CELLLOOP_INSTANCE_DIR or ./cellloop-data)")
+    return p
 
+
+def register(sub: argparse._SubParsersAction) -> None:
+    common = with_instance
     p = common(sub.add_parser("db", help="database migrations"))
     p.add_argument("action", choices=["upgrade", "downgrade", "current"])
     p.add_argument("revision", nargs="?", help="target revision (default head for upgrade)")

@@ -127,9 +127,7 @@ def _report_with_html(plain):
 
 
 def register(sub) -> None:
-    def common(p):
-        p.add_argument("--instance", help="instance folder (default: $CELLLOOP_INSTANCE_DIR or ./cellloop-data)")
-        return p
+    from backend.cli.admin_commands import with_instance as common
 
     p = sub.add_parser("gold", help="gold tasks (honeypots) from expert-approved crops")
     actions = p.add_subparsers(dest="gold_action", required=True)

@@ -410,9 +410,7 @@ def _with_registry(parser, registry_func, required: list[str], one_of: tuple = (
 
 
 def register(sub) -> None:
-    def common(p):
-        p.add_argument("--instance", help="instance folder (default: $CELLLOOP_INSTANCE_DIR or ./cellloop-data)")
-        return p
+    from backend.cli.admin_commands import with_instance as common
 
     p = sub.add_parser("batch", help="batches of crops to annotate")
     actions = p.add_subparsers(dest="batch_action", required=True)

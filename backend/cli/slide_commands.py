@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from backend.cli.admin_commands import _config, _error, _image_stem, _session, _storage, model_input_line
+from backend.cli.admin_commands import (_config, _error, _image_stem, _session, _storage, model_input_line,
+                                        with_instance)
 
 
 def register(sub) -> None:
-    p = sub.add_parser("ingest-slide", help="add a whole slide to a project, stored in chunks (never read whole)")
-    p.add_argument("--instance", help="instance folder (default: $CELLLOOP_INSTANCE_DIR or ./cellloop-data)")
+    p = with_instance(sub.add_parser("ingest-slide", help="add a whole slide to a project, stored in chunks (never read "
+                                     "whole)"))
     p.add_argument("slide", help="OME-TIFF (pyramidal or not), tiled TIFF or OME-Zarr folder")
     p.add_argument("--project", help="project name (default: --name or the file's name); made on first use")
     p.add_argument("--channels", help="comma-separated channel names or indices to keep, in order (default: all "

@@ -6,7 +6,7 @@ import pytest
 
 from backend.config import Config
 from backend.store.models import Revision
-from .conftest import login
+from ..conftest import login
 
 PARENT = "https://crowd.example.org"
 

@@ -17,7 +17,7 @@ from backend.web.app import create_app
 from backend.cli.admin_commands import create_user
 from pipeline.synthetic import make_tissue
 
-from .conftest import PASSWORD, login
+from ..conftest import PASSWORD, login
 
 
 def test_the_hardest_crops_go_to_experts_and_the_rest_to_the_crowd(instance):

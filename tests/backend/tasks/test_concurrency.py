@@ -14,7 +14,7 @@ from werkzeug.serving import make_server
 from backend.tasks import revisions as tasks
 from backend.store.arrays import decode_array
 
-from .conftest import make_world
+from ..conftest import make_world
 
 
 def _race(world, n=8):

@@ -15,7 +15,7 @@ import tifffile
 from backend.cli import main
 from pipeline.channels import choose_model_channels
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from backend.store.models import Task
 from backend.tasks.maps import NOISE_FLOOR, decode_maps, encode_maps, keep_crop_maps
 from pipeline.model.maps import maps_from_labels
 
-from .conftest import login
+from ..conftest import login
 
 
 def _truth():

@@ -26,7 +26,7 @@ from pipeline import metrics, simulate
 from pipeline.simulate import APIError, TaskClient
 from pipeline.synthetic import make_tissue
 
-from .conftest import login, make_world
+from ..conftest import login, make_world
 
 PASSWORD = "correct horse battery"
 SIZE = 96  # crops of 96 px, four per 192-px image: enough cells per crop, few requests

@@ -8,7 +8,7 @@ from backend.store.arrays import decode_array, encode_array
 from backend.store.cache import ArrayCache
 from backend.edits import Patch
 
-from .conftest import login
+from ..conftest import login
 
 
 def _labels(world, token):

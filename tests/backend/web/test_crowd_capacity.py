@@ -20,7 +20,7 @@ from backend.store.arrays import decode_array
 from backend.store.models import Revision
 from backend.web import link_limits
 
-from .conftest import login, make_world
+from ..conftest import login, make_world
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 

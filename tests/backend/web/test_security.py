@@ -13,7 +13,7 @@ import pytest
 from backend.config import Config, ConfigError
 from backend.web.log_masking import mask_tokens
 
-from .conftest import PASSWORD, login
+from ..conftest import PASSWORD, login
 
 
 @pytest.mark.parametrize("key", ["", "   ", "short-key"])
@@ -153,7 +153,7 @@ def test_error_log_never_holds_a_token(world, caplog):
 
 
 def test_password_change_guesses_are_rate_limited(tmp_path, monkeypatch):
-    from .conftest import make_world
+    from ..conftest import make_world
 
     monkeypatch.setenv("CELLLOOP_RATELIMIT_LOGIN_USER", "2 per minute")
     world = make_world(tmp_path)

@@ -21,7 +21,7 @@ from backend.store.models import Review, Revision, Task, TaskEvent, TaskState, U
 from backend.tasks import Actor, StaleRevision, TaskService
 from backend.tasks.states import TransitionError
 
-from .conftest import login, make_world
+from ..conftest import login, make_world
 
 CROWD = Actor(ref="worker-1")
 PAINT = {"layer": 0, "points": [[50, 50]], "radius": 2, "label": 9}

@@ -14,7 +14,7 @@ from backend.web import request_limits as limits
 from backend.store.arrays import encode_array
 from backend.store.models import Revision
 
-from .conftest import PASSWORD, login, make_world
+from ..conftest import PASSWORD, login, make_world
 
 
 def _edit(world, params, tool="paint", base=0, token=None):

@@ -13,7 +13,7 @@ from backend.store import projects
 from backend.tasks import TaskService
 from backend.cli import main
 
-from .served import free_port
+from ..served import free_port
 
 
 @pytest.fixture
@@ -122,7 +122,7 @@ def test_failed_crop_leaves_whole_images_and_no_orphan_object(fresh_instance, mo
 
 
 def test_refused_downgrade_is_one_line(tmp_path, monkeypatch, capsys):
-    from .conftest import make_world
+    from ..conftest import make_world
 
     world = make_world(tmp_path)
     token = world.tokens[world.task_ids[0]]

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from backend.web.request_limits import KNOWN_PARAMS
 from backend.store.models import Base
 
-from .conftest import login, make_world
+from ..conftest import login, make_world
 
 TOOLS = sorted(KNOWN_PARAMS) + ["", "PAINT", "rm -rf", "__class__"]
 PARAM_NAMES = sorted({p for params in KNOWN_PARAMS.values() for p in params}) + ["extra", "0", ""]

@@ -13,7 +13,7 @@ from backend.store.cache import ArrayCache
 from backend.edits import apply_edit
 from backend.store.models import Revision
 
-from .conftest import make_world
+from ..conftest import make_world
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import numpy as np
 
 from backend.store.arrays import decode_array
 
-from .conftest import login, make_world
+from ..conftest import login, make_world
 
 
 def test_edit_review_cycle_on_postgres_and_s3(tmp_path, pg_url, s3_server, s3_bucket):

@@ -15,8 +15,8 @@ from backend.store.arrays import decode_array
 from backend.edits import Patch
 from backend.store.models import Revision, Task
 
-from .conftest import make_world
-from .served import Served
+from ..conftest import make_world
+from ..served import Served
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 

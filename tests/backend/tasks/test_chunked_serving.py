@@ -12,7 +12,7 @@ from backend.store.chunks import ChunkGrid
 from backend.tasks import revisions as revisions_mod
 from backend.tasks.chunked import MANIFEST_SUFFIX
 
-from .conftest import PASSWORD, login, make_world
+from ..conftest import PASSWORD, login, make_world
 
 H, W = 1100, 1300  # a 3x3 grid of 512-px chunks at level 0, 2x2 at level 1, one at level 2
 
