@@ -13,7 +13,7 @@ from backend.store.arrays import decode_array
 from backend.store.models import Revision, Task
 from backend.tasks import Actor, TaskService
 
-from .conftest import make_world
+from ..conftest import make_world
 
 
 @pytest.fixture(params=["sqlite", "postgres", "postgres-sqlalchemy"])
