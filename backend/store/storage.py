@@ -257,6 +257,7 @@ class S3Storage(Storage):
         create_bucket: bool = False,
         client=None,
         page_size: int = 1000,
+        direct: bool = True,
     ) -> None:
         if not bucket or not isinstance(bucket, str):
             raise ValueError("bucket name is required")
@@ -280,7 +281,7 @@ class S3Storage(Storage):
                                     config=BotoConfig(connect_timeout=5, read_timeout=60,
                                                       retries={"max_attempts": 3, "mode": "standard"}))
             credentials = session.get_credentials()
-            if endpoint_url and credentials is not None:
+            if direct and endpoint_url and credentials is not None:
                 self._direct = _SignedObjectRequests(endpoint_url, client.meta.region_name or "us-east-1", bucket,
                                                      credentials)
         self.client = client
@@ -508,7 +509,7 @@ def _error_code(exc) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
-_S3_QUERY_KEYS = {"endpoint_url", "region", "region_name", "create_bucket", "page_size"}
+_S3_QUERY_KEYS = {"endpoint_url", "region", "region_name", "create_bucket", "page_size", "direct"}
 
 
 def storage_from_url(url: str) -> Storage:
@@ -516,7 +517,7 @@ def storage_from_url(url: str) -> Storage:
 
     "/abs/path", "relative/path" or "file:///abs/path" -> LocalStorage;
     "s3://bucket/prefix?endpoint_url=http://127.0.0.1:9000&region=us-east-1" -> S3Storage
-    (also `create_bucket=1` and `page_size=N`).
+    (also `create_bucket=1`, `page_size=N`, and `direct=0` to send object requests through botocore too).
     """
     if not isinstance(url, str) or not url.strip():
         raise ValueError("storage URL is empty")
@@ -546,6 +547,8 @@ def storage_from_url(url: str) -> Storage:
         kwargs = {}
         if "page_size" in one:
             kwargs["page_size"] = int(one["page_size"])
+        if "direct" in one:  # direct=0: every request through botocore (the objects' signed requests off)
+            kwargs["direct"] = one["direct"].lower() not in ("0", "false", "no", "off")
         return S3Storage(
             bucket,
             prefix=unquote(parts.path).strip("/"),

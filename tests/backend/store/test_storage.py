@@ -288,12 +288,15 @@ def test_s3_objects_go_by_signed_requests_that_s3_and_boto3_agree_on(s3_server, 
     round-trips, boto3 reads what they wrote under the same key, a missing key is NotFound, a bad secret is refused."""
     store = S3Storage(s3_bucket, prefix="p q", endpoint_url=s3_server, region_name="eu-west-1", create_bucket=True)
     assert store._direct is not None
+    off = storage_from_url(f"s3://{s3_bucket}/p%20q?endpoint_url={s3_server}&region=eu-west-1&direct=0")
+    assert off._direct is None
     key = "a b/é+%&=?#;,~!*'()[]@$/x.npy.gz"
     store.put(key, b"\x00payload")
     assert store.get(key) == b"\x00payload"
     raw = boto3.client("s3", endpoint_url=s3_server, region_name="eu-west-1")
     assert raw.get_object(Bucket=s3_bucket, Key="p q/" + key)["Body"].read() == b"\x00payload"
     assert store.list() == [key]
+    assert off.get(key) == b"\x00payload"  # through botocore: the same object
     store.delete(key)
     store.delete(key)  # a missing key is fine to delete
     with pytest.raises(NotFound):
