@@ -461,6 +461,7 @@ def _component_clock() -> ComponentClock:
     for attr in ("execute", "get", "commit", "rollback", "flush", "scalar", "scalars", "close", "connection"):
         clock.wrap(Session, attr, "sql")
     clock.wrap(Connection, "execute", "sql")
+    clock.wrap(tasks_mod, "_edit_known_psycopg", "sql")  # the known-task edit's one statement, straight to psycopg
     for cls in (S3Storage, LocalStorage):
         for attr in ("get", "put", "delete"):
             clock.wrap(cls, attr, "storage_client")

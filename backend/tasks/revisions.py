@@ -13,11 +13,12 @@ date with those revisions' patches instead of rebuilding from the snapshot.
 """
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from dataclasses import dataclass
 
 import numpy as np
-from sqlalchemy import insert, select, update
+from sqlalchemy import JSON, DateTime, Integer, LargeBinary, String, bindparam, cast, insert, select, update
 from sqlalchemy.orm import Session, undefer
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -54,6 +55,71 @@ UNTOUCHED = (TaskState.new, TaskState.prelabeled)
 # built once: every edit runs it (see advance_revision)
 _INSERT_REVISION = insert(Revision.__table__).returning(Revision.__table__.c.id)
 
+# The known-task edit (RevisionStore.edit_known): the task row moves on only while it is exactly as this worker last
+# committed it (revision, labels epoch, link nonce), assigned and opened: every column the ordinary path reads to
+# decide, checked in the update itself instead of in a SELECT before it.
+_TASKS, _REVISIONS = Task.__table__, Revision.__table__
+_ADVANCE_KNOWN = update(_TASKS).where(
+    _TASKS.c.id == bindparam("task_id"), _TASKS.c.revision == bindparam("base"),
+    _TASKS.c.labels_epoch == bindparam("epoch"), _TASKS.c.token_nonce == bindparam("nonce"),
+    _TASKS.c.state == TaskState.assigned, _TASKS.c.opened_at.is_not(None)).values(revision=bindparam("number"))
+# the rows a worker a few revisions behind replays (RevisionStore._take_known_labels)
+_HISTORY = select(_REVISIONS.c.id, _REVISIONS.c.task_id, _REVISIONS.c.number, _REVISIONS.c.labels_key,
+                  _REVISIONS.c.patch_key, _REVISIONS.c.patch_bytes).where(
+    _REVISIONS.c.task_id == bindparam("task_id"), _REVISIONS.c.number >= bindparam("low"),
+    _REVISIONS.c.number <= bindparam("high")).order_by(_REVISIONS.c.number)
+_REVISION_COLUMNS = ("number", "action", "params", "target", "labels_key", "patch_key", "patch_bytes", "author_id",
+                     "author_ref", "created_at")
+_COLUMN_TYPES = {"number": Integer, "action": String, "params": JSON, "target": Integer, "labels_key": String,
+                 "patch_key": String, "patch_bytes": LargeBinary, "author_id": Integer, "author_ref": String,
+                 "created_at": DateTime(timezone=True)}
+# PostgreSQL: the update and the revision's insert in one statement (one round trip, its own transaction): the
+# insert selects from the update's RETURNING, so a row that did not move inserts nothing
+_MOVED = _ADVANCE_KNOWN.returning(_TASKS.c.id).cte("moved")
+_EDIT_KNOWN_PG = insert(_REVISIONS).from_select(
+    ["task_id", *_REVISION_COLUMNS],
+    # the binds are prefixed: a bind named like a tasks column (created_at) would also be SET by the update
+    select(_MOVED.c.id, *(cast(bindparam("r_" + name, type_=_COLUMN_TYPES[name]), _COLUMN_TYPES[name])
+                          for name in _REVISION_COLUMNS))).returning(_REVISIONS.c.id)
+
+
+# _EDIT_KNOWN_PG as psycopg runs it: the statement is the edit's whole conversation with the database, so it goes
+# straight to the driver (prepared, on a pooled connection in autocommit); SQLAlchemy's execution around it (cache key,
+# result set-up, isolation-level switch) would cost more than the database's own work. The same statement, column for
+# column; tests/backend/test_known_task_edit.py checks both forms store the same rows.
+_EDIT_KNOWN_PSYCOPG = (
+    "WITH moved AS (UPDATE tasks SET revision = %(number)s::integer WHERE tasks.id = %(task_id)s::integer"
+    " AND tasks.revision = %(base)s::integer AND tasks.labels_epoch = %(epoch)s::integer"
+    " AND tasks.token_nonce = %(nonce)s::integer AND tasks.state = '" + TaskState.assigned.name + "'"
+    " AND tasks.opened_at IS NOT NULL RETURNING tasks.id)"
+    " INSERT INTO revisions (task_id, number, action, params, target, labels_key, patch_key, patch_bytes, author_id,"
+    " author_ref, created_at) SELECT moved.id, %(r_number)s::integer, %(r_action)s::varchar, %(r_params)s::json,"
+    " %(r_target)s::integer, %(r_labels_key)s::varchar, %(r_patch_key)s::varchar, %(r_patch_bytes)s::bytea,"
+    " %(r_author_id)s::integer, %(r_author_ref)s::varchar, %(r_created_at)s::timestamptz FROM moved RETURNING id")
+
+
+DIRECT_PSYCOPG = True  # False: the SQLAlchemy form (_EDIT_KNOWN_PG), as any other PostgreSQL driver runs it
+
+
+def _edit_known_psycopg(engine, params: dict) -> int | None:
+    from psycopg.types.json import Json
+
+    raw = engine.raw_connection()  # through the pool: its checkout ping and its reset on return apply
+    try:
+        conn = raw.driver_connection
+        conn.autocommit = True  # one statement, one transaction: no BEGIN and COMMIT round trips
+        try:
+            row = conn.execute(_EDIT_KNOWN_PSYCOPG, {**params, "r_params": Json(params["r_params"])},
+                               prepare=True).fetchone()
+        finally:
+            try:
+                conn.autocommit = False
+            except Exception:  # a broken connection: the pool's reset on return discards it
+                pass
+    finally:
+        raw.close()
+    return None if row is None else row[0]
+
 
 class NothingToUndo(Exception):
     pass
@@ -79,6 +145,28 @@ class CorruptHistory(Exception):
 
 
 @dataclass(frozen=True)
+class KnownTask:
+    """A task row as this worker last committed a revision of it: what an edit needs to know before its update.
+    The immutable columns (box, image, project) are simply true; the mutable ones (revision, labels epoch, link nonce)
+    are re-checked by the edit's conditional update, which also requires the task assigned and opened."""
+
+    task_id: int
+    project_id: int | None  # None: the batch was not loaded (patches then go in rows, or the ordinary path runs)
+    y0: int
+    x0: int
+    y1: int
+    x1: int
+    image_key: str
+    revision: int
+    labels_epoch: int
+    token_nonce: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.y1 - self.y0, self.x1 - self.x0)
+
+
+@dataclass(frozen=True)
 class CachedRevision:
     """A committed revision as this worker's cache knows it (number and identity), standing in for its row."""
 
@@ -99,7 +187,11 @@ class RevisionStore:
 
     # --- arrays ----------------------------------------------------------------------------------------
     def _key(self, task: Task, kind: str, number: int | None = None, ext: str = "npy.gz") -> str:
-        base = f"projects/{task.batch.project_id}/tasks/{task.id}"
+        return self._key_of(task.batch.project_id, task.id, kind, number, ext)
+
+    @staticmethod
+    def _key_of(project_id: int, task_id: int, kind: str, number: int | None = None, ext: str = "npy.gz") -> str:
+        base = f"projects/{project_id}/tasks/{task_id}"
         if number is None:
             return f"{base}/{kind}.{ext}"
         # a random suffix: two racing requests for the same revision number never share a key
@@ -108,7 +200,7 @@ class RevisionStore:
     def _cache_key(self, key: str) -> tuple:
         return (self._storage_name, key)
 
-    def image(self, task: Task) -> np.ndarray:
+    def image(self, task: Task | KnownTask) -> np.ndarray:
         """The task's crop; read-only when it comes from (and goes into) the cache."""
         if self.cache is None:
             return decode_array(self.storage.get(task.image_key))
@@ -525,7 +617,136 @@ class RevisionStore:
             if index is not None:  # only edits and replays (which have a patch) bring an index
                 index.update(patch, labels)
             self._keep(rev, labels, index)
+            self._remember(task)
         return rev
+
+    # --- the known-task edit ----------------------------------------------------------------------------------
+    def _known_key(self, task_id: int) -> tuple:
+        return (self._storage_name, "task row as last committed", task_id)
+
+    def _remember(self, task: Task) -> None:
+        """Keep the task row as this commit left it, for the next edit of it on this worker (``edit_known``)."""
+        if task.chunk_size is not None or task.state is not TaskState.assigned or task.opened_at is None:
+            self.cache.take(self._known_key(task.id))
+            return
+        batch = task.__dict__.get("batch")  # loaded with the task, or not at all (no query for it here)
+        self.cache.put(self._known_key(task.id), KnownTask(
+            task.id, None if batch is None else batch.project_id, task.y0, task.x0, task.y1, task.x1,
+            task.image_key, task.revision, task.labels_epoch, task.token_nonce))
+
+    def known_task(self, task_id: int) -> KnownTask | None:
+        """The task row as this worker last committed a revision of it, or None."""
+        return None if self.cache is None else self.cache.get(self._known_key(task_id))
+
+    def edit_known(self, known: KnownTask, actor: Actor, base_revision: int, tool: str,
+                   params: dict) -> tuple[Revision, Patch] | None:
+        """A crowd edit of a task this worker has committed before, without reading the task row first: the labels come
+        from this worker's cache (caught up with the patches since, when another worker served some edits), and one
+        conditional update (revision, labels epoch, link nonce, state assigned,
+        opened) decides the race and records the revision, in one round trip on PostgreSQL. None whenever anything
+        is not exactly the common case (another revision, a snapshot due, an assist tool, a refused or empty edit,
+        a row that moved): the caller then runs the ordinary path, which reads the task and answers as always (404
+        for a revoked link, 409 for a stale base, 400 for bad parameters), with these labels back in the cache."""
+        number = base_revision + 1
+        if self.cache is None or actor.user is not None or base_revision < 1 or tool in ASSIST_TOOLS:
+            return None
+        held = self._take_known_labels(known.task_id, base_revision)
+        if held is None:
+            return None
+        current, labels, index = held
+        index = index if index is not None else LabelIndex.build(labels)
+        put_back = lambda: self._keep(current, labels, index)  # noqa: E731 (unchanged until the row moved)
+        try:
+            image = self.image(known) if params.get("channel") is not None else None
+            patch = apply_edit(labels, image, tool, params, index=index)
+        except Exception:
+            put_back()  # apply_edit leaves the labels untouched; the ordinary path answers
+            return None
+        patch_bytes = None if patch.is_empty else patch.to_bytes()
+        in_row = patch_bytes is not None and len(patch_bytes) <= self.patch_in_row_bytes
+        if (patch_bytes is None or self._wants_snapshot(None, labels, patch, number)
+                or (not in_row and known.project_id is None)):
+            put_back()
+            return None
+        patch_key = None if in_row else self._key_of(known.project_id, known.task_id, "patches", number, "patch")
+        row = dict(task_id=known.task_id, number=number, action=EDIT_ACTIONS, params={"tool": tool, **params},
+                   target=None, labels_key=None, patch_key=patch_key, patch_bytes=patch_bytes if in_row else None,
+                   author_id=None, author_ref=actor.ref, created_at=now())
+        try:
+            if patch_key is not None:
+                self.storage.put(patch_key, patch_bytes)
+            rev_id = self._advance_known(known, base_revision, row)
+        except BaseException:
+            self._forget_patch(patch_key)
+            put_back()
+            raise
+        if rev_id is None:  # the row is not as this worker knew it: the ordinary path says how
+            # (what this worker knows stays: the update re-checks all of it every time, so it can never let through
+            # what the row no longer allows, and a client that reloads goes on without the task row)
+            self._forget_patch(patch_key)
+            put_back()
+            return None
+        patch.apply(labels, check=False)
+        index.update(patch, labels)
+        rev = Revision(id=rev_id, **row)
+        self._keep(rev, labels, index)
+        self.cache.put(self._known_key(known.task_id), dataclasses.replace(known, revision=number))
+        return rev, patch
+
+    def _take_known_labels(self, task_id: int, base: int) -> tuple[CachedRevision, np.ndarray, LabelIndex | None] | None:
+        """This worker's labels of revision ``base`` (taken out of the cache), without reading the task row: its copy of
+        ``base`` itself, or of a few revisions before it brought up to date with the patches in between (one query,
+        when another worker served the edits in between), as in ``_take_cached``. None when it holds neither."""
+        pointer = self.cache.get(self._latest_key(task_id))
+        if pointer is None or not 0 <= base - pointer[0] <= SNAPSHOT_EVERY:
+            return None
+        number, identity = pointer
+        if number == base:
+            entry = self.cache.take(self._cache_key(identity))
+            return None if entry is None else (CachedRevision(task_id, number, identity), *entry)
+        # committed revisions above 0 never change: the client's base names rows that are what they will always be
+        history = self.db.execute(_HISTORY, {"task_id": task_id, "low": number, "high": base}).all()
+        self.db.rollback()  # a read: the edit's own statement runs on its own connection
+        if ([r.number for r in history] != list(range(number, base + 1)) or self._identity(history[0]) != identity
+                or not all(self._has_patch(r) for r in history[1:])):
+            return None
+        entry = self.cache.take(self._cache_key(identity))
+        if entry is None:
+            return None
+        labels, index = entry
+        try:
+            for r in history[1:]:
+                patch = self._patch(r)
+                patch.apply(labels, check=True)
+                if index is not None:
+                    index.update(patch, labels)
+        except (EditError, NotFound):
+            return None  # the copy may be half updated: dropped, the ordinary path rebuilds from storage
+        return CachedRevision(task_id, base, self._identity(history[-1])), labels, index
+
+    def _forget_patch(self, key: str | None) -> None:
+        if key is not None:
+            self.storage.delete(key)
+
+    def _advance_known(self, known: KnownTask, base: int, row: dict) -> int | None:
+        """Move the task from ``base`` on and insert the revision ``row``, committed, if the row is as ``known`` says;
+        the new revision's id, or None (nothing written)."""
+        params = {"task_id": known.task_id, "base": base, "number": base + 1, "epoch": known.labels_epoch,
+                  "nonce": known.token_nonce}
+        engine = self.db.get_bind()
+        if engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg" and DIRECT_PSYCOPG:
+            return _edit_known_psycopg(engine, {**params, **{"r_" + k: v for k, v in row.items()}})
+        if engine.dialect.name == "postgresql":
+            # its own connection in autocommit: one statement is one transaction, with no BEGIN and COMMIT round trips
+            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                return conn.execute(_EDIT_KNOWN_PG, {**params, **{"r_" + k: v for k, v in row.items()}}).scalar()
+        conn = self.db.connection()
+        if conn.execute(_ADVANCE_KNOWN, params).rowcount != 1:
+            self.db.rollback()
+            return None
+        rev_id = conn.execute(_INSERT_REVISION, row).scalar_one()
+        self.db.commit()
+        return rev_id
 
     def _dirty_since_snapshot(self, task: Task, patch: Patch | None) -> tuple[Revision | None, set | None]:
         """For a chunked task's next snapshot: the last snapshot and the level-0 chunks changed since it (the

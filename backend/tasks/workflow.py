@@ -20,13 +20,18 @@ class TaskService(RevisionStore):
         """An annotator opened the task page (POST, never GET): assign it if still unassigned and start its
         clock. Idempotent: opening again, or an already running clock, changes nothing."""
         if task.state in states.UNASSIGNED:
-            transition(self.db, task, "assign", actor)
-        if task.state is TaskState.assigned and task.opened_at is None:
+            # the clock starts in the assign's own update (only the open that wins the assign writes it)
+            transition(self.db, task, "assign", actor,
+                       also={"opened_at": now()} if task.opened_at is None else None)
+            self.db.commit()
+        elif task.state is TaskState.assigned and task.opened_at is None:
             # conditional: of two racing opens, the first one's time stands
             self.db.execute(update(Task).where(Task.id == task.id, Task.opened_at.is_(None)).values(opened_at=now())
                             .execution_options(synchronize_session=False))
-        self.db.commit()
-        self.db.refresh(task)
+            self.db.commit()
+            self.db.refresh(task)
+        else:
+            self.db.commit()
 
     def submit(self, task: Task, actor: Actor, base_revision: int | None) -> None:
         self._check_base(task, base_revision)

@@ -5,13 +5,14 @@ import re
 
 from flask import Blueprint, abort, current_app, jsonify, request, send_from_directory
 from sqlalchemy.orm import joinedload
+from werkzeug.exceptions import HTTPException
 
 from backend.web import common, link_limits
 from backend.web.common import (ARRAY_MIMETYPE, PATCH_MIMETYPE, base_revision, binary, chunk_reply, chunk_revision,
                                 edit_request, json_body, service)
 from backend.web.common import image_chunk_reply
 from backend.web.auth import read_task_token
-from backend.store.models import Task
+from backend.store.models import Batch, Task
 from backend.web.security_headers import PAGE_CSP
 from backend.tasks import Actor
 from backend.tasks.maps import assist_status
@@ -64,12 +65,15 @@ def _needs_project() -> bool:
     return request.endpoint in PATCH_ENDPOINTS and not current_app.config["CELLLOOP"].patch_in_row_bytes
 
 
-def _task_from_token(token: str) -> tuple[Task, Actor]:
-    payload = read_task_token(token)
+def _task_from_token(token: str, *, payload: dict | None = None) -> tuple[Task, Actor]:
+    """The task and actor of a link (``payload``: the token already read and its request admitted)."""
+    if payload is None:
+        payload = read_task_token(token)
+        # every link of a task counts against the task's request rates and CPU budget: a 429 here, before any work
+        link_limits.admit(f"task:{payload['t']}")
     task_id = payload["t"]
-    # every link of a task counts against the task's request rates and CPU budget: a 429 here, before any work
-    link_limits.admit(f"task:{task_id}")
-    options = [joinedload(Task.batch)] if _needs_project() else []
+    # the task JSON names the project: batch and project in the task's own query
+    options = [joinedload(Task.batch).joinedload(Batch.project)] if _needs_project() else []
     task = common.db().get(Task, task_id, options=options) if task_id <= common.MAX_ID else None
     # a revoked link (nonce bumped) looks exactly like a link that never existed
     if task is None or task.token_nonce != payload.get("n"):
@@ -172,10 +176,33 @@ def edit_reply(rev, patch):
 
 @bp.post("/api/task/<token>/edit")
 def edit(token: str):
-    task, actor = _task_from_token(token)
+    payload = read_task_token(token)
+    link_limits.admit(f"task:{payload['t']}")
+    svc = service()
+    done = _edit_known(svc, payload)
+    if done is not None:
+        return edit_reply(*done)
+    task, actor = _task_from_token(token, payload=payload)
     body = json_body()
     tool, params = edit_request(body, task)
-    return edit_reply(*service().edit(task, actor, base_revision(body), tool, params))
+    return edit_reply(*svc.edit(task, actor, base_revision(body), tool, params))
+
+
+def _edit_known(svc, payload: dict):
+    """The edit without reading the task row, when this worker committed the task's last revision and still holds its
+    labels (a person's strokes on one worker, one after another); None: the ordinary path runs, and answers any
+    refusal (revoked link, stale base, bad request) exactly as it always does."""
+    known = svc.known_task(payload["t"])
+    if known is None or known.token_nonce != payload.get("n"):
+        return None
+    try:
+        ref = _worker_ref(payload)
+        body = json_body()
+        tool, params = edit_request(body, known)
+        base = base_revision(body)
+    except (HTTPException, common.BadRequest):
+        return None
+    return svc.edit_known(known, Actor(ref=ref or f"link:{known.task_id}"), base, tool, params)
 
 
 def preview_reply(task, patch):
