@@ -284,12 +284,13 @@ def test_s3_create_bucket_is_idempotent_and_missing_bucket_is_a_storage_error(s3
 
 
 def test_s3_objects_go_by_signed_requests_that_s3_and_boto3_agree_on(s3_server, s3_bucket):
-    """get/put/delete skip botocore (plain SigV4 requests, the hot path of every edit and read): any valid key
+    """With direct=1, get/put/delete skip botocore (plain SigV4 requests, the hot path of every edit and read): any valid key
     round-trips, boto3 reads what they wrote under the same key, a missing key is NotFound, a bad secret is refused."""
-    store = S3Storage(s3_bucket, prefix="p q", endpoint_url=s3_server, region_name="eu-west-1", create_bucket=True)
+    store = storage_from_url(f"s3://{s3_bucket}/p%20q?endpoint_url={s3_server}&region=eu-west-1&create_bucket=1"
+                             f"&direct=1")
     assert store._direct is not None
-    off = storage_from_url(f"s3://{s3_bucket}/p%20q?endpoint_url={s3_server}&region=eu-west-1&direct=0")
-    assert off._direct is None
+    off = storage_from_url(f"s3://{s3_bucket}/p%20q?endpoint_url={s3_server}&region=eu-west-1")
+    assert off._direct is None  # boto3 is the default path
     key = "a b/é+%&=?#;,~!*'()[]@$/x.npy.gz"
     store.put(key, b"\x00payload")
     assert store.get(key) == b"\x00payload"
