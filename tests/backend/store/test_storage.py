@@ -284,8 +284,9 @@ def test_s3_create_bucket_is_idempotent_and_missing_bucket_is_a_storage_error(s3
 
 
 def test_s3_objects_go_by_signed_requests_that_s3_and_boto3_agree_on(s3_server, s3_bucket):
-    """With direct=1, get/put/delete skip botocore (plain SigV4 requests, the hot path of every edit and read): any valid key
-    round-trips, boto3 reads what they wrote under the same key, a missing key is NotFound, a bad secret is refused."""
+    """With direct=1, get/put/delete skip botocore (plain SigV4 requests, the hot path of every edit and read): any
+    valid key round-trips, boto3 reads what they wrote under the same key, a missing key is NotFound, and the
+    signature equals botocore's own signer's."""
     store = storage_from_url(f"s3://{s3_bucket}/p%20q?endpoint_url={s3_server}&region=eu-west-1&create_bucket=1"
                              f"&direct=1")
     assert store._direct is not None
