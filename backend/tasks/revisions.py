@@ -464,7 +464,13 @@ class RevisionStore:
         history = self.db.scalars(select(Revision).where(
             Revision.task_id == task.id, Revision.number >= number, Revision.number <= rev.number)
             .order_by(Revision.number).options(undefer(Revision.patch_bytes))).all()
-        if ([r.number for r in history] != list(range(number, rev.number + 1))
+        return self._cached_plus_patches(identity, history, number, rev.number)
+
+    def _cached_plus_patches(self, identity, history, low: int, high: int) -> tuple | None:
+        """(labels, index) of revision ``high``: the cached copy of revision ``low`` (``identity``), taken out of the
+        cache, with ``history``'s patches applied; None when the rows are not revisions low..high in order with a
+        patch above ``low``, or the copy is gone."""
+        if ([r.number for r in history] != list(range(low, high + 1))
                 or self._identity(history[0]) != identity or not all(self._has_patch(r) for r in history[1:])):
             return None
         entry = self.cache.take(self._cache_key(identity))
@@ -478,7 +484,7 @@ class RevisionStore:
                 if index is not None:
                     index.update(patch, labels)
         except (EditError, NotFound):
-            return None  # the copy may be half updated: drop it, the caller rebuilds from storage
+            return None  # the copy may be half updated: dropped, the caller rebuilds from storage
         return labels, index
 
     def _take_current(self, task: Task) -> tuple[CachedRevision, tuple] | None:
@@ -707,22 +713,8 @@ class RevisionStore:
         # committed revisions above 0 never change: the client's base names rows that are what they will always be
         history = self.db.execute(_HISTORY, {"task_id": task_id, "low": number, "high": base}).all()
         self.db.rollback()  # a read: the edit's own statement runs on its own connection
-        if ([r.number for r in history] != list(range(number, base + 1)) or self._identity(history[0]) != identity
-                or not all(self._has_patch(r) for r in history[1:])):
-            return None
-        entry = self.cache.take(self._cache_key(identity))
-        if entry is None:
-            return None
-        labels, index = entry
-        try:
-            for r in history[1:]:
-                patch = self._patch(r)
-                patch.apply(labels, check=True)
-                if index is not None:
-                    index.update(patch, labels)
-        except (EditError, NotFound):
-            return None  # the copy may be half updated: dropped, the ordinary path rebuilds from storage
-        return CachedRevision(task_id, base, self._identity(history[-1])), labels, index
+        caught_up = self._cached_plus_patches(identity, history, number, base)
+        return None if caught_up is None else (CachedRevision(task_id, base, self._identity(history[-1])), *caught_up)
 
     def _forget_patch(self, key: str | None) -> None:
         if key is not None:
