@@ -9,8 +9,7 @@ from werkzeug.exceptions import HTTPException
 
 from backend.web import common, link_limits
 from backend.web.common import (ARRAY_MIMETYPE, PATCH_MIMETYPE, base_revision, binary, chunk_reply, chunk_revision,
-                                edit_request, json_body, service)
-from backend.web.common import image_chunk_reply
+                                edit_request, image_chunk_reply, json_body, service)
 from backend.web.auth import read_task_token
 from backend.store.models import Batch, Task
 from backend.web.security_headers import PAGE_CSP

@@ -7,9 +7,8 @@ from flask_login import current_user
 from sqlalchemy import select, update
 
 from backend.web.common import (ARRAY_MIMETYPE, MAX_ID, BadRequest, base_revision, binary, chunk_reply, chunk_revision,
-                                db, edit_request, json_body, service)
+                                db, edit_request, image_chunk_reply, json_body, service)
 from backend.web.request_limits import enforce_body_limit, label_upload_limit
-from backend.web.common import image_chunk_reply
 from backend.web.crowd import edit_reply, preview_reply, task_summary
 from backend.store.arrays import decode_array
 from backend.web.auth import make_task_token, require_role
