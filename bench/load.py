@@ -19,6 +19,8 @@ PostgreSQL's and Redis's CPU apart, and ``cpu_ms_by_component``, the same edit r
 inside each part (token check, SQL, link limits, rate limits, request checks, the tool, cache, (de)serialisation,
 storage client; ``http_and_flask_ms`` the rest).
 
+Each annotator keeps one connection alive, as a browser tab does (gunicorn keeps idle connections
+``CELLLOOP_KEEPALIVE_S``, 5 s, longer than the pause between strokes); ``--new-connections`` opens one per request.
 Every case runs under limits set explicitly (BENCH_LIMITS: the production defaults, printed with each line) and with
 patches kept in revision rows (``--patch-in-row-bytes``, 64 KiB; 0 measures every patch as a bucket object).
 """
@@ -261,17 +263,31 @@ async def annotate(client, rec: Recorder, token: str, *, strokes: int, pause: tu
     return {"acked": acked, "final": None if final is None else (int(final.headers["X-Revision"]), final.content)}
 
 
-async def drive(base: str, tokens: list[str], *, strokes: int, pause: tuple[float, float], seed: int) -> tuple:
+async def drive(base: str, tokens: list[str], *, strokes: int, pause: tuple[float, float], seed: int,
+                new_connections: bool = False) -> tuple:
+    """Every annotator at once. Each has its own connection kept alive between requests, as a browser tab does
+    (``new_connections``: a new connection for every request instead, the bench's way before)."""
+    import contextlib
+
     import httpx
 
     rec = Recorder()
-    limits = httpx.Limits(max_connections=len(tokens), max_keepalive_connections=0)
     deadline = time.monotonic() + CASE_DEADLINE_S
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=60) as client:
+    async with contextlib.AsyncExitStack() as stack:
+        if new_connections:
+            shared = await stack.enter_async_context(httpx.AsyncClient(
+                base_url=base, timeout=60,
+                limits=httpx.Limits(max_connections=len(tokens), max_keepalive_connections=0)))
+            clients = [shared] * len(tokens)
+        else:
+            clients = [await stack.enter_async_context(httpx.AsyncClient(
+                base_url=base, timeout=60, limits=httpx.Limits(max_connections=1, max_keepalive_connections=1)))
+                for _ in tokens]
         t0 = time.perf_counter()
         results = await asyncio.wait_for(asyncio.gather(*(
             annotate(client, rec, token, strokes=strokes, pause=pause, rng=random.Random(seed * 100003 + i),
-                     deadline=deadline) for i, token in enumerate(tokens))), timeout=CASE_DEADLINE_S + 120)
+                     deadline=deadline) for i, (client, token) in enumerate(zip(clients, tokens)))),
+            timeout=CASE_DEADLINE_S + 120)
         wall = time.perf_counter() - t0
     return rec, results, wall
 
@@ -385,10 +401,11 @@ def cpu_by_component(parts: dict) -> dict[str, float]:
 
 
 def run_case(config, base: str, parts: dict, case: str, n: int, *, strokes: int, pause: tuple[float, float],
-             seed: int, workers: int) -> dict:
+             seed: int, workers: int, new_connections: bool = False) -> dict:
     tasks = make_tasks(config, n, seed)
     cpu0 = cpu_by_component(parts)
-    rec, results, wall = asyncio.run(drive(base, [t for _, t in tasks], strokes=strokes, pause=pause, seed=seed))
+    rec, results, wall = asyncio.run(drive(base, [t for _, t in tasks], strokes=strokes, pause=pause, seed=seed,
+                                           new_connections=new_connections))
     cpu1 = cpu_by_component(parts)
     cpu_ms = {k: round((cpu1[k] - cpu0[k]) * 1000 / max(rec.requests, 1), 2) for k in cpu0}
     server_ms = sum(v for k, v in cpu_ms.items() if k != "client")
@@ -573,6 +590,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--patch-in-row-bytes", type=int, default=64 * 1024,
                         help="CELLLOOP_PATCH_IN_ROW_BYTES for the server (0: every patch an object in the bucket)")
+    parser.add_argument("--new-connections", action="store_true",
+                        help="a new connection for every request (default: one kept-alive connection per annotator, "
+                             "as a browser tab)")
     args = parser.parse_args()
     cases = args.case or (["load@10", "saturate"] if args.quick else ["load@10", "load@50", "load@200", "saturate"])
     cases = [c for c in cases if c != "breakdown"]
@@ -583,13 +603,14 @@ def main() -> None:
             for i, case in enumerate(cases):
                 if case == "saturate":
                     line = run_case(config, base, parts, case, args.saturate_annotators, strokes=strokes, pause=(0, 0),
-                                    seed=args.seed + i, workers=args.workers)
+                                    seed=args.seed + i, workers=args.workers, new_connections=args.new_connections)
                 elif case.startswith("load@"):
                     line = run_case(config, base, parts, case, int(case.split("@")[1]), strokes=strokes,
-                                    pause=(1.0, 3.0),
-                                    seed=args.seed + i, workers=args.workers)
+                                    pause=(1.0, 3.0), seed=args.seed + i, workers=args.workers,
+                                    new_connections=args.new_connections)
                 else:
                     parser.error(f"unknown case {case!r}")
+                line["connections"] = "new per request" if args.new_connections else "one per annotator, kept alive"
                 print(json.dumps(line), flush=True)
             print(json.dumps(edit_breakdown(config, base, parts, 30 if args.quick else 100)), flush=True)
     finally:

@@ -433,8 +433,14 @@ def gunicorn_argv(*, host: str, port: int, workers: int, extra: tuple[str, ...] 
     threads = os.environ.get("CELLLOOP_THREADS", "4")
     if not threads.isdigit() or int(threads) < 1:
         raise _error(f"CELLLOOP_THREADS must be a positive integer, got {threads!r}")
+    # An annotator strokes every second or two: gunicorn's default keep-alive (2 s) would close the browser's
+    # connection between strokes, so each would pay a new connection and could land on another worker (which then
+    # catches up on the task instead of editing the labels it holds).
+    keepalive = os.environ.get("CELLLOOP_KEEPALIVE_S", "5")
+    if not keepalive.isdigit() or int(keepalive) < 1:
+        raise _error(f"CELLLOOP_KEEPALIVE_S must be a positive integer, got {keepalive!r}")
     return [sys.executable, "-m", "gunicorn", "--workers", str(workers), "--worker-class", "gthread",
-            "--threads", threads, "--bind", f"{host}:{port}", "--access-logfile", "-",
+            "--threads", threads, "--keep-alive", keepalive, "--bind", f"{host}:{port}", "--access-logfile", "-",
             "--logger-class", "backend.web.log_masking.TokenMaskingGunicornLogger", *extra, "backend.web.app:create_app()"]
 
 
