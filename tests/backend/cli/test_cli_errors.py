@@ -12,6 +12,7 @@ from sqlalchemy import create_engine, text
 from backend.store import projects
 from backend.tasks import TaskService
 from backend.cli import main
+from pipeline.cli import CLIError
 
 from ..served import free_port
 
@@ -53,6 +54,16 @@ def test_bad_environment_variable(fresh_instance, capsys, monkeypatch):
     monkeypatch.setenv("CELLLOOP_SECRET_KEY", "tiny")
     assert main(["links"]) == 2
     assert "secret key" in _one_line_error(capsys)
+
+
+def test_server_settings_are_checked_before_gunicorn_starts(monkeypatch):
+    from backend.cli.admin_commands import gunicorn_argv
+
+    argv = gunicorn_argv(host="127.0.0.1", port=8000, workers=2)
+    assert argv[argv.index("--keep-alive") + 1] == "5" and argv[argv.index("--threads") + 1] == "4"
+    monkeypatch.setenv("CELLLOOP_KEEPALIVE_S", "0")
+    with pytest.raises(CLIError, match="CELLLOOP_KEEPALIVE_S must be a positive integer"):
+        gunicorn_argv(host="127.0.0.1", port=8000, workers=2)
 
 
 def test_storage_unreachable(fresh_instance, capsys, monkeypatch, tmp_path, aws_test_env):
