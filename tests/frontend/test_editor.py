@@ -540,7 +540,8 @@ def test_screenshot_of_the_vectra_task(server, context, artifacts):
 BIG = 1600  # 4x4 chunks of 512 px at full resolution, 2x2 at level 1, one at level 2
 
 
-def _big_task(server) -> tuple[str, np.ndarray]:
+def _stored_big_task(server, name: str, image: np.ndarray, labels: np.ndarray, channel_names: list[str]) -> str:
+    """The token of a one-task batch ``name`` holding ``image`` and ``labels`` whole, in a new project ``name``."""
     from backend.config import Config
     from backend.store.models import Batch
     from backend.store.projects import project_from_image
@@ -548,6 +549,23 @@ def _big_task(server) -> tuple[str, np.ndarray]:
     from backend.web.app import create_app
     from backend.web.auth import make_task_token
 
+    app = create_app(Config.from_env(instance_dir=server.instance, secret_key=server.env["CELLLOOP_SECRET_KEY"],
+                                     database_url=server.env["CELLLOOP_DATABASE_URL"],
+                                     storage_url=server.env["CELLLOOP_STORAGE_URL"]))
+    session = app.extensions["cellloop.sessionmaker"]()
+    storage = app.extensions["cellloop.storage"]
+    project = project_from_image(session, storage, name=name, image=image, channel_names=channel_names)
+    batch = Batch(project=project, name=name)
+    session.add(batch)
+    task = TaskService(session, storage).create_task(batch, (0, 0) + image.shape[:2], image, labels)
+    session.commit()
+    with app.app_context():
+        token = make_task_token(task)
+    session.close()
+    return token
+
+
+def _big_task(server) -> tuple[str, np.ndarray]:
     rows, cols = np.mgrid[0:BIG, 0:BIG]
     cells = ((rows // 40) * 40 + cols // 40 + 1).astype(np.int32)
     cells[(rows % 40 == 0) | (cols % 40 == 0)] = 0
@@ -555,20 +573,7 @@ def _big_task(server) -> tuple[str, np.ndarray]:
     rng = np.random.default_rng(7)
     image = np.stack([(cells > 0) * 20000 + rng.integers(0, 2000, cells.shape),
                       (cells == 0) * 40000 + rng.integers(0, 2000, cells.shape)], axis=-1).astype(np.uint16)
-    app = create_app(Config.from_env(instance_dir=server.instance, secret_key=server.env["CELLLOOP_SECRET_KEY"],
-                                     database_url=server.env["CELLLOOP_DATABASE_URL"],
-                                     storage_url=server.env["CELLLOOP_STORAGE_URL"]))
-    session = app.extensions["cellloop.sessionmaker"]()
-    storage = app.extensions["cellloop.storage"]
-    project = project_from_image(session, storage, name="big", image=image, channel_names=["nuclear", "membrane"])
-    batch = Batch(project=project, name="big")
-    session.add(batch)
-    task = TaskService(session, storage).create_task(batch, (0, 0, BIG, BIG), image, labels)
-    session.commit()
-    with app.app_context():
-        token = make_task_token(task)
-    session.close()
-    return token, labels
+    return _stored_big_task(server, "big", image, labels, ["nuclear", "membrane"]), labels
 
 
 CHUNK_REQUESTS = """() => performance.getEntriesByType('resource')
@@ -644,32 +649,13 @@ def test_a_big_tasks_first_view_fetches_only_the_shown_channels(server, context)
     the other six come next (their ranges from their values, a saved range kept), then full resolution with every
     channel, and a channel switched to later shows its exact 16-bit values; one switched on before the others are
     in is fetched alone at once."""
-    from backend.config import Config
-    from backend.store.models import Batch
-    from backend.store.projects import project_from_image
-    from backend.tasks import TaskService
-    from backend.web.app import create_app
-    from backend.web.auth import make_task_token
-
     rng = np.random.default_rng(11)
     # channel c: c * 5000 plus up to 2000, so each channel's auto range is its own
     image = (np.arange(8)[None, None, :] * 5000 + rng.integers(0, 2000, (BIG8, BIG8, 8))).astype(np.uint16)
     rows, cols = np.mgrid[0:BIG8, 0:BIG8]
     labels = np.stack([((rows // 50) * 50 + cols // 50 + 1).astype(np.int32), np.zeros((BIG8, BIG8), np.int32)], -1)
-    app = create_app(Config.from_env(instance_dir=server.instance, secret_key=server.env["CELLLOOP_SECRET_KEY"],
-                                     database_url=server.env["CELLLOOP_DATABASE_URL"],
-                                     storage_url=server.env["CELLLOOP_STORAGE_URL"]))
-    session = app.extensions["cellloop.sessionmaker"]()
-    storage = app.extensions["cellloop.storage"]
     names = [f"marker{c}" for c in range(8)]
-    project = project_from_image(session, storage, name="big8", image=image, channel_names=names)
-    batch = Batch(project=project, name="big8")
-    session.add(batch)
-    task = TaskService(session, storage).create_task(batch, (0, 0, BIG8, BIG8), image, labels)
-    session.commit()
-    with app.app_context():
-        token = make_task_token(task)
-    session.close()
+    token = _stored_big_task(server, "big8", image, labels, names)
 
     saved = {"channels": {n: {"on": c in (3, 6)} for c, n in enumerate(names)}, "gray": False, "active": 3}
     saved["channels"]["marker6"].update(min=30100, max=30900)
